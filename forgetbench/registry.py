@@ -33,7 +33,11 @@ BUILTIN_MODULES = (
     "forgetbench.attacks",
     "forgetbench.evals",
     "forgetbench.judges.refusal",
+    "forgetbench.judges.strongreject",
+    "forgetbench.judges.harmbench",
+    "forgetbench.judges.llamaguard",
     "forgetbench.rewards",
+    "forgetbench.rewards.paper",
     "forgetbench.backends",
 )
 

@@ -1,18 +1,54 @@
 """Judges score stored generations in a pass separate from generation.
 
-A judge plugin is a factory ``factory(config) -> callable(prompts, responses) -> list[Verdict]``.
+A judge plugin is a factory ``factory(config) -> score`` where
+
+    score(prompts, responses) -> list[Verdict]                  # the basic form
+    score(prompts, responses, rows=None) -> list[Verdict]       # a judge that needs the eval row
+
+``prompts`` are what the policy was asked (the eval's prompt template applied), ``responses`` what
+it answered. A judge that declares a ``rows`` parameter (or ``**kwargs``) also receives, for each
+response, its eval row: the dataset row after the eval's ``fields`` mapping, before the prompt
+template (e.g. HarmBench's raw ``prompt`` = behaviour and a ``context`` string; StrongREJECT's
+original forbidden prompt when the policy saw a jailbreak wrapped around it). The judge stage
+passes ``rows`` only to judges that accept it, so two-argument judges keep working unchanged.
+
 A verdict with ``value=None`` is *missing* (endpoint down, garbage answer, empty response) and
-carries the reason; metrics count it in ``n_missing`` and never score it as 0.
+carries the reason; metrics count it in ``n_missing`` and never score it as 0. A missing verdict
+marked ``retryable`` (the endpoint failed even after its retries) makes the judge stage keep the
+scored rows and fail, so that re-running the same command asks again only for the missing ones
+(or, with the judge's ``allow_missing``, finish with them counted as missing).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+import inspect
+from typing import Callable, NamedTuple, Optional, Sequence
 
 
 class Verdict(NamedTuple):
-    value: float | None
-    reason: str | None = None
+    value: Optional[float]
+    reason: Optional[str] = None
+    retryable: bool = False  # missing because of a transient failure: a re-run may fill it
 
 
-JudgeFn = Callable[[Sequence[str], Sequence[str]], list[Verdict]]
+JudgeFn = Callable[..., list[Verdict]]
+
+
+def accepts_rows(score: Callable) -> bool:
+    """Whether ``score`` takes the eval rows (a ``rows`` parameter or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(score).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "rows" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def check_lengths(name: str, prompts: Sequence, responses: Sequence,
+                  rows: Optional[Sequence] = None) -> None:
+    if len(prompts) != len(responses) or (rows is not None and len(rows) != len(prompts)):
+        raise ValueError(f"{name} judge got {len(prompts)} prompts, {len(responses)} responses"
+                         + (f" and {len(rows)} rows" if rows is not None else ""))
+
+
+def is_empty(response) -> bool:
+    return response is None or not str(response).strip()

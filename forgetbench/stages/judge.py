@@ -1,23 +1,128 @@
-"""Score stored generations with a judge; a new judge re-judges, never re-generates."""
+"""Score stored generations with a judge; a new judge re-judges, never re-generates.
+
+Judges that take the eval rows (see :mod:`forgetbench.judges`) get, for each generation, its row
+of the eval dataset (after the eval's ``fields`` mapping), found by ``id`` through the eval config
+stored in the generation stage's ``request.json``.
+
+Missing verdicts that a later attempt may fill (an endpoint still down or answering garbage after
+its retries: ``Verdict.retryable``) do not silently finish the stage: the scored verdicts are kept
+in ``stages/judge/.partial/`` and the stage fails with one line saying so; re-running the same
+command re-uses them and asks the judge only for the missing rows. A judge whose config sets
+``allow_missing: true`` finishes instead, the rows counted in ``n_missing`` with their reasons.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
+from forgetbench.config import stable_hash
+from forgetbench.errors import ForgetbenchError
 from forgetbench.stages.generate import GENERATIONS_FILE
 
 VERDICTS_FILE = "verdicts.jsonl"
+REQUEST_FILE = "request.json"  # what forgetbench.stages.worker writes into every stage folder
+
+
+class JudgeMissingError(ForgetbenchError):
+    pass
+
+
+def _fingerprint(row: dict) -> str:
+    text = json.dumps([row.get("prompt"), row.get("response")], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def eval_rows(generations_folder: Path, ids: list[str]) -> list[dict]:
+    """The eval dataset row of each id, from the eval config the generation stage ran with."""
+    from forgetbench import registry
+    from forgetbench.tasks import load_rows
+
+    request = json.loads((generations_folder / REQUEST_FILE).read_text())
+    spec = request["config"]["eval"]
+    task = registry.get("eval", spec["name"]).build_config(spec["config"])
+    by_id = {str(row["id"]): row for row in load_rows(task.dataset) if "id" in row}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ForgetbenchError(f"eval {spec['name']!r} has no rows with ids {missing[:3]} that "
+                               f"its generations have; the eval's data changed since generation "
+                               "(bump its version to regenerate)")
+    return [dict(by_id[i]) for i in ids]
+
+
+def partial_file(config: dict, generations_folder: Path) -> Path:
+    """Where scored verdicts wait for a re-run: beside the judge stages, keyed by this stage's
+    judge config and its generations (the same key on every re-run of the same command)."""
+    key = stable_hash({"judge": config["judge"], "generations": generations_folder.name})
+    return generations_folder.parent.parent / "judge" / ".partial" / f"{key}.jsonl"
+
+
+def _load_partial(path: Path, rows: list[dict]) -> dict[int, dict]:
+    if not path.is_file():
+        return {}
+    saved = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            saved[(entry["id"], entry["fingerprint"])] = entry
+    found = {}
+    for index, row in enumerate(rows):
+        entry = saved.get((str(row["id"]), _fingerprint(row)))
+        if entry is not None and entry["value"] is not None:
+            found[index] = entry
+    return found
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from forgetbench import registry
+    from forgetbench.judges import Verdict, accepts_rows
 
-    rows = [json.loads(line) for line in open(inputs["generations"] / GENERATIONS_FILE)]
+    folder = Path(inputs["generations"])
+    rows = [json.loads(line) for line in open(folder / GENERATIONS_FILE)]
     plugin = registry.get("judge", config["judge"]["name"])
-    score = plugin.target(plugin.build_config(config["judge"]["config"]))
-    verdicts = score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    judge_config = plugin.build_config(config["judge"]["config"])
+    score = plugin.target(judge_config)
+    partial = partial_file(config, folder)
+    verdicts: list = [None] * len(rows)
+    for index, entry in _load_partial(partial, rows).items():
+        verdicts[index] = Verdict(entry["value"], entry["reason"])
+    todo = [i for i, v in enumerate(verdicts) if v is None]
+    if todo:
+        prompts = [rows[i]["prompt"] for i in todo]
+        responses = [rows[i]["response"] for i in todo]
+        if accepts_rows(score):
+            dataset_rows = eval_rows(folder, [str(rows[i]["id"]) for i in todo])
+            new = score(prompts, responses, rows=dataset_rows)
+        else:
+            new = score(prompts, responses)
+        if len(new) != len(todo):
+            raise ForgetbenchError(f"judge {plugin.name!r} returned {len(new)} verdicts for "
+                                   f"{len(todo)} responses; a judge must return one per response")
+        for index, verdict in zip(todo, new):
+            verdicts[index] = verdict if isinstance(verdict, Verdict) else Verdict(*verdict)
+    retry = [i for i, v in enumerate(verdicts) if v.value is None and v.retryable]
+    if retry and not getattr(judge_config, "allow_missing", False):
+        scored = [i for i, v in enumerate(verdicts) if v.value is not None]
+        _write_atomic(partial, [json.dumps({"id": str(rows[i]["id"]), "fingerprint":
+                                            _fingerprint(rows[i]), "value": verdicts[i].value,
+                                            "reason": verdicts[i].reason}) + "\n"
+                                for i in scored])
+        raise JudgeMissingError(
+            f"judge {plugin.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
+            f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "
+            "re-running the same command asks only for the missing ones (or set "
+            f"judges.{plugin.name}.allow_missing=true to finish with them counted as missing)")
     with open(out / VERDICTS_FILE, "w") as handle:
         for row, verdict in zip(rows, verdicts):
             handle.write(json.dumps({"id": row["id"], "value": verdict.value,
                                      "reason": verdict.reason}) + "\n")
+    partial.unlink(missing_ok=True)

@@ -1,7 +1,11 @@
-"""Reward plugins for RL stages, runnable offline on CPU.
+"""Reward plugins for RL stages.
 
 A reward plugin is a factory ``factory(config) -> fn`` where ``fn`` follows TRL's reward-function
 signature: ``fn(prompts, completions, **dataset_columns) -> list[float]``.
+
+This module holds the embedded ``safety`` reward, runnable offline on CPU;
+:mod:`forgetbench.rewards.paper` holds the FRPO paper's reward stack (hub judges, a moderation
+endpoint and a reward model), used by the ``paper`` preset.
 """
 
 from __future__ import annotations
