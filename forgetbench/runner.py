@@ -1,46 +1,212 @@
-"""Run planned stages with a progress display, then write and print the results."""
+"""Run a planned matrix (one cell or many) on an executor, then write and print the results.
+
+The scheduler submits a stage once every input is complete and the executor has room, shows
+stages done / running / left with the elapsed time, and keeps going past a failed stage (skipping
+only what depends on it), so one bad cell does not stop the others. Every finished stage stays
+on disk: re-running the same command resumes.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from forgetbench.errors import ForgetbenchError
+from forgetbench.executors import Executor
+from forgetbench.matrix import MatrixPlan
 from forgetbench.pipeline import CellPlan
 from forgetbench.results import cell_rows, write_table
-from forgetbench.stages.executor import (check_writable, remove_stale_temporaries, run_stage,
-                                         stage_meta)
-from forgetbench.stages.plan import ordered
+from forgetbench.stages.executor import Interrupted, Outcome, prepare, stage_meta
+from forgetbench.stages.plan import Stage
 
 
-def run_plan(cell_plan: CellPlan, root: Path, console: Console) -> Path:
-    check_writable(root)
-    remove_stale_temporaries(root)
-    stages = ordered(cell_plan.targets())
-    started = time.monotonic()
-    for number, stage in enumerate(stages, start=1):
-        prefix = f"[{number}/{len(stages)}] {stage.label}"
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's pre-emption, `kill`) stops as cleanly as Ctrl-C."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Display:
+    """Log lines always; a live bar (done / running / left, elapsed) when on a terminal."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console = console
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]stages[/]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[current]}"), console=console, transient=True)
+            self.task = self.progress.add_task("stages", total=total, state="", current="")
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+
+    def update(self, done: int, running: dict, left: int) -> None:
+        if self.progress:
+            current = ", ".join(running.values())
+            self.progress.update(self.task, completed=done, state=f"done · {len(running)} running"
+                                 f" · {left} left", current=current[:80])
+
+
+def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Console) -> dict:
+    """Bring every stage of ``matrix`` to completion; returns stage -> Outcome (failed and
+    skipped stages included)."""
+    stages = matrix.stages
+    number = {stage: index for index, stage in enumerate(stages, start=1)}
+    total = len(stages)
+
+    def say(stage: Stage, text: str) -> None:
+        console.print(f"[{number[stage]}/{total}] {matrix.name(stage)}: {text}",
+                      highlight=False, markup=True)
+
+    outcomes: dict[Stage, Outcome] = {}
+    for stage in stages:
         if stage.is_done(root):
-            console.print(f"{prefix}: [green]re-used[/] {stage.folder(root).name}")
-            continue
-        console.print(f"{prefix}: running ...")
-        run_stage(stage, root)
-        meta = stage_meta(stage, root)
-        console.print(f"{prefix}: [bold]done[/] in {meta['seconds']:.0f} s, peak RSS "
-                      f"{meta['peak_rss_mib']:.0f} MiB")
-    rows = cell_rows(cell_plan, root)
-    resolved = cell_plan.cell.resolved
-    name = (f"{resolved['method']['name'].replace('/', '-')}__{resolved['attack']['name']}"
-            f"__seed{resolved['seed']}__{cell_plan.cell.config_hash}")
-    table_path = write_table(rows, root / "results", name)
-    (root / "results" / f"{name}.config.json").write_text(
-        json.dumps(resolved, indent=1))
-    console.print(before_after_table(rows))
-    console.print(f"results: {table_path} (+ .csv); {time.monotonic() - started:.0f} s")
-    return table_path
+            outcomes[stage] = Outcome("reused")
+            say(stage, f"[green]re-used[/] {stage.folder(root).name}")
+    pending = [stage for stage in stages if stage not in outcomes]
+    if not pending:
+        return outcomes
+    executor.open(root)
+    where = executor.describe()
+    started = time.monotonic()
+    try:
+        with _Display(console, total) as display, _sigterm_as_interrupt():
+            while pending or executor.in_flight():
+                for stage in list(pending):
+                    inputs = [outcomes.get(dep) for dep in stage.inputs.values()]
+                    if any(o is not None and o.status in ("failed", "skipped") for o in inputs):
+                        pending.remove(stage)
+                        outcomes[stage] = Outcome("skipped", error="an input failed")
+                        say(stage, "[yellow]skipped[/] (an input failed)")
+                    elif all(o is not None for o in inputs) and executor.has_capacity():
+                        pending.remove(stage)
+                        executor.submit(stage)
+                        if stage in executor.in_flight():
+                            say(stage, f"{executor.in_flight()[stage]} ...")
+                for stage, outcome in executor.poll(timeout=0.5):
+                    outcomes[stage] = outcome
+                    say(stage, _ended(stage, outcome, root))
+                display.update(len(outcomes), {s: matrix.name(s) for s in executor.in_flight()},
+                               len(pending) + len(executor.in_flight()))
+    except KeyboardInterrupt:
+        busy = [s.label for s in executor.in_flight()]
+        executor.abort()
+        where = f"during stage '{busy[0]}'" if len(busy) == 1 else \
+            f"during stages {', '.join(repr(b) for b in busy)}" if busy else "between stages"
+        raise Interrupted(f"interrupted {where}; nothing half-written was kept. Re-run the "
+                          "same command to resume.") from None
+    finally:
+        executor.close()
+    console.print(f"{total} stages: {_count(outcomes, 'reused')} re-used, "
+                  f"{_count(outcomes, 'ran')} computed, {_count(outcomes, 'failed')} failed, "
+                  f"{_count(outcomes, 'skipped')} skipped; {time.monotonic() - started:.0f} s "
+                  f"({where})", highlight=False)
+    return outcomes
+
+
+def _ended(stage: Stage, outcome: Outcome, root: Path) -> str:
+    if outcome.status == "ran":
+        return (f"[bold]done[/] in {outcome.seconds:.0f} s, peak RSS "
+                f"{outcome.peak_rss_mib:.0f} MiB")
+    if outcome.status == "reused":
+        return f"[green]re-used[/] {stage.folder(root).name}" + \
+            (" (computed by another runner)" if outcome.by_other else "")
+    return f"[red]failed[/] after {outcome.seconds:.0f} s: {escape(outcome.error)}"
+
+
+def _count(outcomes: dict, *statuses: str) -> int:
+    return sum(o.status in statuses for o in outcomes.values())
+
+
+def table_name(cell_plan: CellPlan) -> str:
+    cell = cell_plan.cell
+    return (f"{cell.method_label.replace('/', '-')}__{cell.attack_label.replace('/', '-')}"
+            f"__seed{cell.resolved['seed']}__{cell.config_hash}")
+
+
+def write_cell_table(cell_plan: CellPlan, root: Path) -> Path:
+    """The cell's rows as Parquet and CSV, with its resolved config beside them."""
+    name = table_name(cell_plan)
+    folder = root / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"{name}.config.json"
+    tmp = config_path.with_name(f".{config_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cell_plan.cell.resolved, indent=1))
+    os.replace(tmp, config_path)
+    rows = cell_rows(cell_plan, root, config_file=config_path.name)
+    return write_table(rows, folder, name)
+
+
+def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Console) -> list[Path]:
+    """Run every stage, then write one results table per complete cell and print a summary.
+    Raises (after writing what it could) if a stage failed."""
+    prepare(root)
+    outcomes = run_stages(matrix, root, executor, console)
+    tables, all_rows = [], []
+    for cell_plan in matrix.cells:
+        if all(outcomes[stage].status in ("ran", "reused") for stage in cell_plan.targets()):
+            path = write_cell_table(cell_plan, root)
+            tables.append(path)
+            import pandas as pd
+
+            all_rows.extend(pd.read_parquet(path).to_dict("records"))
+    if all_rows:
+        if len(matrix.cells) == 1:
+            console.print(before_after_table(all_rows))
+        else:
+            console.print(matrix_table(all_rows))
+    if tables:
+        where = tables[0] if len(tables) == 1 else root / "results"
+        console.print(f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "
+                      f"`forgetbench results --output-dir {root}` prints, filters and exports "
+                      "them", highlight=False, soft_wrap=True)
+    failed = [(stage, o) for stage, o in outcomes.items() if o.status == "failed"]
+    if failed:
+        stage, outcome = failed[0]
+        error = " ".join(outcome.error.split())
+        more = f" (and {len(failed) - 1} more stage(s) failed)" if len(failed) > 1 else ""
+        skipped = _count(outcomes, "skipped")
+        after = f"; {skipped} stage(s) depending on it were skipped" if skipped else ""
+        failure = ForgetbenchError(f"stage '{stage.label}' failed: {error}{more}{after}. "
+                                   "Fix it and re-run the same command: finished stages are "
+                                   "re-used")
+        failure.exit_code = outcome.exit_code or 1
+        raise failure
+    return tables
+
+
+def _fmt(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return f"{row['value']:.2f} [{row['ci_low']:.2f},{row['ci_high']:.2f}]"
 
 
 def before_after_table(rows: list[dict]) -> Table:
@@ -54,8 +220,29 @@ def before_after_table(rows: list[dict]) -> Table:
         if phase != "before":
             continue
         after = by_key.get((eval_name, metric, "after"))
-        fmt = lambda r: f"{r['value']:.2f} [{r['ci_low']:.2f},{r['ci_high']:.2f}]"  # noqa: E731
-        table.add_row(eval_name, metric, row["direction"], fmt(row), fmt(after) if after else "-",
+        table.add_row(eval_name, metric, row["direction"], _fmt(row), _fmt(after),
                       f"{after['value'] - row['value']:+.2f}" if after else "-",
                       f"{row['n']}/{after['n'] if after else '-'}")
     return table
+
+
+def matrix_table(rows: list[dict]) -> Table:
+    """One line per (method, attack, seed, eval, metric): before, after, change."""
+    table = Table(title="before (P0) and after (P1) the attack, 95% CI")
+    for column in ("method", "attack", "seed", "eval", "metric", "better", "before", "after",
+                   "change"):
+        table.add_column(column, no_wrap=True,
+                         justify="right" if column in ("seed", "before", "after", "change")
+                         else "left")
+    by_key = {(r["method"], r["attack"], r["seed"], r["eval"], r["metric"], r["phase"]): r
+              for r in rows}
+    for key, row in sorted(by_key.items(), key=lambda item: tuple(map(str, item[0]))):
+        if key[-1] != "before":
+            continue
+        after = by_key.get((*key[:-1], "after"))
+        table.add_row(*(str(k) for k in key[:-1]), row["direction"], _fmt(row), _fmt(after),
+                      f"{after['value'] - row['value']:+.2f}" if after else "-")
+    return table
+
+
+__all__ = ["before_after_table", "matrix_table", "run_matrix", "run_stages", "stage_meta"]

