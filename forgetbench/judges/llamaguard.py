@@ -23,6 +23,7 @@ import re
 from typing import Literal, Optional, Sequence
 
 from forgetbench.config import Field
+from forgetbench.errors import ForgetbenchError
 from forgetbench.judges import Verdict, check_lengths
 from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, ParseError, chat_payload,
                                          message_content, parallel_map, request)
@@ -124,7 +125,7 @@ class LlamaGuard:
         self.config = config
         self._model, self._tokenizer = model, tokenizer
 
-    def _load(self):
+    def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -132,16 +133,18 @@ class LlamaGuard:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.config.model,
                                                                 revision=self.config.revision)
             except (OSError, ValueError) as error:
-                from forgetbench.errors import ForgetbenchError
-
                 raise ForgetbenchError(_load_failure(self.config.model, error)) from None
+        return self._tokenizer
+
+    def _load(self):
+        tokenizer = self.tokenizer()
         if self._model is None:
             self._model = load_causal_lm(self.config.model, self.config)
-        return self._model, self._tokenizer
+        return self._model, tokenizer
 
     def prompt_text(self, prompt: str, response: str) -> str:
         """The guard's input text for one exchange (local path)."""
-        tokenizer = self._load()[1]
+        tokenizer = self.tokenizer()
         template = None if self.config.template == "tokenizer" else LLAMA_GUARD_3_CHAT_TEMPLATE
         return tokenizer.apply_chat_template(conversation(prompt, response), tokenize=False,
                                              chat_template=template)

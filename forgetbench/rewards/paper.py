@@ -116,8 +116,10 @@ class RewardModelScorer:
             from forgetbench.judges.strongreject import _load_kwargs
 
             try:
+                # num_labels=1: a reward model has one output (a checkpoint with another head
+                # size fails to load rather than being silently re-initialised)
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    self.config.model, revision=self.config.revision,
+                    self.config.model, revision=self.config.revision, num_labels=1,
                     **_load_kwargs(self.config))
                 tokenizer = AutoTokenizer.from_pretrained(self.config.model,
                                                           revision=self.config.revision)
@@ -153,6 +155,9 @@ class RewardModelScorer:
                               **kwargs)
             with torch.no_grad():
                 logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            if logits.shape[-1] != 1:
+                raise RewardError(f"reward model {self.config.model!r} has {logits.shape[-1]} "
+                                  "outputs per sequence; a reward model needs exactly one")
             scores += torch.sigmoid(logits.float().squeeze(-1)).reshape(-1).tolist()
         return scores
 
