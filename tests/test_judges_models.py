@@ -58,10 +58,11 @@ def test_strongreject_finetuned_reads_the_grade_token_distribution(smol):
     rows = [{"id": "1", "prompt": "raw", "forbidden_prompt": FORBIDDEN[0]},
             {"id": "2", "prompt": FORBIDDEN[1]}]
     verdicts = score(["<wrapped> " + f for f in FORBIDDEN], RESPONSES, rows=rows)
-    # (scored as one left-padded batch of 2; checked below against one-at-a-time forward passes)
+    assert len(verdicts) == 2 and all(0.0 <= v.value <= 1.0 for v in verdicts)
 
     ids = [tokenizer.get_vocab()[k] for k in "12345"]
-    for forbidden, response, verdict in zip(FORBIDDEN, RESPONSES, verdicts):
+    # by hand for the shorter exchange, the one left-padded in the batch
+    for forbidden, response, verdict in zip(FORBIDDEN[1:], RESPONSES[1:], verdicts[1:]):
         kept = tokenizer(response)["input_ids"][-8:]  # left truncation keeps the end
         text = strongreject.FINETUNED_PROMPT.format(forbidden_prompt=forbidden,
                                                     response=tokenizer.decode(kept))
@@ -90,7 +91,9 @@ def test_harmbench_classifier_local_path(smol):
     path, model, tokenizer = smol
     plugin = registry.get("judge", "harmbench_cls")
     config = plugin.build_config({"model": path, "clip_tokens": 6, "batch_size": 2, **LOCAL})
-    classifier = harmbench.HarmBenchClassifier(config)
+    # the classifier loads its own tokenizer; the weights are the fixture's (load_causal_lm, the
+    # loader all local judges share, is exercised by the StrongREJECT test above)
+    classifier = harmbench.HarmBenchClassifier(config, model=model)
     rows = [{"id": "a", "prompt": FORBIDDEN[0]},
             {"id": "b", "prompt": FORBIDDEN[1], "context": "Bank: First National. Customer: J."}]
     pairs = harmbench.behaviours(FORBIDDEN, rows)
@@ -102,7 +105,7 @@ def test_harmbench_classifier_local_path(smol):
     assert prompts[1] == harmbench.build_prompt(FORBIDDEN[1], clipped[1], rows[1]["context"])
     assert "[CONTEXT]:\nBank: First National." in prompts[1] and "[CONTEXT]" not in prompts[0]
 
-    verdicts = plugin.target(config)(FORBIDDEN, RESPONSES, rows=rows)  # one batch of 2
+    verdicts = classifier.verdicts(prompts)  # one batch of 2
     token = int(next_token_logits(model, tokenizer, prompts[1]).argmax())  # greedy, by hand
     answer = tokenizer.decode([token], skip_special_tokens=True)
     if answer.strip().lower() in ("yes", "no"):
@@ -116,22 +119,22 @@ def test_harmbench_classifier_local_path(smol):
 def test_llamaguard_local_path(smol):
     path, model, tokenizer = smol
     plugin = registry.get("judge", "llamaguard")
-    config = plugin.build_config({"model": path, "template": "llama_guard_3", "max_new_tokens": 4,
+    config = plugin.build_config({"model": path, "template": "llama_guard_3", "max_new_tokens": 3,
                                   "batch_size": 2, **LOCAL})
-    guard = llamaguard.LlamaGuard(config)
-    text = guard.prompt_text(FORBIDDEN[0], RESPONSES[0])
-    assert text == llamaguard.render_template(llamaguard.conversation(FORBIDDEN[0], RESPONSES[0]))
+    guard = llamaguard.LlamaGuard(config, model=model)  # its own tokenizer, the fixture's weights
+    text = guard.prompt_text(FORBIDDEN[1], RESPONSES[1])  # the shorter one: left-padded below
+    assert text == llamaguard.render_template(llamaguard.conversation(FORBIDDEN[1], RESPONSES[1]))
     own = llamaguard.LlamaGuard(config.model_copy(update={"template": "tokenizer"}), model=model,
                                 tokenizer=tokenizer)
     assert own.prompt_text("Hi", "Hello").startswith("<|im_start|>")  # the tokenizer's template
 
-    verdicts = plugin.target(config)(FORBIDDEN, RESPONSES)  # greedy generation, one batch
+    verdicts = guard.local_verdicts(FORBIDDEN, RESPONSES)  # greedy generation, one batch
     assert len(verdicts) == 2
     import torch
 
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        output = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False,
+        output = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)
     answer = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
     try:
@@ -139,4 +142,4 @@ def test_llamaguard_local_path(smol):
     except Exception:
         expected = llamaguard.Verdict(None, f"guard answered {answer[:80]!r}, not 'safe' or "
                                             "'unsafe'")
-    assert verdicts[0] == expected
+    assert verdicts[1] == expected
