@@ -19,6 +19,7 @@ never part of a config, a stage hash or a results row.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -110,7 +111,7 @@ def post_once(settings: EndpointSettings, path: str, payload: dict) -> Any:
             f"base_url, model name and the API key in ${settings.api_key_env}") from None
     except urllib.error.URLError as error:
         raise _Transient(f"cannot reach {url}: {error.reason}") from None
-    except (TimeoutError, ConnectionError, OSError) as error:
+    except (TimeoutError, ConnectionError, OSError, http.client.HTTPException) as error:
         raise _Transient(f"cannot reach {url}: {type(error).__name__}: {error}") from None
     try:
         return json.loads(body)

@@ -30,7 +30,7 @@ from typing import Callable, Literal, Optional, Sequence
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
 from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, moderation_scores,
-                                         request)
+                                         parallel_map, request)
 from forgetbench.judges.strongreject import (FinetunedScorer, HubModelSettings,
                                             StrongRejectFinetunedConfig, _load_failure)
 from forgetbench.registry import reward
@@ -74,16 +74,20 @@ def moderate(config: ModerationConfig, texts: Sequence[str],
     training step cannot go on with a missing reward."""
     scores = [0.0] * len(texts)
     todo = [i for i, text in enumerate(texts) if str(text).strip()]
-    for start in range(0, len(todo), config.batch_size):
-        chunk = todo[start:start + config.batch_size]
+    chunks = [todo[start:start + config.batch_size]
+              for start in range(0, len(todo), config.batch_size)]
+
+    def ask(chunk: list[int]) -> list[dict[str, float]]:
         inputs = [str(texts[i]) for i in chunk]
-        try:
-            found = request(config, "moderations", {"model": config.model, "input": inputs},
-                            parse=lambda data: moderation_scores(data, len(inputs)), sleep=sleep)
-        except EndpointError as error:
-            raise RewardError(f"moderation endpoint {config.base_url} failed: {error}; the paper "
-                              "reward needs it (check the endpoint and $"
-                              f"{config.api_key_env})") from None
+        return request(config, "moderations", {"model": config.model, "input": inputs},
+                       parse=lambda data: moderation_scores(data, len(inputs)), sleep=sleep)
+
+    try:
+        answers = parallel_map(ask, chunks, config.concurrency)
+    except EndpointError as error:
+        raise RewardError(f"moderation endpoint {config.base_url} failed: {error}; the paper "
+                          f"reward needs it (check the endpoint and ${config.api_key_env})") from None
+    for chunk, found in zip(chunks, answers):
         for i, categories in zip(chunk, found):
             scores[i] = max(categories.values())
     return scores

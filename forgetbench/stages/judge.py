@@ -21,9 +21,9 @@ from pathlib import Path
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError
 from forgetbench.stages.generate import GENERATIONS_FILE
+from forgetbench.stages.worker import REQUEST_FILE  # the request every stage folder keeps
 
 VERDICTS_FILE = "verdicts.jsonl"
-REQUEST_FILE = "request.json"  # what forgetbench.stages.worker writes into every stage folder
 
 
 class JudgeMissingError(ForgetbenchError):
