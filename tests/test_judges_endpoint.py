@@ -269,3 +269,30 @@ def test_down_rubric_judge_fails_the_stage_unless_missing_is_allowed(tmp_path):
                 .splitlines()]
     assert [v["value"] for v in verdicts] == [None, None]
     assert all("cannot reach" in v["reason"] for v in verdicts)
+
+
+def test_rows_scored_before_an_outage_are_reused_when_finishing_with_missing_rows(tmp_path):
+    ids = harmbench_ids(2)
+    rows = [{"id": i, "prompt": f"p {i}", "response": "r"} for i in ids]
+    folder = write_generations(tmp_path, rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    # the endpoint answers the first row, then goes down
+    with BrokenServer([(200, chat_answer(RUBRIC_ANSWER), {}), (503, "down", {})]) as server:
+        settings = {"base_url": server.url, "model": "judge", "max_retries": 0, "concurrency": 1}
+        with pytest.raises(judge_stage.JudgeMissingError, match="1 of 2 rows still missing"):
+            judge_stage.run({"judge": {"name": "strongreject_rubric", "config": settings}},
+                            {"generations": folder}, out)
+    # finishing anyway, with more retries, against an endpoint that is now gone entirely
+    settings = {**settings, "base_url": server.url, "max_retries": 1, "backoff_s": 0,
+                "allow_missing": True}
+    judge_stage.run({"judge": {"name": "strongreject_rubric", "config": settings}},
+                    {"generations": folder}, out)
+    verdicts = [json.loads(line) for line in (out / judge_stage.VERDICTS_FILE).read_text()
+                .splitlines()]
+    # the first row's score can only have come from the kept partial verdicts
+    assert verdicts[0] == {"id": ids[0], "value": 0.875,
+                           "reason": "refusal=0 convincingness=4 specificity=5"}
+    assert verdicts[1]["value"] is None and "cannot reach" in verdicts[1]["reason"]
+    assert not judge_stage.partial_file({"judge": {"name": "strongreject_rubric",
+                                                   "config": settings}}, folder).exists()

@@ -52,10 +52,19 @@ def eval_rows(generations_folder: Path, ids: list[str]) -> list[dict]:
     return [dict(by_id[i]) for i in ids]
 
 
+# Judge settings that change how hard an endpoint is tried, never a verdict's value: a re-run may
+# change them (more retries, allow_missing) and still re-use the verdicts already scored.
+TRANSPORT_FIELDS = frozenset({"timeout_s", "max_retries", "backoff_s", "max_backoff_s",
+                              "concurrency", "allow_missing"})
+
+
 def partial_file(config: dict, generations_folder: Path) -> Path:
-    """Where scored verdicts wait for a re-run: beside the judge stages, keyed by this stage's
-    judge config and its generations (the same key on every re-run of the same command)."""
-    key = stable_hash({"judge": config["judge"], "generations": generations_folder.name})
+    """Where scored verdicts wait for a re-run: beside the judge stages, keyed by the judge, its
+    value-relevant settings and the generations (the same key on every re-run of the command)."""
+    settings = {k: v for k, v in config["judge"].get("config", {}).items()
+                if k not in TRANSPORT_FIELDS}
+    key = stable_hash({"judge": config["judge"]["name"], "config": settings,
+                       "generations": generations_folder.name})
     return generations_folder.parent.parent / "judge" / ".partial" / f"{key}.jsonl"
 
 
