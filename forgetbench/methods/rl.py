@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from forgetbench.tasks import DataError
 from forgetbench.training.grpo import AdvantageFn, GRPOFamilyConfig, run_grpo
+
+# Extra transformers TrainerCallbacks for every GRPO-family run (tests count passes with one).
+TRAINER_CALLBACKS: list = []
+# Extra generate() keyword arguments (the step-time benchmark forces fixed-length completions).
+GENERATION_KWARGS: dict = {}
 
 
 def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
@@ -15,11 +22,35 @@ def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, mo
     from forgetbench.tasks import load_train_prompts
 
     rows = load_train_prompts(config.train_task, config.n_harmful, config.n_harmless)
+    if config.max_prompt_length:
+        rows = within_prompt_length(rows, model_path, config.max_prompt_length)
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": row["prompt"]}], "kind": row["kind"],
          "reference": row.get("reference") or "", "prompt_index": index}
         for index, row in enumerate(rows)])
     reward_plugin = registry.get("reward", config.reward)
-    reward_fn = reward_plugin.target(reward_plugin.build_config())
+    reward_fn = reward_plugin.target(reward_plugin.build_config(config.reward_config))
     return run_grpo(model_path, dataset, [reward_fn], advantage_fn, config, out_dir, seed,
-                    scale_rewards=scale_rewards)
+                    scale_rewards=scale_rewards, callbacks=list(TRAINER_CALLBACKS),
+                    generation_kwargs=dict(GENERATION_KWARGS) or None)
+
+
+def within_prompt_length(rows: list[dict], model_path: str, limit: int) -> list[dict]:
+    """The rows whose chat-templated prompt fits in ``limit`` tokens (TRL 1.16 has no
+    max_prompt_length; dropping beats truncating, which would cut the chat template)."""
+    from forgetbench.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                           tokenize=False, add_generation_prompt=True)
+             for row in rows]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    kept = [row for row, length in zip(rows, lengths) if length <= limit]
+    if not kept:
+        raise DataError(f"every training prompt is longer than max_prompt_length={limit} tokens; "
+                        "raise it")
+    if len(kept) < len(rows):
+        logging.getLogger("forgetbench").warning(
+            "dropped %d of %d training prompts longer than %d tokens", len(rows) - len(kept),
+            len(rows), limit)
+    return kept

@@ -10,7 +10,9 @@ TRL version is pinned in pyproject.toml because this relies on its private metho
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
+
+from pydantic import model_validator
 
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError
@@ -27,6 +29,9 @@ class GRPOFamilyConfig(OptimConfig):
     prompts_per_step: int = Field(2, ge=1, description="Prompts per optimiser step; the step sees "
                                   "prompts_per_step * num_generations completions.")
     max_completion_length: int = Field(64, ge=1, description="Sampled completion tokens.")
+    max_prompt_length: Optional[int] = Field(None, ge=1, description="Training prompts longer "
+                                             "than this many chat-templated tokens are dropped "
+                                             "(counted in the log); None keeps all.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
     beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy "
@@ -37,12 +42,27 @@ class GRPOFamilyConfig(OptimConfig):
         "grpo", description="Token aggregation: grpo = per-sequence mean then batch mean; bnpo = "
         "token mean over the batch; dr_grpo = token sum / (batch * max_completion_length).")
     train_task: str = Field("safety", description="The training prompts: tasks/train/<name>.yaml.")
-    reward: str = Field("safety", description="Reward plugin scoring each completion.")
+    reward: str = Field("safety", description="Reward plugin scoring each completion "
+                        "(`forgetbench list reward`).")
+    reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward plugin's "
+                                          "own settings, validated by its config class.")
     n_harmful: int = Field(64, ge=0, description="Harmful training prompts taken from the task.")
     n_harmless: int = Field(64, ge=0, description="Harmless training prompts taken from the task.")
 
+    @model_validator(mode="after")
+    def _reward_config_is_valid(self):
+        # Checked when the config is resolved, so a bad reward key fails before any training.
+        from forgetbench import registry
+
+        registry.get("reward", self.reward).build_config(self.reward_config)
+        return self
+
 
 class AdvantageCheckError(ForgetbenchError):
+    pass
+
+
+class RewardFunctionError(ForgetbenchError):
     pass
 
 
@@ -57,8 +77,15 @@ def _trainer_class():
             super().__init__(*args, **kwargs)
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions,
-                                                          completion_ids_list)
+            try:
+                rewards_per_func = super()._calculate_rewards(inputs, prompts, completions,
+                                                              completion_ids_list)
+            except ForgetbenchError:
+                raise
+            except Exception as error:  # a third-party reward: name it instead of a TRL trace
+                names = ", ".join(self.reward_func_names)
+                raise RewardFunctionError(f"reward function ({names}) raised "
+                                          f"{type(error).__name__}: {error}") from error
             self._gathered_rewards = rewards_per_func
             self._gathered_prompt_index = gather_object([row["prompt_index"] for row in inputs])
             return rewards_per_func
@@ -70,9 +97,12 @@ def _trainer_class():
             if not (index == index[:, :1]).all():
                 raise AdvantageCheckError("a generation batch mixes prompts inside a group; groups "
                                           "must be consecutive completions of one prompt")
-            if torch.isnan(self._gathered_rewards).any():
-                raise AdvantageCheckError("a reward function returned None/NaN for some completions;"
-                                          " every completion needs a finite reward")
+            bad = ~torch.isfinite(self._gathered_rewards)
+            if bad.any():
+                rows = bad.any(dim=1).nonzero().flatten().tolist()
+                raise AdvantageCheckError(f"a reward function returned None, NaN or inf for "
+                                          f"{len(rows)} completion(s) (rows {rows[:5]}); every "
+                                          "completion needs a finite reward")
             rewards = (self._gathered_rewards * self.reward_weights.to(
                 self._gathered_rewards.device)).sum(dim=1)
             advantages = self.advantage_fn(rewards.cpu(), group)
@@ -88,7 +118,7 @@ def _trainer_class():
 
 def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: AdvantageFn,
              config: GRPOFamilyConfig, out_dir: Path, seed: int, scale_rewards: str = "none",
-             callbacks: list | None = None) -> Path:
+             callbacks: list | None = None, generation_kwargs: dict | None = None) -> Path:
     """Train with GRPO's loop and ``advantage_fn``; returns the saved (merged) policy folder.
 
     One optimiser step per generation batch (``steps_per_generation == grad_accum``, one
@@ -113,6 +143,7 @@ def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: Advanta
         epsilon=config.epsilon_low, epsilon_high=config.epsilon_high,
         loss_type=config.loss_type, scale_rewards=scale_rewards,
         mask_truncated_completions=False, log_completions=False, shuffle_dataset=True,
+        generation_kwargs=generation_kwargs,
     )
     trainer_cls = _trainer_class()
     trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,

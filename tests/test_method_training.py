@@ -1,0 +1,124 @@
+"""The GRPO-family loop on the real embedded model and real TRL: compute parity and bad rewards."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from forgetbench import registry
+from forgetbench.models import resolve_model
+from forgetbench.training.grpo import (AdvantageCheckError, GRPOFamilyConfig, RewardFunctionError,
+                                       run_grpo)
+
+TINY_LOOP = dict(max_steps=2, num_generations=2, prompts_per_step=2, grad_accum=2,
+                 max_completion_length=8, n_harmful=2, n_harmless=2)
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    return resolve_model("smollm2-135m-instruct")
+
+
+class PassCounter:
+    """Counts model forward passes (outside generate), backward passes, generate calls and
+    optimiser steps, by wrapping the real classes' methods for the duration of a run."""
+
+    def __init__(self, monkeypatch):
+        from transformers import GenerationMixin, LlamaForCausalLM, TrainerCallback
+
+        self.counts = Counter()
+        self._generating = False
+        forward, generate, backward = (LlamaForCausalLM.forward, GenerationMixin.generate,
+                                       torch.Tensor.backward)
+        counter = self
+
+        def counted_forward(model, *args, **kwargs):
+            if not counter._generating:
+                counter.counts["forward_grad" if torch.is_grad_enabled() else "forward_no_grad"] += 1
+            return forward(model, *args, **kwargs)
+
+        def counted_generate(model, *args, **kwargs):
+            counter.counts["generate"] += 1
+            counter._generating = True
+            try:
+                return generate(model, *args, **kwargs)
+            finally:
+                counter._generating = False
+
+        def counted_backward(tensor, *args, **kwargs):
+            counter.counts["backward"] += 1
+            return backward(tensor, *args, **kwargs)
+
+        class StepCounter(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                counter.counts["optimizer_step"] += 1
+
+        monkeypatch.setattr(LlamaForCausalLM, "forward", counted_forward)
+        monkeypatch.setattr(GenerationMixin, "generate", counted_generate)
+        monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
+        self.callback = StepCounter()
+
+
+def train_counting(method: str, model_path, tmp_path, monkeypatch) -> Counter:
+    from forgetbench.methods.rl import train_with_advantage  # noqa: F401  (import before patching)
+
+    plugin = registry.get("method", method)
+    config = plugin.build_config(TINY_LOOP)
+    counter = PassCounter(monkeypatch)
+    monkeypatch.setattr("forgetbench.methods.rl.TRAINER_CALLBACKS", [counter.callback])
+    plugin.target(config, model_path, tmp_path / method, 0)
+    monkeypatch.undo()
+    return counter.counts
+
+
+def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(model_path, tmp_path, monkeypatch):
+    frpo = train_counting("frpo", model_path, tmp_path, monkeypatch)
+    grpo = train_counting("grpo", model_path, tmp_path, monkeypatch)
+    steps = TINY_LOOP["max_steps"]
+    assert frpo["optimizer_step"] == grpo["optimizer_step"] == steps
+    per_step = {name: {k: v / steps for k, v in counts.items()}
+                for name, counts in (("frpo", frpo), ("grpo", grpo))}
+    assert per_step["frpo"] == per_step["grpo"], per_step
+    # One backward per micro-batch, one generation batch per optimiser step, and the reference
+    # policy (beta > 0 in both) adds forward passes without gradient but no backward.
+    assert per_step["frpo"]["backward"] == TINY_LOOP["grad_accum"]
+    assert per_step["frpo"]["forward_grad"] == TINY_LOOP["grad_accum"]
+    assert per_step["frpo"]["generate"] >= 1
+    assert per_step["frpo"]["forward_no_grad"] >= 1
+
+
+def _dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": text}], "prompt_index": i}
+                              for i, text in enumerate(["Name a colour.", "Name a fruit."])])
+
+
+def _loop(tmp_path, reward_fn):
+    from forgetbench.advantages import frpo_advantages
+
+    config = GRPOFamilyConfig(max_steps=1, num_generations=2, prompts_per_step=2,
+                              max_completion_length=4)
+    return run_grpo(resolve_model("smollm2-135m-instruct"), _dataset(), [reward_fn],
+                    lambda r, g: frpo_advantages(r, g, lam=0.5), config, tmp_path, 0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_non_finite_reward_stops_with_a_clear_error(tmp_path, bad):
+    def reward(prompts, completions, **_):
+        return [1.0] * (len(completions) - 1) + [bad]
+
+    with pytest.raises(AdvantageCheckError, match="None, NaN or inf for 1 completion"):
+        _loop(tmp_path, reward)
+    assert not (tmp_path / "model").exists()
+
+
+def test_reward_function_that_raises_is_named(tmp_path):
+    def flaky_judge(prompts, completions, **_):
+        raise ConnectionError("judge endpoint refused the connection")
+
+    with pytest.raises(RewardFunctionError, match=r"reward function \(flaky_judge\) raised "
+                                                  "ConnectionError: judge endpoint refused"):
+        _loop(tmp_path, flaky_judge)
