@@ -92,11 +92,12 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
             outcomes[stage] = Outcome("reused")
             say(stage, f"[green]re-used[/] {stage.folder(root).name}")
     pending = [stage for stage in stages if stage not in outcomes]
+    started = time.monotonic()
     if not pending:
+        _report(console, outcomes, total, started, "nothing to run")
         return outcomes
     executor.open(root)
     where = executor.describe()
-    started = time.monotonic()
     try:
         with _Display(console, total) as display, _sigterm_as_interrupt():
             while pending or executor.in_flight():
@@ -113,9 +114,12 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
                             say(stage, f"{executor.in_flight()[stage]} ...")
                 for stage, outcome in executor.poll(timeout=0.5):
                     outcomes[stage] = outcome
-                    say(stage, _ended(stage, outcome, root))
+                    running = len(executor.in_flight())
+                    say(stage, f"{_ended(stage, outcome, root)} [dim]({len(outcomes)}/{total} "
+                               f"done, {running} running, {len(pending)} left, "
+                               f"{_clock(time.monotonic() - started)} elapsed)[/]")
                 display.update(len(outcomes), {s: matrix.name(s) for s in executor.in_flight()},
-                               len(pending) + len(executor.in_flight()))
+                               len(pending))
     except KeyboardInterrupt:
         busy = [s.label for s in executor.in_flight()]
         executor.abort()
@@ -125,20 +129,28 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
                           "same command to resume.") from None
     finally:
         executor.close()
+    _report(console, outcomes, total, started, where)
+    return outcomes
+
+
+def _report(console: Console, outcomes: dict, total: int, started: float, where: str) -> None:
     console.print(f"{total} stages: {_count(outcomes, 'reused')} re-used, "
                   f"{_count(outcomes, 'ran')} computed, {_count(outcomes, 'failed')} failed, "
                   f"{_count(outcomes, 'skipped')} skipped; {time.monotonic() - started:.0f} s "
                   f"({where})", highlight=False)
-    return outcomes
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
 
 def _ended(stage: Stage, outcome: Outcome, root: Path) -> str:
     if outcome.status == "ran":
         return (f"[bold]done[/] in {outcome.seconds:.0f} s, peak RSS "
                 f"{outcome.peak_rss_mib:.0f} MiB")
-    if outcome.status == "reused":
-        return f"[green]re-used[/] {stage.folder(root).name}" + \
-            (" (computed by another runner)" if outcome.by_other else "")
+    if outcome.status == "reused":  # it was not done when this runner started
+        return f"[green]re-used[/] {stage.folder(root).name} (computed by another runner)"
     return f"[red]failed[/] after {outcome.seconds:.0f} s: {escape(outcome.error)}"
 
 
@@ -179,10 +191,12 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
 
             all_rows.extend(pd.read_parquet(path).to_dict("records"))
     if all_rows:
-        if len(matrix.cells) == 1:
-            console.print(before_after_table(all_rows))
-        else:
-            console.print(matrix_table(all_rows))
+        table = before_after_table(all_rows) if len(matrix.cells) == 1 else \
+            matrix_table(all_rows)
+        # off a terminal (a log, a pipe) nothing needs to fit a screen: print the table whole
+        wide = console if console.is_terminal else \
+            Console(file=console.file, width=max(console.width, 240), highlight=False)
+        wide.print(table)
     if tables:
         where = tables[0] if len(tables) == 1 else root / "results"
         console.print(f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "

@@ -32,13 +32,13 @@ class LocalExecutor(Executor):
         return len(self.running) < self.jobs
 
     def submit(self, stage: Stage) -> None:
-        self._try(stage, by_other=False)
+        self._try(stage)
 
-    def _try(self, stage: Stage, by_other: bool) -> None:
+    def _try(self, stage: Stage) -> None:
         claimed = claim(stage, self.root)
         if claimed == "done":
             self.waiting.pop(stage, None)
-            self.ended.append((stage, Outcome("reused", by_other=by_other)))
+            self.ended.append((stage, Outcome("reused", by_other=True)))
         elif claimed is None:
             self.waiting[stage] = time.monotonic()
         else:
@@ -62,7 +62,7 @@ class LocalExecutor(Executor):
             now = time.monotonic()
             for stage, looked in list(self.waiting.items()):
                 if now - looked >= RECLAIM_SECONDS and (self.has_capacity() or stage.is_done(self.root)):
-                    self._try(stage, by_other=True)
+                    self._try(stage)
             if self.ended or time.monotonic() >= deadline:
                 ended, self.ended = self.ended, []
                 return ended
