@@ -211,18 +211,25 @@ class VLLMEngine:
 
 
 def _progress_bar(progress, samples: int):
-    """vLLM's tqdm hook, forwarding finished prompts to ``progress`` (no bar of its own)."""
+    """vLLM's tqdm hook, forwarding finished prompts to ``progress`` (and drawing nothing)."""
     if progress is None:
         return False
     from tqdm import tqdm
 
     class Forward(tqdm):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "disable": True})
+            # Not `disable=True`: vLLM divides by the bar's elapsed time, which a disabled bar
+            # reports as 0.
+            super().__init__(*args, **{**kwargs, "file": open(os.devnull, "w"),
+                                       "mininterval": 3600})
 
         def update(self, n=1):
             progress(n / samples)  # vLLM counts samples; the stage's bar counts prompts
             return super().update(n)
+
+        def close(self):
+            super().close()
+            self.fp.close()
 
     return Forward
 
