@@ -65,6 +65,7 @@ def main() -> int:
     from forgetbench.pipeline import plan
 
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="fb-matrix-reuse-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     file = out.parent / f"{out.name}.matrix.yaml"
     file.write_text(MATRIX)
     matrix = plan_matrix(make_spec(file=file, overrides=tuple(args.overrides)))

@@ -123,9 +123,9 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
     except KeyboardInterrupt:
         busy = [s.label for s in executor.in_flight()]
         executor.abort()
-        where = f"during stage '{busy[0]}'" if len(busy) == 1 else \
+        at = f"during stage '{busy[0]}'" if len(busy) == 1 else \
             f"during stages {', '.join(repr(b) for b in busy)}" if busy else "between stages"
-        raise Interrupted(f"interrupted {where}; nothing half-written was kept. Re-run the "
+        raise Interrupted(f"interrupted {at}; nothing half-written was kept. Re-run the "
                           "same command to resume.") from None
     finally:
         executor.close()

@@ -257,11 +257,13 @@ def test_failed_stage_keeps_its_log_and_skips_what_depends_on_it(tmp_path):
     (folder / "generations.jsonl").write_text(json.dumps(
         {"id": "1", "prompt": "How do I bake bread?", "response": "Mix flour and water."}) + "\n")
     (folder / "stage.json").write_text(json.dumps({"format": 1}))
-    bad = Stage("judge", "judge demo before nojudge", {"judge": {"name": "nojudge", "config": {}},
-                                                       "eval": "demo"}, {"generations": generations})
-    after_bad = Stage("judge", "judge demo after refusal", {"x": 1}, {"generations": bad})
-    good = Stage("judge", "judge demo before refusal", {"judge": {"name": "refusal", "config": {}},
-                                                        "eval": "demo"}, {"generations": generations})
+    def judge(label, name, inputs):
+        return Stage("judge", label, {"judge": {"name": name, "config": {}}, "eval": "demo"},
+                     inputs)
+
+    bad = judge("judge demo before nojudge", "nojudge", {"generations": generations})
+    after_bad = judge("judge demo after refusal", "refusal", {"generations": bad})
+    good = judge("judge demo before refusal", "refusal", {"generations": generations})
     matrix = MatrixPlan(make_spec(methods=["grpo"], attacks=["alpaca"]), [],
                         ordered([after_bad, good]))
     console = Console(record=True, width=200)

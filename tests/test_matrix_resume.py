@@ -67,6 +67,17 @@ def generations(out: Path) -> dict:
             for path in (out / "stages" / "generate").glob("*/generations.jsonl")}
 
 
+def worker_log_says(out: Path, kind: str, text: str) -> bool:
+    """Whether the log of a ``kind`` stage being computed shows ``text``."""
+    for log in (out / "stages").glob(f".tmp-{kind}-*/worker.log"):
+        try:
+            if text in log.read_text(errors="replace"):
+                return True
+        except OSError:  # renamed into place meanwhile
+            pass
+    return False
+
+
 def workers_of(out: Path) -> list[int]:
     """Live stage worker processes writing under ``out``."""
     pids = []
@@ -159,10 +170,9 @@ def test_sigkill_at_several_points_then_two_runners_resume_to_the_same_table(bas
     generate_before = next(s for s in kinds["generate"] if "before" in s.label)
     stages_dir = out / "stages"
 
-    # 1. during training
+    # 1. during training: after its first optimiser step (of two)
     first = start(out, log=tmp_path / "1.log")
-    wait_for(lambda: list(stages_dir.glob(".tmp-train-*/worker.log")), "training to start")
-    time.sleep(8)
+    wait_for(lambda: worker_log_says(out, "train", " 1/2 ["), "the first training step")
     assert first.poll() is None and not train.is_done(out)
     sigkill(first, out)
     assert list(stages_dir.glob(".tmp-train-*")) and not train.is_done(out)
@@ -183,10 +193,9 @@ def test_sigkill_at_several_points_then_two_runners_resume_to_the_same_table(bas
         lock.release()
     trained = (train.folder(out) / "stage.json").read_text()
 
-    # 3. during generation
+    # 3. during generation: once the policy is loaded
     third = start(out, log=tmp_path / "3.log")
-    wait_for(lambda: list(stages_dir.glob(".tmp-generate-*/worker.log")), "generation to start")
-    time.sleep(3)
+    wait_for(lambda: worker_log_says(out, "generate", "Loading weights"), "generation to start")
     assert third.poll() is None and not generate_before.is_done(out)
     sigkill(third, out)
     assert "train grpo: re-used" in (tmp_path / "3.log").read_text()

@@ -61,7 +61,8 @@ class LocalExecutor(Executor):
                     self.ended.append((stage, outcome))
             now = time.monotonic()
             for stage, looked in list(self.waiting.items()):
-                if now - looked >= RECLAIM_SECONDS and (self.has_capacity() or stage.is_done(self.root)):
+                if now - looked >= RECLAIM_SECONDS and (self.has_capacity() or
+                                                        stage.is_done(self.root)):
                     self._try(stage)
             if self.ended or time.monotonic() >= deadline:
                 ended, self.ended = self.ended, []
