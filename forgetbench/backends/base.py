@@ -25,8 +25,8 @@ class GenerationConfig(StrictModel):
     ``generation:`` section. Fields marked "vLLM only" are ignored by ``hf``."""
 
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per response.")
-    batch_size: int = Field(16, ge=1, description="hf: prompts per generate() call; vLLM: most "
-                            "prompts decoded at once (max_num_seqs = batch_size * n).")
+    batch_size: int = Field(16, ge=1, description="hf only: prompts per generate() call (vLLM "
+                            "schedules its own batches; see max_num_seqs).")
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding (evaluation default).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when temperature > 0.")
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
@@ -45,6 +45,11 @@ class GenerationConfig(StrictModel):
         "prompt_tokens_original, truncated_prompt); `error` fails the stage listing the ids.")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU build only: KV-cache size in GiB "
                               "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).")
+    max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM only: most sequences "
+                                        "decoded at once; None = vLLM's default.")
+    enforce_eager: bool = Field(False, description="vLLM only: skip torch.compile. Compiling a "
+                                "model takes minutes on a small CPU the first time (then cached "
+                                "in ~/.cache/vllm) and speeds up decoding.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU build only: "
                                           "fraction of GPU memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPU build only: GPUs per model.")

@@ -6,7 +6,7 @@ adapter is loaded over its base with peft and merged for speed).
 
 from __future__ import annotations
 
-from forgetbench.backends.base import (Generation, GenerationConfig, eos_ids, finish,
+from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
                                        package_version, prepare_prompts, prompt_budget,
                                        resolve_policy)
 from forgetbench.registry import backend
@@ -42,9 +42,17 @@ def generate_hf(config: GenerationConfig, model_path: str, prompts: list[str],
     _, budget = prompt_budget(config, policy.model)
     prepared = prepare_prompts(tokenizer, prompts, budget, config.overlong_prompts)
     model = load_weights(policy, config.dtype)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    stop_ids = eos_ids(tokenizer, policy.model)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return generate_loaded(config, model, tokenizer, eos_ids(tokenizer, policy.model), prepared,
+                           progress)
+
+
+def generate_loaded(config: GenerationConfig, model, tokenizer, stop_ids: set[int],
+                    prepared: list[Prompt], progress=None) -> list[Generation]:
+    """Generate for rendered prompts (``prepare_prompts``) with a loaded model."""
+    import torch
+
+    device = model.device
     package, version = package_version("transformers")
     # Longest first: similar lengths share a batch, and memory peaks early if at all.
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].token_ids))

@@ -137,8 +137,10 @@ class VLLMEngine:
         self.stop_ids = eos_ids(self.tokenizer, model)
         self.max_model_len = max_model_len
         kwargs = dict(model=model, tokenizer=tokenizer, dtype=config.dtype, seed=config.seed,
-                      max_model_len=max_model_len, max_num_seqs=config.batch_size * config.n,
+                      max_model_len=max_model_len, enforce_eager=config.enforce_eager,
                       disable_log_stats=True)
+        if config.max_num_seqs:
+            kwargs["max_num_seqs"] = config.max_num_seqs
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank_slot(max_lora_rank))
         if not self.cpu:
@@ -234,6 +236,15 @@ def _progress_bar(progress, samples: int):
     return Forward
 
 
+def engine_max_model_len(prepared: list[Prompt], config: GenerationConfig,
+                         context: Optional[int]) -> int:
+    """Room for the longest prompt plus max_new_tokens (a small KV cache suffices), rounded up to
+    a power of two so that stages share vLLM's compile cache (keyed on the engine's config)."""
+    longest = max((len(p.token_ids) for p in prepared), default=1) + config.max_new_tokens
+    bucket = max(256, 1 << (longest - 1).bit_length())
+    return min(context, bucket) if context else bucket
+
+
 def generate_vllm(config: GenerationConfig, model_path: str, prompts: list[str],
                   progress=None) -> list[Generation]:
     from forgetbench.models import load_tokenizer
@@ -242,10 +253,8 @@ def generate_vllm(config: GenerationConfig, model_path: str, prompts: list[str],
     context, budget = prompt_budget(config, policy.model)
     prepared = prepare_prompts(load_tokenizer(policy.tokenizer), prompts, budget,
                                config.overlong_prompts)
-    # The engine only needs room for the longest prompt here: a small KV cache suffices.
-    longest = max((len(p.token_ids) for p in prepared), default=1) + config.max_new_tokens
-    max_model_len = min(context, longest) if context else longest
-    with VLLMEngine(config, policy.model, policy.tokenizer, max_model_len,
+    with VLLMEngine(config, policy.model, policy.tokenizer,
+                    engine_max_model_len(prepared, config, context),
                     policy.lora_rank if policy.adapter else 0) as engine:
         return engine.generate(prepared, policy.adapter, progress)
 
