@@ -47,9 +47,10 @@ class GenerationConfig(StrictModel):
                               "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM only: most sequences "
                                         "decoded at once; None = vLLM's default.")
-    enforce_eager: bool = Field(False, description="vLLM only: skip torch.compile. Compiling a "
-                                "model takes minutes on a small CPU the first time (then cached "
-                                "in ~/.cache/vllm) and speeds up decoding.")
+    enforce_eager: Optional[bool] = Field(
+        None, description="vLLM only: skip torch.compile. None = eager on the CPU build (measured "
+        "on 2 cores: compiling adds ~2 min to every engine start, since vllm-cpu 0.32 fails to "
+        "reload its compile cache, and decodes no faster), compiled on GPU.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU build only: "
                                           "fraction of GPU memory vLLM may take.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPU build only: GPUs per model.")

@@ -137,8 +137,9 @@ class VLLMEngine:
         self.stop_ids = eos_ids(self.tokenizer, model)
         self.max_model_len = max_model_len
         kwargs = dict(model=model, tokenizer=tokenizer, dtype=config.dtype, seed=config.seed,
-                      max_model_len=max_model_len, enforce_eager=config.enforce_eager,
-                      disable_log_stats=True)
+                      max_model_len=max_model_len, disable_log_stats=True,
+                      enforce_eager=self.cpu if config.enforce_eager is None
+                      else config.enforce_eager)
         if config.max_num_seqs:
             kwargs["max_num_seqs"] = config.max_num_seqs
         if max_lora_rank:
