@@ -33,8 +33,9 @@ class GenerationConfig(StrictModel):
     n: int = Field(1, ge=1, description="Responses sampled per prompt (needs temperature > 0 "
                    "when > 1); stored as one row each, numbered by `sample`.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights and activations dtype. On CPU bfloat16 is faster in "
-        "vLLM; float32 makes hf and vLLM agree token for token.")
+        "float32", description="Weights and activations dtype. float32 makes hf and vLLM agree "
+        "token for token; bfloat16 halves memory but on a CPU without AVX512-BF16 it was no "
+        "faster in vLLM (measured here).")
     max_model_len: Optional[int] = Field(
         None, ge=2, description="Context length (prompt + response tokens); None = the model's "
         "own (max_position_embeddings). Prompts that do not fit with max_new_tokens are handled "
@@ -42,7 +43,7 @@ class GenerationConfig(StrictModel):
     overlong_prompts: Literal["truncate", "error"] = Field(
         "truncate", description="A prompt too long for max_model_len - max_new_tokens: "
         "`truncate` cuts the middle of the user message (recorded per row: prompt_truncated, "
-        "prompt_tokens_original, truncated_prompt); `error` fails the stage listing the ids.")
+        "prompt_tokens_original, truncated_prompt); `error` fails the stage naming the prompts.")
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU build only: KV-cache size in GiB "
                               "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).")
     max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM only: most sequences "
