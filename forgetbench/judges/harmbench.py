@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from forgetbench.config import Field
-from forgetbench.errors import ForgetbenchError
 from forgetbench.judges import Verdict, check_lengths
 from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, ParseError,
                                          completion_text, parallel_map, request)
-from forgetbench.judges.strongreject import HubModelSettings, _load_failure, load_causal_lm
+from forgetbench.judges.strongreject import (HubModelSettings, load_causal_lm,
+                                             load_judge_tokenizer)
 from forgetbench.registry import judge
 
 # HarmBench eval_utils.py LLAMA2_CLS_PROMPT, verbatim.
@@ -133,12 +133,7 @@ class HarmBenchClassifierConfig(EndpointSettings, HubModelSettings):
 
 
 def _load_tokenizer(name: str, revision: Optional[str]):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    except (OSError, ValueError) as error:
-        raise ForgetbenchError(_load_failure(name, error)) from None
+    tokenizer = load_judge_tokenizer(name, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer

@@ -23,11 +23,11 @@ import re
 from typing import Literal, Optional, Sequence
 
 from forgetbench.config import Field
-from forgetbench.errors import ForgetbenchError
 from forgetbench.judges import Verdict, check_lengths
 from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, ParseError, chat_payload,
                                          message_content, parallel_map, request)
-from forgetbench.judges.strongreject import HubModelSettings, _load_failure, load_causal_lm
+from forgetbench.judges.strongreject import (HubModelSettings, load_causal_lm,
+                                             load_judge_tokenizer)
 from forgetbench.registry import judge
 
 HAZARD_CATEGORIES = {
@@ -127,13 +127,7 @@ class LlamaGuard:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.config.model,
-                                                                revision=self.config.revision)
-            except (OSError, ValueError) as error:
-                raise ForgetbenchError(_load_failure(self.config.model, error)) from None
+            self._tokenizer = load_judge_tokenizer(self.config.model, self.config.revision)
         return self._tokenizer
 
     def _load(self):

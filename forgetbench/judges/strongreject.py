@@ -253,6 +253,16 @@ def _load_failure(model: str, error: Exception) -> str:
             "gated models such as google/gemma-2b or meta-llama/*), or a local folder")
 
 
+def load_judge_tokenizer(model: str, revision: Optional[str] = None, **kwargs):
+    """A judge's tokenizer from the hub or a folder; a load failure is one line saying why."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model, revision=revision, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ForgetbenchError(_load_failure(model, error)) from None
+
+
 def score_token_ids(tokenizer, tokens: Sequence[str] = SCORE_TOKENS) -> list[int]:
     """Vocabulary ids of the score tokens "1".."5" (each must be a single vocabulary entry)."""
     vocab = tokenizer.get_vocab()
@@ -296,14 +306,9 @@ class FinetunedScorer:
 
     def _load(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(
-                    self.config.model, revision=self.config.revision, padding_side="left",
-                    truncation_side="left")
-            except (OSError, ValueError) as error:
-                raise ForgetbenchError(_load_failure(self.config.model, error)) from None
+            self._tokenizer = load_judge_tokenizer(
+                self.config.model, self.config.revision, padding_side="left",
+                truncation_side="left")
             if not self._tokenizer.pad_token:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         if self._model is None:
