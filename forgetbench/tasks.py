@@ -44,6 +44,9 @@ class DatasetSpec(StrictModel):
     sample: Optional[int] = Field(None, ge=1, description="Keep a fixed random sample of this "
                                   "many rows (seed 0, the same for every run), after filtering.")
     head: Optional[int] = Field(None, ge=1, description="Keep the first N rows (after filtering).")
+    id_prefix: Optional[str] = Field(None, description="For files without an id column: each row's "
+                                     "`id` is this prefix + its 0-based position in the file, "
+                                     "so ids survive filter, sample and head.")
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -94,9 +97,12 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
         if missing:
             raise DataError(f"{where} row {number} lacks required field(s) {missing}; fix the "
                             "file or the task's dataset.fields")
+    if spec.id_prefix is not None:
+        rows = [{**row, "id": f"{spec.id_prefix}{number}"} for number, row in enumerate(rows)]
     rows = [row for row in rows if all(row[k] == v for k, v in spec.filter.items())]
     if spec.fields:
-        rows = [{ours: row[theirs] for ours, theirs in spec.fields.items()} for row in rows]
+        fields = {"id": "id", **spec.fields} if spec.id_prefix is not None else spec.fields
+        rows = [{ours: row[theirs] for ours, theirs in fields.items()} for row in rows]
     if spec.sample is not None and spec.sample < len(rows):
         rows = random.Random(0).sample(rows, spec.sample)
     if spec.head is not None:
