@@ -1,31 +1,88 @@
 """Downstream fine-tuning regimes: each ``tasks/attacks/<name>.yaml`` is an ``attack`` plugin.
 
-An attack starts from the method's policy P0 and fine-tunes it into P1 the way a user would.
+An attack starts from the method's policy P0 and fine-tunes it into P1 the way a user would:
+supervised fine-tuning on completions only (``trainer: sft``) or GRPO with a helpfulness reward
+(``trainer: grpo``). It saves a checkpoint every ``checkpoint_every`` optimiser steps; each is
+generated, judged and measured for KL from P0 like the final policy. ``task_evals`` name the
+evals that show the attack did its own job (GSM8k accuracy after GSM8k SFT, ...).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Optional
 
-from forgetbench.config import Field
-from forgetbench.tasks import DatasetSpec, load_rows, register_yaml_tasks
+from pydantic import model_validator
+
+from forgetbench.config import Field, StrictModel
+from forgetbench.tasks import DataError, DatasetSpec, load_rows, register_yaml_tasks
+from forgetbench.training.checkpoints import (check_checkpoints, checkpoint_callback,
+                                              checkpoint_steps, sft_total_steps)
+from forgetbench.training.common import OptimConfig
 from forgetbench.training.sft import SFTSettings
+
+# GRPO settings an RL attack may set under `rl:` (the optimiser settings are the attack's own).
+RL_FIELDS_NOT_ALLOWED = {"train_task", "n_harmful", "n_harmless"} | set(OptimConfig.model_fields)
 
 
 class AttackTask(SFTSettings):
     name: str = Field(description="The attack's name.")
     version: int = Field(description="Bumped whenever data, format or hyper-parameters change.")
     description: str = Field("", description="One line for `forgetbench list`.")
-    trainer: Literal["sft"] = Field("sft", description="How the attack trains: sft = TRL SFT "
-                                    "with loss on completions only.")
+    trainer: Literal["sft", "grpo"] = Field(
+        "sft", description="sft = TRL SFT with loss on completions only; grpo = TRL GRPO on the "
+        "prompts with the `rl.reward` reward (the response template gives each prompt's "
+        "`reference`).")
     dataset: DatasetSpec = Field(description="Training rows.")
     prompt_template: str = Field(description="Python format string over row fields: user turn. "
                                  "Fields that are empty drop the lines `optional_sections` name.")
-    response_template: str = Field(description="Python format string over row fields: target.")
+    response_template: str = Field(description="Python format string over row fields: target "
+                                   "(sft) or reference answer for the reward (grpo).")
+    response_cut: Optional[str] = Field(None, description="Cut the response at the first "
+                                        "occurrence of this marker (GSM8k: '####' drops the "
+                                        "final-answer line, leaving the rationale).")
     optional_sections: dict[str, str] = Field(
         default_factory=dict, description="field -> template fragment included only when the "
         "field is non-empty (Alpaca's `### Input:` block).")
+    checkpoint_every: int = Field(0, ge=0, description="Save and score the policy every k "
+                                  "optimiser steps (step 0 = P0 is always scored); 0 = only "
+                                  "the final policy. Larger than the run is an error.")
+    task_evals: list[str] = Field(default_factory=list, description="Evals showing the attack "
+                                  "did its job, scored with the preset's evals at every step.")
+    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: GRPO "
+                               "settings (forgetbench.training.grpo.GRPOFamilyConfig fields, "
+                               "e.g. num_generations, prompts_per_step, max_completion_length, "
+                               "beta, reward, reward_config) plus adv_norm (group | batch | "
+                               "none).")
+
+    @model_validator(mode="after")
+    def _rl_settings_are_valid(self):
+        if self.rl and self.trainer != "grpo":
+            raise ValueError("`rl` settings apply to trainer: grpo only")
+        if self.trainer == "grpo":
+            grpo_settings(self)
+        return self
+
+
+class RLAttackConfig(StrictModel):
+    adv_norm: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage "
+                                                        "normalisation.")
+
+
+def grpo_settings(task: AttackTask):
+    """The attack's GRPO settings: its optimiser fields plus ``rl`` (validated)."""
+    from forgetbench.config import validate
+    from forgetbench.training.grpo import GRPOFamilyConfig
+
+    rl = dict(task.rl)
+    bad = sorted(set(rl) & RL_FIELDS_NOT_ALLOWED)
+    if bad:
+        raise ValueError(f"rl: {bad} are not RL settings here (optimiser fields go at the "
+                         "attack's top level; the prompts come from `dataset`)")
+    extra = validate(RLAttackConfig, {"adv_norm": rl.pop("adv_norm", "group")}, "attack.rl")
+    optim = {name: getattr(task, name) for name in OptimConfig.model_fields}
+    return validate(GRPOFamilyConfig, {**optim, **rl}, "attack.rl"), extra
 
 
 def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
@@ -35,15 +92,82 @@ def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
         for field, fragment in task.optional_sections.items():
             values[f"{field}_section"] = fragment.format(**row) if str(row.get(field, "")).strip() \
                 else ""
-        pairs.append((task.prompt_template.format(**values).strip(),
-                      task.response_template.format(**values).strip()))
+        response = task.response_template.format(**values)
+        if task.response_cut:
+            response = response.split(task.response_cut, 1)[0]
+        pairs.append((task.prompt_template.format(**values).strip(), response.strip()))
+    empty = [number for number, (prompt, response) in enumerate(pairs, start=1)
+             if not prompt or (task.trainer == "sft" and not response)]
+    if empty:
+        raise DataError(f"attack {task.name!r}: {len(empty)} row(s) give an empty prompt or "
+                        f"response (rows {empty[:5]} of {task.dataset.path or task.dataset.hub}); "
+                        "fix the data or the templates")
     return pairs
 
 
-def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> Path:
-    from forgetbench.training.sft import run_sft
+@lru_cache(maxsize=32)
+def _row_count(spec_json: str) -> int:
+    return len(load_rows(DatasetSpec.model_validate_json(spec_json)))
 
-    return run_sft(model_path, format_pairs(task, load_rows(task.dataset)), task, out_dir, seed)
+
+def total_steps(task: AttackTask) -> int:
+    """Optimiser steps the attack runs: ``max_steps``, else its epochs over the dataset."""
+    if task.max_steps > 0:
+        return task.max_steps
+    rows = _row_count(task.dataset.model_dump_json())
+    if task.trainer == "grpo":
+        settings, _ = grpo_settings(task)
+        return sft_total_steps(rows, settings.prompts_per_step, 1, task.epochs, -1)
+    return sft_total_steps(rows, task.batch_size, task.grad_accum, task.epochs, -1)
+
+
+def planned_checkpoints(task: AttackTask) -> list[int]:
+    """The intermediate steps the attack saves (an interval larger than the run is an error)."""
+    return checkpoint_steps(total_steps(task), task.checkpoint_every)
+
+
+def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> Path:
+    from forgetbench.models import load_tokenizer
+
+    pairs = format_pairs(task, load_rows(task.dataset))
+    steps = total_steps(task)
+    # A fixed step count makes the saved checkpoints exactly the planned ones.
+    task = task.model_copy(update={"max_steps": steps})
+    callbacks = [checkpoint_callback(task.checkpoint_every, steps, out_dir,
+                                     load_tokenizer(model_path))] if task.checkpoint_every else []
+    if task.trainer == "sft":
+        from forgetbench.training.sft import run_sft
+
+        model = run_sft(model_path, pairs, task, out_dir, seed, callbacks=callbacks)
+    else:
+        model = _run_grpo_attack(task, pairs, model_path, out_dir, seed, callbacks)
+    check_checkpoints(out_dir, steps, task.checkpoint_every)
+    return model
+
+
+def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, seed: int,
+                     callbacks: list) -> Path:
+    from functools import partial
+
+    from datasets import Dataset
+
+    from forgetbench import registry
+    from forgetbench.advantages import grpo_advantages
+    from forgetbench.methods.rl import within_prompt_length
+    from forgetbench.training.grpo import run_grpo
+
+    settings, extra = grpo_settings(task)
+    rows = [{"prompt": prompt, "reference": reference} for prompt, reference in pairs]
+    if settings.max_prompt_length:
+        rows = within_prompt_length(rows, model_path, settings.max_prompt_length)
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": row["prompt"]}], "reference": row["reference"],
+         "kind": "harmless", "prompt_index": index} for index, row in enumerate(rows)])
+    plugin = registry.get("reward", settings.reward)
+    reward_fn = plugin.target(plugin.build_config(settings.reward_config))
+    return run_grpo(model_path, dataset, [reward_fn],
+                    partial(grpo_advantages, scale=extra.adv_norm), settings, out_dir, seed,
+                    scale_rewards=extra.adv_norm, callbacks=callbacks)
 
 
 register_yaml_tasks("attack", "attacks", AttackTask)

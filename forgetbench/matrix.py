@@ -196,6 +196,7 @@ def plan_matrix(spec: MatrixSpec) -> MatrixPlan:
     for cell_plan in cells:
         cell_plan.policies = {phase: canon(stage) for phase, stage in cell_plan.policies.items()}
         cell_plan.judged = [(*head, canon(stage)) for *head, stage in cell_plan.judged]
+        cell_plan.kl = [(*head, canon(stage)) for *head, stage in cell_plan.kl]
     stages = ordered([stage for cell_plan in cells for stage in cell_plan.targets()])
     matrix = MatrixPlan(spec, cells, stages)
     matrix.names = _display_names(matrix)

@@ -1,7 +1,8 @@
 """One cell of the matrix: resolve its config and plan its stages.
 
-    warmup -> train(method) = P0 -> attack = P1
-    P0, P1 -> generate(eval) -> judge -> results
+    warmup -> train(method) = P0 -> attack = P1 (and checkpoints P1@k every k steps)
+    P0, P1@k, P1 -> generate(eval) -> judge -> results
+                      and -> kl(P0 || policy) on the same greedy rollouts -> results
 
 A matrix (``forgetbench.matrix``) is a list of cells whose plans share every stage with the same
 key; ``forgetbench run`` is the one-cell matrix.
@@ -87,7 +88,7 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "attack": deep_merge(attack_plugin.target if isinstance(attack_plugin.target, dict) else {},
                              deep_merge(preset_file.attack, preset_file.attacks.get(attack, {}))),
         "evals": list(preset_file.evals),
-        "eval": {name: dict(preset_file.eval.get(name, {})) for name in preset_file.evals},
+        "eval": {name: dict(settings) for name, settings in preset_file.eval.items()},
         "backend": preset_file.backend,
         "generation": dict(preset_file.generation),
         "judges": {k: dict(v) for k, v in preset_file.judges.items()},
@@ -103,10 +104,14 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
             apply_override(tree, path, value)
     tree["method"] = deep_merge(tree["method"], method_set or {})
     tree["attack"] = deep_merge(tree["attack"], attack_set or {})
+    attack_config = attack_plugin.build_config(tree["attack"])
+    # The attack's own task evals are scored beside the preset's, at every step.
+    eval_names = list(dict.fromkeys([*tree["evals"], *getattr(attack_config, "task_evals", [])]))
     eval_configs = {}
-    for name in tree["evals"]:
+    for name in eval_names:
         plugin = registry.get("eval", name)
-        eval_configs[name] = dump(plugin.build_config(deep_merge(plugin.target, tree["eval"].get(name, {}))))
+        eval_configs[name] = dump(plugin.build_config(deep_merge(plugin.target,
+                                                                 tree["eval"].get(name, {}))))
     judge_names = sorted({m["judge"] for config in eval_configs.values() for m in config["metrics"]})
     backend_plugin = registry.get("backend", tree["backend"])
     resolved = {
@@ -114,14 +119,24 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "seed": _seed(tree["seed"]),
         "warmup": dump(validate(WarmupConfig, tree["warmup"], "warmup")),
         "method": {"name": method, "config": dump(method_plugin.build_config(tree["method"]))},
-        "attack": {"name": attack, "config": dump(attack_plugin.build_config(tree["attack"]))},
-        "evals": {name: eval_configs[name] for name in tree["evals"]},
+        "attack": {"name": attack, "config": dump(attack_config), **attack_steps(attack_config)},
+        "evals": eval_configs,
         "backend": {"name": backend_plugin.name,
                     "config": dump(backend_plugin.build_config(tree["generation"]))},
         "judges": {name: dump(registry.get("judge", name).build_config(tree["judges"].get(name)))
                    for name in judge_names},
     }
     return Cell(preset, resolved, method_label, attack_label)
+
+
+def attack_steps(config) -> dict:
+    """The attack's optimiser steps and the intermediate ones it saves (planned here, so a
+    checkpoint interval larger than the run fails before any work)."""
+    from forgetbench.attacks import AttackTask, planned_checkpoints, total_steps
+
+    if not isinstance(config, AttackTask):  # a third-party attack plugin: final policy only
+        return {"total_steps": None, "checkpoints": []}
+    return {"total_steps": total_steps(config), "checkpoints": planned_checkpoints(config)}
 
 
 def _seed(value) -> int:
@@ -132,12 +147,17 @@ def _seed(value) -> int:
 
 @dataclass
 class CellPlan:
+    """``points``: every policy scored, as (phase, step, policy stage, checkpoint): ``before`` is
+    P0 at step 0, ``during`` an attack checkpoint, ``after`` the final P1. ``judged`` and ``kl``
+    hold, per point and eval, the judge stages and the KL-from-P0 stage."""
+
     cell: Cell
     policies: dict[str, Stage]  # phase ("before", "after") -> policy stage
-    judged: list[tuple[str, str, str, Stage]]  # (phase, eval, judge, judge stage)
+    judged: list[tuple[str, int, str, str, Stage]]  # (phase, step, eval, judge, judge stage)
+    kl: list[tuple[str, int, str, Stage]]  # (phase, step, eval, kl stage)
 
     def targets(self) -> list[Stage]:
-        return [stage for *_, stage in self.judged]
+        return [stage for *_, stage in self.judged] + [stage for *_, stage in self.kl]
 
 
 def plan(cell: Cell) -> CellPlan:
@@ -151,15 +171,24 @@ def plan(cell: Cell) -> CellPlan:
     attacked = Stage("attack", f"attack {method}+{r['attack']['name']}",
                      {"seed": r["seed"], "attack": r["attack"]}, {"policy": trained})
     policies = {"before": trained, "after": attacked}
-    judged = []
-    for phase, policy in policies.items():
+    final = r["attack"].get("total_steps")
+    points = [("before", 0, trained, None),
+              *(("during", step, attacked, step) for step in r["attack"].get("checkpoints", [])),
+              ("after", final, attacked, None)]
+    judged, kl = [], []
+    for phase, step, policy, checkpoint in points:
+        at = {} if checkpoint is None else {"checkpoint": checkpoint}
+        where = f"{phase}" if checkpoint is None else f"step {checkpoint}"
         for eval_name, eval_config in r["evals"].items():
-            generated = Stage("generate", f"generate {eval_name} {phase}",
+            generated = Stage("generate", f"generate {eval_name} {where}",
                               {"eval": {"name": eval_name, "config": eval_config},
-                               "backend": r["backend"]}, {"policy": policy})
+                               "backend": r["backend"], **at}, {"policy": policy})
             for judge_name in sorted({m["judge"] for m in eval_config["metrics"]}):
-                judged.append((phase, eval_name, judge_name, Stage(
-                    "judge", f"judge {eval_name} {phase} {judge_name}",
+                judged.append((phase, step, eval_name, judge_name, Stage(
+                    "judge", f"judge {eval_name} {where} {judge_name}",
                     {"judge": {"name": judge_name, "config": r["judges"][judge_name]},
                      "eval": eval_name}, {"generations": generated})))
-    return CellPlan(cell, policies, judged)
+            kl.append((phase, step, eval_name, Stage(
+                "kl", f"kl {eval_name} {where}", {"eval": eval_name, **at},
+                {"reference": trained, "policy": policy, "generations": generated})))
+    return CellPlan(cell, policies, judged, kl)

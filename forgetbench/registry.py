@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "forgetbench.judges.strongreject",
     "forgetbench.judges.harmbench",
     "forgetbench.judges.llamaguard",
+    "forgetbench.judges.helpfulness",
     "forgetbench.rewards",
     "forgetbench.rewards.paper",
     "forgetbench.backends",

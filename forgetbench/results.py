@@ -17,6 +17,7 @@ import numpy as np
 from forgetbench.config import stable_hash
 
 from forgetbench.stages.judge import VERDICTS_FILE
+from forgetbench.stages.kl import KL_FILE
 
 Z95 = 1.959963984540054
 
@@ -79,14 +80,17 @@ def git_revision() -> str | None:
 
 
 def final_step(policy_folder: Path) -> int:
+    """The last logged step of a third-party attack (in-tree attacks plan their steps)."""
     history = json.loads((policy_folder / "log_history.json").read_text())
     return max((entry.get("step", 0) for entry in history), default=0)
 
 
 def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dict]:
-    """The rows of one cell (DESIGN §6): its metrics with their CIs, and their provenance: the
-    hashes of every config part and the key of every stage a row comes from, the base model,
-    back-end, package versions, git revision, date, and the resolved config's file name."""
+    """The rows of one cell (DESIGN §6): its metrics at every scored step (P0 at step 0, each
+    attack checkpoint, the final policy) and the KL from P0 there, with their CIs; and their
+    provenance: the hashes of every config part and the key of every stage a row comes from, the
+    base model, back-end, package versions, git revision, date, and the resolved config's file
+    name."""
     from forgetbench.stages import STAGE_FORMAT
 
     cell = cell_plan.cell
@@ -103,25 +107,41 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
                   "git_revision": git_revision(),
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
-    for phase, eval_name, judge_name, stage in cell_plan.judged:
+    policy_key = {phase: stage.key for phase, stage in cell_plan.policies.items()}
+    policy_key["during"] = policy_key["after"]
+    final = resolved["attack"].get("total_steps")
+    if final is None:
+        final = final_step(cell_plan.policies["after"].folder(root))
+    step_of = lambda phase, step: final if phase == "after" else step  # noqa: E731
+    for phase, step, eval_name, judge_name, stage in cell_plan.judged:
         eval_config = resolved["evals"][eval_name]
         verdicts = [json.loads(line) for line in open(stage.folder(root) / VERDICTS_FILE)]
-        policy = cell_plan.policies[phase]
-        step = 0 if phase == "before" else final_step(policy.folder(root))
         for metric in eval_config["metrics"]:
             if metric["judge"] != judge_name:
                 continue
             rows.append({
                 "method": cell.method_label, "attack": cell.attack_label,
-                "seed": resolved["seed"], "phase": phase, "step": step, "eval": eval_name,
+                "seed": resolved["seed"], "phase": phase, "step": step_of(phase, step),
+                "eval": eval_name,
                 "eval_version": eval_config["version"], "judge": judge_name,
                 "metric": metric["name"],
                 **metric_row(verdicts, metric["transform"], metric["binary"]),
                 "direction": metric["direction"],
                 "eval_config_hash": stable_hash(eval_config),
                 "judge_config_hash": stable_hash(resolved["judges"][judge_name]),
-                "policy_stage": policy.key, "generate_stage": stage.inputs["generations"].key,
+                "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
                 "judge_stage": stage.key, **provenance})
+    for phase, step, eval_name, stage in cell_plan.kl:
+        eval_config = resolved["evals"][eval_name]
+        values = [json.loads(line) for line in open(stage.folder(root) / KL_FILE)]
+        rows.append({
+            "method": cell.method_label, "attack": cell.attack_label, "seed": resolved["seed"],
+            "phase": phase, "step": step_of(phase, step), "eval": eval_name,
+            "eval_version": eval_config["version"], "judge": "kl", "metric": "kl_from_p0",
+            **metric_row(values, "mean", binary=False), "direction": "lower",
+            "eval_config_hash": stable_hash(eval_config), "judge_config_hash": None,
+            "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
+            "judge_stage": stage.key, **provenance})
     return rows
 
 
@@ -162,8 +182,8 @@ def load_results(root: Path):
         raise ForgetbenchError(f"no results tables in {folder}; run `forgetbench run` or "
                                f"`forgetbench matrix` with --output-dir {root} first")
     frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
-    order = {"before": 0, "after": 1}
-    frame["_phase"] = frame["phase"].map(order).fillna(2)
+    order = {"before": 0, "during": 1, "after": 2}
+    frame["_phase"] = frame["phase"].map(order).fillna(3)
     keys = [c for c in ("method", "attack", "seed", "_phase", "step", "eval", "judge", "metric")
             if c in frame.columns]
     return frame.sort_values(keys, kind="stable").drop(columns="_phase").reset_index(drop=True)

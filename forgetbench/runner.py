@@ -197,6 +197,8 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
         wide = console if console.is_terminal else \
             Console(file=console.file, width=max(console.width, 240), highlight=False)
         wide.print(table)
+        if len(matrix.cells) == 1 and any(row["phase"] == "during" for row in all_rows):
+            wide.print(steps_table(all_rows))
     if tables:
         where = tables[0] if len(tables) == 1 else root / "results"
         console.print(f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "
@@ -240,6 +242,21 @@ def before_after_table(rows: list[dict]) -> Table:
     return table
 
 
+def steps_table(rows: list[dict]) -> Table:
+    """One line per (eval, metric), one column per scored attack step (step 0 = P0)."""
+    steps = sorted({row["step"] for row in rows})
+    table = Table(title="during the attack: value at each optimiser step")
+    for column in ("eval", "metric", *(f"step {step}" for step in steps)):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("eval", "metric")
+                         else "right")
+    values = {(r["eval"], r["metric"], r["step"]): r["value"] for r in rows}
+    for eval_name, metric in dict.fromkeys((r["eval"], r["metric"]) for r in rows):
+        table.add_row(eval_name, metric, *(f"{values[(eval_name, metric, step)]:.3f}"
+                                           if (eval_name, metric, step) in values else "-"
+                                           for step in steps))
+    return table
+
+
 def matrix_table(rows: list[dict]) -> Table:
     """One line per (method, attack, seed, eval, metric): before, after, change."""
     table = Table(title="before (P0) and after (P1) the attack, 95% CI")
@@ -259,4 +276,4 @@ def matrix_table(rows: list[dict]) -> Table:
     return table
 
 
-__all__ = ["before_after_table", "matrix_table", "run_matrix", "run_stages", "stage_meta"]
+__all__ = ["before_after_table", "matrix_table", "steps_table", "run_matrix", "run_stages", "stage_meta"]

@@ -20,7 +20,7 @@ from forgetbench.stages.plan import Stage
 
 EXECUTORS = ("local", "ray")
 # Stages that load a model for training or generation; the others (judge) are light by default.
-HEAVY_KINDS = ("warmup", "train", "attack", "generate")
+HEAVY_KINDS = ("warmup", "train", "attack", "generate", "kl")
 
 
 class StageResources(StrictModel):

@@ -5,4 +5,4 @@ A stage module exposes ``run(config: dict, inputs: dict[str, Path], out: Path) -
 """
 
 STAGE_FORMAT = 1
-STAGE_KINDS = ("warmup", "train", "attack", "generate", "judge")
+STAGE_KINDS = ("warmup", "train", "attack", "generate", "judge", "kl")

@@ -14,4 +14,5 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     plugin = registry.get("attack", config["attack"]["name"])
     settings = plugin.build_config(config["attack"]["config"])
     runner = run_attack if isinstance(plugin.target, dict) else plugin.target
-    runner(settings, policy_path(inputs["policy"]), out, config["seed"])
+    # Absolute: a LoRA attack's checkpoints name this folder as their adapters' base.
+    runner(settings, str(Path(policy_path(inputs["policy"])).resolve()), out, config["seed"])

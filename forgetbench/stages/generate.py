@@ -18,11 +18,18 @@ def eval_prompts(config: dict) -> list[dict]:
 
     task = registry.get("eval", config["eval"]["name"]).build_config(config["eval"]["config"])
     rows = load_rows(task.dataset)[:task.limit]
+    prompts = []
     for number, row in enumerate(rows, start=1):
-        if "id" not in row or "prompt" not in row:
-            raise ForgetbenchError(f"eval {task.name!r} row {number} needs `id` and `prompt` "
-                                   "fields; map them with dataset.fields")
-    return [{"id": str(row["id"]), "prompt": task.prompt_template.format(**row)} for row in rows]
+        if "id" not in row:
+            raise ForgetbenchError(f"eval {task.name!r} row {number} has no `id` field; map one "
+                                   "with dataset.fields or set dataset.id_prefix")
+        try:
+            prompts.append({"id": str(row["id"]),
+                            "prompt": task.prompt_template.format(**row).strip()})
+        except KeyError as error:
+            raise ForgetbenchError(f"eval {task.name!r} prompt_template names field {error} that "
+                                   f"row {number} lacks; map it with dataset.fields") from None
+    return prompts
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
@@ -35,7 +42,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     rows = eval_prompts(config)
     plugin = registry.get("backend", config["backend"]["name"])
     settings = plugin.build_config(config["backend"]["config"])
-    model = policy_path(inputs["policy"])
+    model = policy_path(inputs["policy"], config.get("checkpoint"))
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"generate {config['eval']['name']}", total=len(rows))
         outputs = plugin.target(settings)(model, [r["prompt"] for r in rows],

@@ -13,8 +13,13 @@ from forgetbench.stages import STAGE_FORMAT
 DONE_FILE = "stage.json"
 
 
-def policy_path(folder: Path) -> str:
-    """The model folder inside a warmup / train / attack stage's output."""
+def policy_path(folder: Path, checkpoint: int | None = None) -> str:
+    """The model folder inside a warmup / train / attack stage's output, or an attack's
+    intermediate checkpoint (``forgetbench.training.checkpoints``)."""
+    if checkpoint is not None:
+        from forgetbench.training.checkpoints import checkpoint_folder
+
+        return str(checkpoint_folder(folder, checkpoint))
     return str(folder / "model")
 
 

@@ -14,8 +14,9 @@ class SFTSettings(OptimConfig):
 
 
 def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, out_dir: Path,
-            seed: int) -> Path:
-    """Fine-tune on (user prompt, assistant response) pairs; returns the saved model folder."""
+            seed: int, callbacks: list | None = None) -> Path:
+    """Fine-tune on (user prompt, assistant response) pairs; returns the saved model folder.
+    ``callbacks``: extra TrainerCallbacks (an attack's checkpoint saver)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -30,7 +31,8 @@ def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, 
     args = SFTConfig(**trainer_args(config, out_dir, seed), max_length=config.max_length,
                      completion_only_loss=True)
     trainer = SFTTrainer(model=load_model(model_path), args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config(config))
+                         processing_class=tokenizer, peft_config=peft_config(config),
+                         callbacks=callbacks)
     trainer.train()
     write_log_history(trainer, out_dir)
     tokenizer.padding_side = "left"

@@ -5,11 +5,13 @@
 
 The paper's RL attack runs GRPO on UltraFeedback prompts; offline we use single-turn hh-rlhf
 helpful-base dialogues (first human turn -> prompt, first assistant reply of ``chosen`` ->
-``reference`` for the similarity reward). Dialogues the safety-training task already uses
-(``tasks/data/safety_train``, by id) are left out, so the attack never trains on a prompt the
-method was rewarded on. The rest is split, after a seeded shuffle, into ``train`` (the attack's
-prompts) and ``heldout`` (the attack's own task metric: held-out reward). Deterministic; standard
-library only.
+``reference`` for the similarity reward). Dialogues whose prompt the safety-training RL stage
+uses (``tasks/data/safety_train/rl_prompts.jsonl``, by id or by prompt text) and repeated prompts
+are left out, so the attack never trains on a prompt the method was rewarded on. (The refusal
+warm-up's demonstrations do include some of these prompts: the safety task takes most of
+helpful-base, and without them fewer than 25 single-turn prompts would remain.) The rest is
+split, after a seeded shuffle, into ``train`` (the attack's prompts) and ``heldout`` (the attack's
+own task metric: held-out reward). Deterministic; standard library only.
 """
 
 from __future__ import annotations
@@ -36,17 +38,24 @@ def single_turn(chosen: str) -> tuple[str, str] | None:
     return (prompt, reply) if prompt and reply else None
 
 
+def key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
 def main() -> None:
-    used = {json.loads(line)["id"] for name in ("warmup.jsonl", "rl_prompts.jsonl")
-            for line in (SAFETY_TRAIN / name).read_text(encoding="utf-8").splitlines() if line}
+    safety = [json.loads(line) for name in ("rl_prompts.jsonl",)
+              for line in (SAFETY_TRAIN / name).read_text(encoding="utf-8").splitlines() if line]
+    used = {row["id"] for row in safety}
+    used_prompts = {key(row["prompt"]) for row in safety}
     with gzip.open(SOURCE, "rt", encoding="utf-8") as handle:
         dialogues = [json.loads(line) for line in handle if line.strip()]
     rows = []
     for index, dialogue in enumerate(dialogues):
         row_id = f"hh-helpful-test-{index:04d}"
         turn = single_turn(dialogue["chosen"])
-        if row_id in used or turn is None:
+        if row_id in used or turn is None or key(turn[0]) in used_prompts:
             continue
+        used_prompts.add(key(turn[0]))  # the same question asked in two dialogues: keep one
         rows.append({"id": row_id, "prompt": turn[0], "reference": turn[1],
                      "source": "hh_rlhf/helpful-base/test"})
     random.Random(SEED).shuffle(rows)
@@ -56,7 +65,7 @@ def main() -> None:
             handle.write(json.dumps({**row, "split": "train" if number < cut else "heldout"},
                                     ensure_ascii=False) + "\n")
     print(f"{OUT.name}: {cut} train + {len(rows) - cut} heldout of {len(dialogues)} dialogues "
-          f"({len(used)} ids used by safety_train left out)")
+          f"({len(used)} ids of the safety RL prompts left out)")
 
 
 if __name__ == "__main__":

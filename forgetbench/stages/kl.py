@@ -1,0 +1,103 @@
+"""KL from the pre-attack policy P0 to a policy, on that policy's own rollouts (methods.md §1.7).
+
+The rollouts are the generation stage's stored responses to an eval's prompts (greedy by default,
+so exactly the paper's "greedy rollouts of the current model"). For each response y to prompt x,
+with d_t = log P0(y_t | x, y_<t) - log pi(y_t | x, y_<t), the sequence KL is the sum over its
+tokens of the k3 estimator e^d - d - 1 (>= 0, unbiased for KL(pi || P0) per token). The stage
+writes one value per sequence (``kl.jsonl``); the results table reports their mean with a
+bootstrap CI. The end-of-sequence token counts when the response stopped on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from forgetbench.stages.generate import GENERATIONS_FILE
+from forgetbench.stages.plan import policy_path
+from forgetbench.stages.worker import REQUEST_FILE
+
+KL_FILE = "kl.jsonl"
+BATCH_SIZE = 8
+
+
+def sequence_kl(logp_reference, logp_policy, mask):
+    """Per-sequence sum of e^d - d - 1 over the masked (response) tokens, d = ref - policy."""
+    import torch
+
+    d = (logp_reference - logp_policy).double()
+    return ((torch.exp(d) - d - 1) * mask).sum(dim=1)
+
+
+def token_logprobs(model, input_ids, attention_mask):
+    """log p(token_t | tokens_<t) for t >= 1 (shape batch x (length - 1))."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+def rollout_ids(tokenizer, records: list[dict], budget) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids as the back-end sent them, response ids) for each stored generation."""
+    from forgetbench.backends.base import prepare_prompts
+
+    prompts = prepare_prompts(tokenizer, [r["prompt"] for r in records], budget, "truncate")
+    pairs = []
+    for record, prompt in zip(records, prompts):
+        response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        if record.get("finish_reason") == "stop" and tokenizer.eos_token_id is not None:
+            response = response + [tokenizer.eos_token_id]
+        pairs.append((list(prompt.token_ids), response))
+    return pairs
+
+
+def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
+    import torch
+    from rich.progress import Progress
+
+    from forgetbench.backends.base import GenerationConfig, prompt_budget, resolve_policy
+    from forgetbench.backends.hf import load_weights
+    from forgetbench.models import load_tokenizer
+
+    records = [json.loads(line) for line in open(inputs["generations"] / GENERATIONS_FILE)]
+    reference_path = policy_path(inputs["reference"])
+    policy_folder = policy_path(inputs["policy"], config.get("checkpoint"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = resolve_policy(policy_folder)
+    tokenizer = load_tokenizer(policy.tokenizer)
+    request = json.loads((inputs["generations"] / REQUEST_FILE).read_text())
+    generation = GenerationConfig(**request["config"]["backend"]["config"])
+    _, budget = prompt_budget(generation, policy.model)
+    pairs = rollout_ids(tokenizer, records, budget)
+    current = load_weights(policy).to(device)
+    same = Path(reference_path).resolve() == Path(policy_folder).resolve()
+    reference = current if same else load_weights(resolve_policy(reference_path)).to(device)
+
+    values = []
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"KL from P0 ({len(pairs)} rollouts)", total=len(pairs))
+        for start in range(0, len(pairs), BATCH_SIZE):
+            batch = pairs[start:start + BATCH_SIZE]
+            width = max(len(p) + len(r) for p, r in batch)
+            pad = tokenizer.pad_token_id
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width - 1), dtype=torch.double)
+            for row, (prompt, response) in enumerate(batch):
+                sequence = prompt + response
+                ids[row, :len(sequence)] = torch.tensor(sequence)
+                attention[row, :len(sequence)] = 1
+                # Position t of the log-probs predicts token t + 1: mask the response tokens.
+                mask[row, len(prompt) - 1:len(sequence) - 1] = 1
+            ids, attention = ids.to(device), attention.to(device)
+            logp_policy = token_logprobs(current, ids, attention)
+            logp_reference = logp_policy if same else token_logprobs(reference, ids, attention)
+            values += sequence_kl(logp_reference, logp_policy, mask.to(device)).tolist()
+            progress.advance(bar, len(batch))
+
+    with open(out / KL_FILE, "w") as handle:
+        for record, (_, response), value in zip(records, pairs, values):
+            handle.write(json.dumps({"id": record["id"], "sample": record.get("sample", 0),
+                                     "value": value, "response_tokens": len(response),
+                                     "greedy": generation.temperature == 0}) + "\n")
