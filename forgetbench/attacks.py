@@ -9,6 +9,7 @@ evals that show the attack did its own job (GSM8k accuracy after GSM8k SFT, ...)
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -45,6 +46,8 @@ class AttackTask(SFTSettings):
     optional_sections: dict[str, str] = Field(
         default_factory=dict, description="field -> template fragment included only when the "
         "field is non-empty (Alpaca's `### Input:` block).")
+    skip_empty: bool = Field(False, description="Drop rows whose prompt or response comes out "
+                             "empty (counted in the log) instead of failing on them.")
     checkpoint_every: int = Field(0, ge=0, description="Save and score the policy every k "
                                   "optimiser steps (step 0 = P0 is always scored); 0 = only "
                                   "the final policy. Larger than the run is an error.")
@@ -98,23 +101,33 @@ def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
         pairs.append((task.prompt_template.format(**values).strip(), response.strip()))
     empty = [number for number, (prompt, response) in enumerate(pairs, start=1)
              if not prompt or (task.trainer == "sft" and not response)]
-    if empty:
+    where = task.dataset.path or task.dataset.hub
+    if empty and task.skip_empty:
+        logging.getLogger("forgetbench").warning(
+            "attack %s: dropped %d row(s) with an empty prompt or response (rows %s of %s)",
+            task.name, len(empty), empty[:5], where)
+        dropped = set(empty)
+        pairs = [pair for number, pair in enumerate(pairs, start=1) if number not in dropped]
+    elif empty:
         raise DataError(f"attack {task.name!r}: {len(empty)} row(s) give an empty prompt or "
-                        f"response (rows {empty[:5]} of {task.dataset.path or task.dataset.hub}); "
-                        "fix the data or the templates")
+                        f"response (rows {empty[:5]} of {where}); fix the data or the templates, "
+                        "or set skip_empty: true")
+    if not pairs:
+        raise DataError(f"attack {task.name!r}: no training rows left in {where}")
     return pairs
 
 
 @lru_cache(maxsize=32)
-def _row_count(spec_json: str) -> int:
-    return len(load_rows(DatasetSpec.model_validate_json(spec_json)))
+def _row_count(task_json: str) -> int:
+    task = AttackTask.model_validate_json(task_json)
+    return len(format_pairs(task, load_rows(task.dataset)))
 
 
 def total_steps(task: AttackTask) -> int:
     """Optimiser steps the attack runs: ``max_steps``, else its epochs over the dataset."""
     if task.max_steps > 0:
         return task.max_steps
-    rows = _row_count(task.dataset.model_dump_json())
+    rows = _row_count(task.model_dump_json())
     if task.trainer == "grpo":
         settings, _ = grpo_settings(task)
         return sft_total_steps(rows, settings.prompts_per_step, 1, task.epochs, -1)

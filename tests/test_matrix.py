@@ -34,9 +34,12 @@ def test_two_methods_two_attacks_train_each_policy_once():
     matrix = plan_matrix(make_spec(methods=["grpo", "frpo"], attacks=["alpaca", HOT],
                                    preset="smoke"))
     assert len(matrix.cells) == 4
-    # M trainings + M*A attacks; P0 scored once per method, P1 once per cell; one warm-up.
-    assert kinds(matrix) == {"warmup": 1, "train": 2, "attack": 4, "generate": 12, "judge": 12}
-    assert len({stage.key for stage in matrix.stages}) == len(matrix.stages) == 31
+    # M trainings + M*A attacks; one warm-up. P0 is scored once per method, P1 at its step-1
+    # checkpoint and at the end once per cell, on 3 evals (harmbench, xstest and the Alpaca
+    # attacks' alpaca_helpfulness): 2*3 + 4*2*3 = 30 generations, each judged and its KL taken.
+    assert kinds(matrix) == {"warmup": 1, "train": 2, "attack": 4, "generate": 30, "judge": 30,
+                             "kl": 30}
+    assert len({stage.key for stage in matrix.stages}) == len(matrix.stages) == 97
     by_method = {}
     for cell_plan in matrix.cells:
         by_method.setdefault(cell_plan.cell.method_label, []).append(cell_plan)
@@ -54,7 +57,8 @@ def test_two_methods_two_attacks_train_each_policy_once():
 def test_seeds_multiply_warmups_and_policies():
     matrix = plan_matrix(make_spec(methods=["grpo", "frpo"], attacks=["alpaca"], seeds=[0, 1],
                                    preset="smoke"))
-    assert kinds(matrix) == {"warmup": 2, "train": 4, "attack": 4, "generate": 16, "judge": 16}
+    assert kinds(matrix) == {"warmup": 2, "train": 4, "attack": 4, "generate": 36, "judge": 36,
+                             "kl": 36}
     assert sorted(c.cell.resolved["seed"] for c in matrix.cells) == [0, 0, 1, 1]
     names = {matrix.name(s) for s in matrix.stages if s.kind == "train"}
     assert names == {"train grpo · seed 0", "train grpo · seed 1", "train frpo · seed 0",
@@ -99,16 +103,18 @@ def test_dry_run_marks_done_stages(cli, tmp_path):
             "--output-dir", str(tmp_path), "--dry-run")
     first = cli(*args)
     assert first.returncode == 0, first.stderr
-    assert "21 stages planned (warmup 1, train 2, attack 2, generate 8, judge 8): 0 done, 21 to " \
-           "run" in first.stdout
+    # per eval (harmbench, xstest, alpaca_helpfulness): P0 of each method, step 1 and the end of
+    # each cell -> 2*3 + 2*2*3 = 18 generations, each judged once and its KL taken
+    assert "59 stages planned (warmup 1, train 2, attack 2, generate 18, judge 18, kl 18): 0 " \
+           "done, 59 to run" in first.stdout
     lines = [line for line in first.stdout.splitlines() if line.startswith(("todo", "done"))]
-    assert len(lines) == 21 and all(line.startswith("todo") for line in lines)
+    assert len(lines) == 59 and all(line.startswith("todo") for line in lines)
     # mark the grpo policy as finished, the way the store does (stage.json written last)
     train = next(line.split()[-1] for line in lines if "train grpo" in line)
     (tmp_path / train).mkdir(parents=True)
     (tmp_path / train / "stage.json").write_text(json.dumps({"format": 1}))
     second = cli(*args)
-    assert "1 done, 20 to run" in second.stdout
+    assert "1 done, 58 to run" in second.stdout
     assert [line for line in second.stdout.splitlines() if line.startswith("done")] == \
         [f"done  {'train grpo':48s} {train}"]
     assert not (tmp_path / LAYOUT_FILE).exists()  # a dry run writes nothing

@@ -3,8 +3,9 @@ SIGKILL during training, between stages and during generation, then finished by 
 once, it yields the same results (and the same generations) as one uninterrupted run; the Ray
 executor on a local 2-CPU cluster yields them too.
 
-The matrix is the smallest that shows the point: one method, one attack, one eval, no warm-up
-(train -> generate/judge before, attack -> generate/judge after: 6 stages)."""
+The matrix is the smallest that shows the point: one method, one attack, one eval, no warm-up,
+no intermediate checkpoints (train -> generate/judge/kl before, attack -> generate/judge/kl after:
+8 stages)."""
 
 import json
 import os
@@ -26,7 +27,9 @@ from forgetbench.stages.executor import lock_path
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ("--preset", "smoke", "--set", "warmup.enabled=false", "--set", "evals=[harmbench]")
+OVERRIDES = ("warmup.enabled=false", "evals=[harmbench]", "attack.checkpoint_every=0",
+             "attack.task_evals=[]")
+SETTINGS = ("--preset", "smoke", *(arg for o in OVERRIDES for arg in ("--set", o)))
 MATRIX = ("matrix", "--methods", "grpo", "--attacks", "alpaca", *SETTINGS)
 ENV = {**os.environ, "FORGETBENCH_THREADS": os.environ.get("FORGETBENCH_THREADS", "2"),
        "PYTHONUNBUFFERED": "1"}
@@ -51,7 +54,7 @@ def wait_for(condition, what: str, timeout: float = 600) -> None:
 
 def stages_by_kind():
     matrix = plan_matrix(make_spec(methods=["grpo"], attacks=["alpaca"], preset="smoke",
-                                   overrides=("warmup.enabled=false", "evals=[harmbench]")))
+                                   overrides=OVERRIDES))
     found = {}
     for stage in matrix.stages:
         found.setdefault(stage.kind, []).append(stage)
@@ -111,9 +114,10 @@ def baseline(tmp_path_factory):
 
 def test_uninterrupted_matrix_table_and_provenance(baseline, cli):
     out, text = baseline
-    assert "6 stages: 0 re-used, 6 computed, 0 failed, 0 skipped" in text
+    assert "8 stages: 0 re-used, 8 computed, 0 failed, 0 skipped" in text
     frame = load_results(out)
-    assert len(frame) == 2 and set(frame["phase"]) == {"before", "after"}
+    assert len(frame) == 4 and set(frame["phase"]) == {"before", "after"}
+    assert set(frame["metric"]) == {"refusal_rate", "kl_from_p0"}
     provenance = ["config_hash", "config_file", "method_config_hash", "attack_config_hash",
                   "eval_config_hash", "judge_config_hash", "policy_stage", "generate_stage",
                   "judge_stage", "train_stage", "base_model", "backend", "version_torch",
@@ -135,13 +139,13 @@ def test_uninterrupted_matrix_table_and_provenance(baseline, cli):
     again = cli(*MATRIX, "--output-dir", str(out))
     assert again.returncode == 0, again.stderr
     assert time.monotonic() - started < 30
-    assert "6 stages: 6 re-used, 0 computed" in again.stdout
+    assert "8 stages: 8 re-used, 0 computed" in again.stdout
     assert [line for line in again.stdout.splitlines() if line.startswith("[")] == \
         [line for line in again.stdout.splitlines() if "re-used" in line and line.startswith("[")]
     pd.testing.assert_frame_equal(table(out), frame.drop(columns=TIMESTAMPS))
     # the dry run now marks every stage done
     dry = cli(*MATRIX, "--output-dir", str(out), "--dry-run")
-    assert "6 stages planned (train 1, attack 1, generate 2, judge 2): 6 done, 0 to run" in \
+    assert "8 stages planned (train 1, attack 1, generate 2, judge 2, kl 2): 8 done, 0 to run" in \
         dry.stdout
 
 
@@ -235,19 +239,20 @@ def test_ray_executor_on_a_local_cluster(baseline, tmp_path):
     spec.write_text(
         "preset: smoke\nmethods: [grpo]\n"
         "attacks: [alpaca, {label: alpaca-hot, plugin: alpaca, set: {learning_rate: 1.0e-4}}]\n"
-        "set: [warmup.enabled=false, 'evals=[harmbench]']\n"
+        "set: [warmup.enabled=false, 'evals=[harmbench]', attack.checkpoint_every=0,\n"
+        "      'attack.task_evals=[]']\n"
         "executor: {name: ray, num_cpus: 2}\n")
     log = tmp_path / "ray.log"
     process = start(out, "matrix", str(spec), log=log)
     assert process.wait(timeout=1200) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "(ray (local cluster: 2 CPUs, 0 GPUs))" in text
-    assert "9 stages: 3 re-used, 6 computed, 0 failed" in text
+    assert "12 stages: 3 re-used, 9 computed, 0 failed" in text
     frame = table(out)
     pd.testing.assert_frame_equal(
         frame[frame.attack == "alpaca"].reset_index(drop=True), table(reference))
     hot = frame[frame.attack == "alpaca-hot"]
-    assert len(hot) == 2 and set(hot["attack_plugin"]) == {"alpaca"}
+    assert len(hot) == 4 and set(hot["attack_plugin"]) == {"alpaca"}
     assert hot["train_stage"].nunique() == 1 and \
         hot["train_stage"].iloc[0] == frame["train_stage"].iloc[0]  # one policy, two attacks
     attacks = [json.loads(p.read_text()) for p in (out / "stages" / "attack").glob("*/stage.json")]

@@ -41,16 +41,20 @@ def test_results_table_rows_columns_and_ranges(smoke_run):
     csv = pd.read_csv(parquet.with_suffix(".csv"))
     assert list(csv.columns) == list(table.columns) and len(csv) == len(table)
     assert csv["value"].tolist() == pytest.approx(table["value"].tolist())
-    assert len(table) == 4  # {before, after} x {harmbench refusal_rate, xstest compliance_rate}
-    assert set(zip(table["eval"], table["metric"])) == {("harmbench", "refusal_rate"),
-                                                        ("xstest", "compliance_rate")}
-    assert set(table["phase"]) == {"before", "after"}
-    assert table.loc[table.phase == "before", "step"].eq(0).all()
-    assert table.loc[table.phase == "after", "step"].eq(2).all()  # the smoke attack's max_steps
-    assert table["value"].between(0, 1).all()
+    # {step 0 (P0), step 1 (checkpoint), step 2 (P1)} x (the 3 evals' metric + KL from P0 there)
+    assert len(table) == 18
+    assert set(zip(table["eval"], table["metric"])) == {
+        ("harmbench", "refusal_rate"), ("xstest", "compliance_rate"),
+        ("alpaca_helpfulness", "helpfulness"), ("harmbench", "kl_from_p0"),
+        ("xstest", "kl_from_p0"), ("alpaca_helpfulness", "kl_from_p0")}
+    assert sorted(set(zip(table["phase"], table["step"]))) == [("after", 2), ("before", 0),
+                                                               ("during", 1)]
+    scores, kl = table[table.judge != "kl"], table[table.judge == "kl"]
+    assert scores["value"].between(0, 1).all()
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
     assert (table["n"] + table["n_missing"]).eq(4).all()
-    assert table["direction"].eq("higher").all()
+    assert scores["direction"].eq("higher").all() and kl["direction"].eq("lower").all()
+    assert kl.loc[kl.step == 0, "value"].eq(0).all() and kl.loc[kl.step > 0, "value"].gt(0).all()
     assert table[["config_hash", "version_torch", "version_trl", "base_model"]].notna().all().all()
     assert (table["method"].unique().tolist(), table["attack"].unique().tolist()) == \
         (["frpo"], ["alpaca"])
@@ -61,7 +65,7 @@ def test_stage_folders_hold_config_and_outputs(smoke_run):
     assert result.returncode == 0
     stages = out / "stages"
     assert not list(stages.glob(".tmp-*"))
-    for kind in ("warmup", "train", "attack", "generate", "judge"):
+    for kind in ("warmup", "train", "attack", "generate", "judge", "kl"):
         folders = list((stages / kind).iterdir())
         folders = [f for f in folders if f.is_dir()]
         assert folders, kind
@@ -75,7 +79,7 @@ def test_stage_folders_hold_config_and_outputs(smoke_run):
     assert any("advantage_abs_mean" in entry for entry in history)  # our advantage was used
     rows = [json.loads(line) for g in (stages / "generate").glob("*/" + GENERATIONS_FILE)
             for line in open(g)]
-    assert len(rows) == 16
+    assert len(rows) == 36  # 9 generation stages (3 evals x 3 steps) x 4 prompts
     assert {"id", "prompt", "response", "finish_reason", "num_tokens", "backend", "sampling",
             "chat_template_sha256"} <= set(rows[0])
 
@@ -89,7 +93,7 @@ def test_second_run_reuses_every_stage(smoke_run, cli):
     elapsed = time.monotonic() - started
     assert second.returncode == 0, second.stderr
     lines = [line for line in second.stdout.splitlines() if line.startswith("[")]
-    assert len(lines) == 11 and all("re-used" in line for line in lines)
+    assert len(lines) == 30 and all("re-used" in line for line in lines)
     assert "running" not in second.stdout
     assert elapsed < 30
     [parquet] = (out / "results").glob("*.parquet")
