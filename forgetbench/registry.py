@@ -36,6 +36,8 @@ BUILTIN_MODULES = (
     "forgetbench.judges.strongreject",
     "forgetbench.judges.harmbench",
     "forgetbench.judges.llamaguard",
+    "forgetbench.judges.code_exec",
+    "forgetbench.judges.math_answer",
     "forgetbench.judges.helpfulness",
     "forgetbench.rewards",
     "forgetbench.rewards.paper",

@@ -13,7 +13,10 @@ original forbidden prompt when the policy saw a jailbreak wrapped around it). Th
 passes ``rows`` only to judges that accept it, so two-argument judges keep working unchanged.
 
 A verdict with ``value=None`` is *missing* (endpoint down, garbage answer, empty response) and
-carries the reason; metrics count it in ``n_missing`` and never score it as 0. A missing verdict
+carries the reason; metrics count it in ``n_missing`` and never score it as 0. (Correctness judges
+-- ``code_exec``, ``gsm8k_answer``, ``math_verify`` -- score an empty response 0 with the reason
+``empty response`` instead: an empty answer to a task is a wrong answer, and counting it missing
+would raise the accuracy of a policy that stops answering.) A missing verdict
 marked ``retryable`` (the endpoint failed even after its retries) makes the judge stage keep the
 scored rows and fail, so that re-running the same command asks again only for the missing ones
 (or, with the judge's ``allow_missing``, finish with them counted as missing).
