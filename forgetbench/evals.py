@@ -20,8 +20,8 @@ class MetricSpec(StrictModel):
                                                      "1 - mean.")
     direction: Literal["higher", "lower"] = Field(description="Which way is better (for the "
                                                   "defender).")
-    binary: bool = Field(True, description="Verdicts are 0/1 (Wilson interval) rather than "
-                         "continuous (bootstrap interval).")
+    binary: bool = Field(True, description="Verdicts are 0/1 (the table then also gives the "
+                         "Wilson interval beside the bootstrap CI) rather than continuous.")
 
 
 class EvalTask(StrictModel):
