@@ -83,6 +83,28 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--columns", default=None, help="comma-separated columns, or `all` "
                          "(default: a summary on screen and in markdown, all in csv/parquet)")
 
+    lmeval = commands.add_parser(
+        "lmeval", help="run lm-evaluation-harness tasks on a policy (lm-eval's own API)",
+        description="Evaluate a policy with lm-eval (pip install 'forgetbench[lmeval]'): metric "
+        "rows with n, stderr and a 95% bootstrap CI. See forgetbench/lmeval_bridge.py.")
+    lmeval.add_argument("--model", required=True, help="embedded model name, model folder, LoRA "
+                        "adapter folder, or a stage folder holding model/")
+    lmeval.add_argument("--task", dest="tasks", action="append", required=True,
+                        metavar="NAME_OR_YAML", help="a task YAML, a name in tasks/lmeval/ "
+                        "(e.g. gsm8k_local), or an lm-eval task name; repeatable")
+    lmeval.add_argument("--limit", type=_limit, default=None, help="documents per task (below "
+                        "1: a fraction)")
+    lmeval.add_argument("--num-fewshot", type=int, default=None)
+    lmeval.add_argument("--batch-size", type=int, default=8)
+    lmeval.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    lmeval.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    lmeval.add_argument("--apply-chat-template", action="store_true",
+                        help="render prompts with the model's chat template")
+    lmeval.add_argument("--gen-kwargs", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="generation settings for generate_until tasks, e.g. max_gen_toks=64")
+    lmeval.add_argument("--out", type=Path, default=None, help="write every column to FILE "
+                        "(.csv, .parquet or .md)")
+
     listing = commands.add_parser("list", help="list plugins with a one-line description")
     listing.add_argument("kind", nargs="?", help="method, attack, eval, judge, reward, backend")
     return parser
@@ -205,6 +227,40 @@ def cmd_results(args, console) -> None:
     (console if console.is_terminal else Console(width=max(needed, 80))).print(table)
 
 
+def _limit(text: str):
+    value = float(text)
+    return int(value) if value.is_integer() and value >= 1 else value
+
+
+def cmd_lmeval(args, console) -> None:
+    import pandas as pd
+    import yaml
+
+    from forgetbench.errors import UsageError
+    from forgetbench.lmeval_bridge import run_lmeval
+    from forgetbench.results import SUFFIXES, export
+
+    gen_kwargs = {}
+    for item in filter(None, (args.gen_kwargs or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--gen-kwargs {args.gen_kwargs!r}: expected KEY=VALUE[,KEY=VALUE]")
+        gen_kwargs[key.strip()] = yaml.safe_load(value)
+    fmt = SUFFIXES.get(args.out.suffix.lower()) if args.out else None
+    if args.out and fmt is None:
+        raise UsageError(f"--out {args.out}: use a .csv, .parquet or .md file")
+    rows = run_lmeval(args.model, args.tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                      apply_chat_template=args.apply_chat_template, gen_kwargs=gen_kwargs)
+    frame = pd.DataFrame(rows)
+    shown = [c for c in ("eval", "judge", "metric", "value", "ci_low", "ci_high", "n", "stderr",
+                         "direction") if c in frame.columns]
+    sys.stdout.write(export(frame[shown], "markdown", None))
+    if args.out:
+        export(frame, fmt, args.out)
+        print(f"{len(frame)} rows -> {args.out}", file=sys.stderr)
+
+
 def cmd_list(args, console) -> None:
     from rich.table import Table
 
@@ -230,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False, width=max(Console().width, 100), soft_wrap=True)
     try:
-        {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results,
+        {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results, "lmeval": cmd_lmeval,
          "list": cmd_list}[args.command](args, console)
     except ForgetbenchError as error:
         print(f"forgetbench: error: {' '.join(str(error).split())}", file=sys.stderr)

