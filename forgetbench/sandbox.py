@@ -330,8 +330,10 @@ def _reason(returncode: int, timed_out: bool, finished: bool, output: str, timeo
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        if name in ("SIGXCPU", "SIGKILL") and not last.startswith("MemoryError"):
-            return f"CPU time limit of {cpu_s} s exceeded ({name})"
+        if name == "SIGXCPU":
+            return f"CPU time limit of {cpu_s} s exceeded (SIGXCPU)"
+        if name == "SIGKILL":  # RLIMIT_CPU's hard limit (SIGXCPU caught), or the OOM killer
+            return f"killed by SIGKILL (CPU time limit of {cpu_s} s, or out of memory)"
         if name == "SIGXFSZ":
             return f"file size limit of {file_size_mb} MB exceeded (SIGXFSZ)"
         return f"killed by {name}" + (f": {last[:300]}" if last else "")
