@@ -3,6 +3,7 @@ real `smoke` run of every attack (TRL on the embedded model) scored at every che
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -175,7 +176,7 @@ def test_attack_trains_checkpoints_are_scored_and_kl_grows(smoke_attacks, attack
         assert kl[1] > 0 and kl[2] > 0, (attack, eval_name)
     # the step-1 checkpoint exists (a LoRA attack keeps it as an adapter over P0)
     [attack_stage] = [p for p in (out / "stages" / "attack").iterdir()
-                      if p.name.startswith(f"grpo-{attack}-")]
+                      if re.fullmatch(f"grpo-{attack}-[0-9a-f]+", p.name)]
     saved = checkpoint_folder(attack_stage, 1)
     adapter = (saved / "adapter_config.json").is_file()
     assert adapter == (attack == "code") and ((saved / "config.json").is_file() or adapter)
