@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from forgetbench.config import Field, StrictModel
@@ -71,10 +72,13 @@ def write_log_history(trainer, out_dir: Path) -> None:
     import json
 
     (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    # A diverged run's weights are NaN after the step whose gradient norm was NaN or inf, even
+    # when the loss logged at that step (computed before the update) is still finite.
     for entry in trainer.state.log_history:
-        loss = entry.get("loss")
-        if loss is not None and loss != loss:  # NaN
-            from forgetbench.errors import ForgetbenchError
+        for key in ("loss", "grad_norm"):
+            value = entry.get(key)
+            if value is not None and not math.isfinite(value):
+                from forgetbench.errors import ForgetbenchError
 
-            raise ForgetbenchError(f"training diverged: loss is NaN at step {entry.get('step')}; "
-                                   "lower the learning rate")
+                raise ForgetbenchError(f"training diverged: {key} is {value} (NaN or inf) at step "
+                                       f"{entry.get('step')}; lower the learning rate")
