@@ -87,6 +87,17 @@ def git_revision() -> str | None:
         return None
 
 
+def backend_used(generations_folder: Path) -> dict:
+    """The back-end that really generated (``auto`` resolves per machine), from the stored
+    generations: ``backend_used`` and its package version."""
+    from forgetbench.stages.generate import GENERATIONS_FILE
+
+    with open(generations_folder / GENERATIONS_FILE) as handle:
+        first = json.loads(handle.readline() or "{}")
+    return {"backend_used": first.get("backend"),
+            "backend_version": first.get("backend_version") or None}
+
+
 def final_step(policy_folder: Path) -> int:
     """The last logged step of a third-party attack (in-tree attacks plan their steps)."""
     history = json.loads((policy_folder / "log_history.json").read_text())
@@ -124,6 +135,7 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
     for phase, step, eval_name, judge_name, stage in cell_plan.judged:
         eval_config = resolved["evals"][eval_name]
         verdicts = [json.loads(line) for line in open(stage.folder(root) / VERDICTS_FILE)]
+        ran = backend_used(stage.inputs["generations"].folder(root))
         for metric in eval_config["metrics"]:
             if metric["judge"] != judge_name:
                 continue
@@ -138,7 +150,7 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
                 "eval_config_hash": stable_hash(eval_config),
                 "judge_config_hash": stable_hash(resolved["judges"][judge_name]),
                 "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
-                "judge_stage": stage.key, **provenance})
+                "judge_stage": stage.key, **provenance, **ran})
     for phase, step, eval_name, stage in cell_plan.kl:
         eval_config = resolved["evals"][eval_name]
         values = [json.loads(line) for line in open(stage.folder(root) / KL_FILE)]
@@ -149,7 +161,8 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
             **metric_row(values, "mean", binary=False), "direction": "lower",
             "eval_config_hash": stable_hash(eval_config), "judge_config_hash": None,
             "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
-            "judge_stage": stage.key, **provenance})
+            "judge_stage": stage.key, **provenance,
+            **backend_used(stage.inputs["generations"].folder(root))})
     return rows
 
 

@@ -11,7 +11,7 @@ from forgetbench.stages.generate import GENERATIONS_FILE
 COLUMNS = {"method", "attack", "seed", "phase", "step", "eval", "eval_version", "judge", "metric",
            "value", "ci_low", "ci_high", "ci_method", "n", "n_missing", "direction", "config_hash",
            "base_model", "backend", "version_torch", "version_transformers", "version_trl",
-           "git_revision", "date", "policy_stage", "preset"}
+           "git_revision", "date", "policy_stage", "preset", "backend_used", "backend_version"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def test_results_table_rows_columns_and_ranges(smoke_run):
     assert scores["direction"].eq("higher").all() and kl["direction"].eq("lower").all()
     assert kl.loc[kl.step == 0, "value"].eq(0).all() and kl.loc[kl.step > 0, "value"].gt(0).all()
     assert table[["config_hash", "version_torch", "version_trl", "base_model"]].notna().all().all()
+    assert table["backend_used"].eq("hf").all() and table["backend_version"].notna().all()
     assert (table["method"].unique().tolist(), table["attack"].unique().tolist()) == \
         (["frpo"], ["alpaca"])
 
