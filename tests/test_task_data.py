@@ -168,3 +168,21 @@ def test_shipped_slices_have_provenance_licence_and_checksums(folder):
         assert row, f"{folder}/{relative} is not listed in PROVENANCE.md"
         assert int(row.group(1).replace(",", "")) == path.stat().st_size
         assert hashlib.sha256(path.read_bytes()).hexdigest().startswith(row.group(2))
+
+
+def test_harmbench_contextual_eval_puts_the_context_before_the_request():
+    from forgetbench import registry
+    from forgetbench.judges.harmbench import build_prompt
+    from forgetbench.stages.generate import eval_prompts
+    from forgetbench.tasks import load_rows
+
+    plugin = registry.get("eval", "harmbench_contextual")
+    task = plugin.build_config(plugin.target)
+    rows = load_rows(task.dataset)
+    assert len(rows) == 81 and all(row["context"].strip() for row in rows)
+    prompts = eval_prompts({"eval": {"name": "harmbench_contextual", "config": plugin.target}})
+    for row, prompt in zip(rows, prompts):
+        assert prompt["id"] == row["id"]
+        assert prompt["prompt"] == f"{row['context']}\n\n---\n\n{row['prompt']}".strip()
+    judged = build_prompt(rows[0]["prompt"], "a response", rows[0]["context"])
+    assert "[CONTEXT]" in judged and rows[0]["context"][:50] in judged
