@@ -123,27 +123,37 @@ def _row_count(task_json: str) -> int:
     return len(format_pairs(task, load_rows(task.dataset)))
 
 
-def total_steps(task: AttackTask) -> int:
-    """Optimiser steps the attack runs: ``max_steps``, else its epochs over the dataset."""
+def steps_for_rows(task: AttackTask, rows: int) -> int:
+    """Optimiser steps of the attack on ``rows`` training rows (``max_steps`` wins)."""
     if task.max_steps > 0:
         return task.max_steps
-    rows = _row_count(task.model_dump_json())
     if task.trainer == "grpo":
         settings, _ = grpo_settings(task)
         return sft_total_steps(rows, settings.prompts_per_step, 1, task.epochs, -1)
     return sft_total_steps(rows, task.batch_size, task.grad_accum, task.epochs, -1)
 
 
+def total_steps(task: AttackTask) -> Optional[int]:
+    """Optimiser steps the attack runs: ``max_steps``, else its epochs over the dataset. None for
+    a hub dataset without checkpoints: counting it would download it when the run is planned."""
+    if task.max_steps > 0:
+        return task.max_steps
+    if task.dataset.hub and not task.dataset.path and not task.checkpoint_every:
+        return None
+    return steps_for_rows(task, _row_count(task.model_dump_json()))
+
+
 def planned_checkpoints(task: AttackTask) -> list[int]:
     """The intermediate steps the attack saves (an interval larger than the run is an error)."""
-    return checkpoint_steps(total_steps(task), task.checkpoint_every)
+    steps = total_steps(task)
+    return checkpoint_steps(steps, task.checkpoint_every) if steps else []
 
 
 def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> Path:
     from forgetbench.models import load_tokenizer
 
     pairs = format_pairs(task, load_rows(task.dataset))
-    steps = total_steps(task)
+    steps = steps_for_rows(task, len(pairs))
     # A fixed step count makes the saved checkpoints exactly the planned ones.
     task = task.model_copy(update={"max_steps": steps})
     callbacks = [checkpoint_callback(task.checkpoint_every, steps, out_dir,

@@ -85,8 +85,8 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "seed": preset_file.seed if seed is None else seed,
         "warmup": dict(preset_file.warmup),
         "method": deep_merge(preset_file.method, preset_file.methods.get(method, {})),
-        "attack": deep_merge(attack_plugin.target if isinstance(attack_plugin.target, dict) else {},
-                             deep_merge(preset_file.attack, preset_file.attacks.get(attack, {}))),
+        "attack": _attack_tree(attack_plugin, deep_merge(preset_file.attack,
+                                                         preset_file.attacks.get(attack, {}))),
         "evals": list(preset_file.evals),
         "eval": {name: dict(settings) for name, settings in preset_file.eval.items()},
         "backend": preset_file.backend,
@@ -127,6 +127,15 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
                    for name in judge_names},
     }
     return Cell(preset, resolved, method_label, attack_label)
+
+
+def _attack_tree(plugin, preset_attack: dict) -> dict:
+    """The attack's YAML under the preset's fields. A preset's ``dataset`` replaces the YAML's
+    whole (a hub dataset's columns are not the shipped file's), where other fields merge."""
+    defaults = dict(plugin.target) if isinstance(plugin.target, dict) else {}
+    if "dataset" in preset_attack:
+        defaults.pop("dataset", None)
+    return deep_merge(defaults, preset_attack)
 
 
 def attack_steps(config) -> dict:

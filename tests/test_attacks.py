@@ -194,3 +194,18 @@ def test_diverging_attack_is_a_recorded_failed_stage(cli, tmp_path):
     assert "attack grpo+alpaca" in result.stderr and "training diverged" in result.stderr
     assert list((tmp_path / "logs" / "failed").glob("attack-*.log"))
     assert not list((tmp_path / "results").glob("*.parquet"))
+
+
+def test_paper_preset_attacks_load_their_hub_datasets_and_plan_offline():
+    hubs = {"alpaca": "tatsu-lab/alpaca", "alpaca-highlr": "tatsu-lab/alpaca",
+            "gsm8k": "openai/gsm8k", "code": "nvidia/OpenCodeInstruct",
+            "ultrafeedback-rl": "openbmb/UltraFeedback"}
+    for name, hub in hubs.items():
+        attack = resolve("frpo", name, "paper").resolved["attack"]
+        dataset = attack["config"]["dataset"]
+        assert dataset["hub"] == hub and dataset["path"] is None, name  # replaced, not merged
+    gsm8k = resolve("grpo", "gsm8k", "paper").resolved["attack"]
+    assert (gsm8k["total_steps"], gsm8k["checkpoints"]) == (234, [50, 100, 150, 200])
+    code = resolve("grpo", "code", "paper").resolved["attack"]
+    assert code["config"]["dataset"]["filter"] == {"average_test_score": "1"}
+    assert code["total_steps"] is None  # counted when it trains, not downloaded to plan
