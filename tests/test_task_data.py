@@ -186,3 +186,15 @@ def test_harmbench_contextual_eval_puts_the_context_before_the_request():
         assert prompt["prompt"] == f"{row['context']}\n\n---\n\n{row['prompt']}".strip()
     judged = build_prompt(rows[0]["prompt"], "a response", rows[0]["context"])
     assert "[CONTEXT]" in judged and rows[0]["context"][:50] in judged
+
+
+def test_xstest_evals_split_safe_and_unsafe_prompts():
+    from forgetbench import registry
+    from forgetbench.tasks import load_rows
+
+    safe, unsafe = (load_rows(registry.get("eval", name).build_config(
+        registry.get("eval", name).target).dataset) for name in ("xstest", "xstest_unsafe"))
+    assert (len(safe), len(unsafe)) == (250, 200)
+    assert not {row["id"] for row in safe} & {row["id"] for row in unsafe}
+    assert not any(row["type"].startswith("contrast_") for row in safe)
+    assert all(row["type"].startswith("contrast_") for row in unsafe)
