@@ -123,16 +123,20 @@ def test_uninterrupted_matrix_table_and_provenance(baseline, cli):
                   "judge_stage", "train_stage", "base_model", "backend", "version_torch",
                   "version_transformers", "version_trl", "version_forgetbench", "python_version",
                   "date", "git_revision", "preset", "stage_format"]
-    assert frame[provenance].notna().all().all()
+    scores = frame[frame.judge != "kl"]
+    assert scores[provenance].notna().all().all()
+    kl = frame[frame.judge == "kl"]  # a KL row has no judge config: its stage key says it all
+    assert kl[[c for c in provenance if c != "judge_config_hash"]].notna().all().all()
     assert "version_vllm" in frame.columns
     # every row is reproducible from the config stored beside it
     from forgetbench.config import stable_hash
 
     for config_file, config_hash in zip(frame["config_file"], frame["config_hash"]):
         assert stable_hash(json.loads((out / "results" / config_file).read_text())) == config_hash
-    # each row points at the stages it came from
+    # each row points at the stages it came from (a KL row at its kl stage)
     for row in frame.itertuples():
-        assert json.loads(next((out / "stages" / "judge").glob(f"*-{row.judge_stage}/stage.json"))
+        kind = "kl" if row.judge == "kl" else "judge"
+        assert json.loads(next((out / "stages" / kind).glob(f"*-{row.judge_stage}/stage.json"))
                           .read_text())["inputs"]["generations"] == row.generate_stage
     # a second identical run re-uses all six stages and tabulates the same rows
     started = time.monotonic()
@@ -159,7 +163,7 @@ def test_results_command_filters_and_exports_the_real_table(baseline, cli, tmp_p
 
     exported = pd.read_csv(StringIO(result.stdout))
     assert list(exported.columns) == list(frame.columns)
-    assert exported["phase"].tolist() == ["after"]
+    assert exported["phase"].tolist() == ["after", "after"]  # refusal rate and KL
     assert exported["value"].tolist() == pytest.approx(frame.loc[frame.phase == "after",
                                                                  "value"].tolist())
     target = tmp_path / "all.parquet"
