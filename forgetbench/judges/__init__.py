@@ -53,5 +53,21 @@ def check_lengths(name: str, prompts: Sequence, responses: Sequence,
                          + (f" and {len(rows)} rows" if rows is not None else ""))
 
 
+def rows_with(name: str, rows: Optional[Sequence[dict]], field: str) -> Sequence[dict]:
+    """The eval rows a reference-based judge needs, each checked for ``field`` (a one-line error
+    naming the row and the fix otherwise)."""
+    from forgetbench.errors import ForgetbenchError
+
+    if rows is None:
+        raise ForgetbenchError(f"the {name} judge needs the eval rows (their `{field}`); it is "
+                               "run by the judge stage, which passes them")
+    for row in rows:
+        if row.get(field) is None:
+            raise ForgetbenchError(f"{name}: eval row {row.get('id', '?')!r} has no `{field}` "
+                                   f"field; map the reference column to `{field}` in the eval's "
+                                   "dataset.fields")
+    return rows
+
+
 def is_empty(response) -> bool:
     return response is None or not str(response).strip()

@@ -34,7 +34,7 @@ from typing import Iterable, Optional, Sequence
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
-from forgetbench.judges import Verdict, check_lengths, is_empty
+from forgetbench.judges import Verdict, check_lengths, is_empty, rows_with
 from forgetbench.registry import judge
 from forgetbench.sandbox import run_python
 
@@ -133,12 +133,7 @@ def code_exec(config: CodeExecConfig):
     def score(prompts: Sequence[str], responses: Sequence[str],
               rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
         check_lengths("code_exec", prompts, responses, rows)
-        if rows is None:
-            raise ForgetbenchError("the code_exec judge needs the eval rows (their `tests`); it "
-                                   "is run by the judge stage, which passes them")
-        for row in rows:  # fail on a bad row before running anything
-            if "tests" not in row:
-                build_program("", row)
+        rows = rows_with("code_exec", rows, "tests")  # fail on a bad row before running any
         with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
             return list(pool.map(run_one, zip(responses, rows)))
 

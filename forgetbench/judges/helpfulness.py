@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from forgetbench.config import Field, StrictModel
-from forgetbench.judges import Verdict, check_lengths, is_empty
+from forgetbench.judges import Verdict, check_lengths, is_empty, rows_with
 from forgetbench.registry import judge
 
 
@@ -27,9 +27,7 @@ def helpfulness_judge(config: HelpfulnessJudgeConfig):
     def score(prompts: Sequence[str], responses: Sequence[str],
               rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
         check_lengths("helpfulness", prompts, responses, rows)
-        if rows is None or any("reference" not in row for row in rows):
-            raise ValueError("the helpfulness judge needs eval rows with a `reference` field; map "
-                             "it in the eval's dataset.fields")
+        rows = rows_with("helpfulness", rows, "reference")
         filled = [i for i, response in enumerate(responses) if not is_empty(response)]
         values = helpfulness_scores([str(responses[i]) for i in filled],
                                     [str(rows[i]["reference"]) for i in filled],

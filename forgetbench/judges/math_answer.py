@@ -30,23 +30,11 @@ from typing import Optional, Sequence
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
-from forgetbench.judges import Verdict, check_lengths, is_empty
+from forgetbench.judges import Verdict, check_lengths, is_empty, rows_with
 from forgetbench.registry import judge
 
 _NUMBER = re.compile(r"(?<![\w.])-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is", re.I)
-
-
-def _reference_rows(name: str, rows: Optional[Sequence[dict]]) -> Sequence[dict]:
-    if rows is None:
-        raise ForgetbenchError(f"the {name} judge needs the eval rows (their `answer`); it is "
-                               "run by the judge stage, which passes them")
-    for row in rows:
-        if row.get("answer") is None:
-            raise ForgetbenchError(f"{name}: eval row {row.get('id', '?')!r} has no `answer` "
-                                   "field; map the reference column to `answer` in the eval's "
-                                   "dataset.fields")
-    return rows
 
 
 # ---- numbers (GSM8K) ---------------------------------------------------------------------------
@@ -120,7 +108,7 @@ def gsm8k_answer(config: GSM8KAnswerConfig):
               rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
         check_lengths("gsm8k_answer", prompts, responses, rows)
         verdicts = []
-        for response, row in zip(responses, _reference_rows("gsm8k_answer", rows)):
+        for response, row in zip(responses, rows_with("gsm8k_answer", rows, "answer")):
             reference = reference_number(row["answer"])
             if reference is None:
                 raise ForgetbenchError(f"gsm8k_answer: eval row {row.get('id', '?')!r} has no "
@@ -177,7 +165,7 @@ def math_verify_judge(config: MathVerifyConfig):
               rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
         check_lengths("math_verify", prompts, responses, rows)
         verdicts = []
-        for response, row in zip(responses, _reference_rows("math_verify", rows)):
+        for response, row in zip(responses, rows_with("math_verify", rows, "answer")):
             answer = str(row["answer"])
             if is_empty(response):
                 verdicts.append(Verdict(0.0, "empty response"))

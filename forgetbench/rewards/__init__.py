@@ -52,6 +52,13 @@ def completion_text(completion) -> str:
     return str(completion)
 
 
+def finite(name: str, rewards: list[float]) -> list[float]:
+    bad = [i for i, value in enumerate(rewards) if not math.isfinite(value)]
+    if bad:
+        raise RewardError(f"{name} reward is not finite for completions {bad[:5]}")
+    return rewards
+
+
 def helpfulness_scores(texts: list[str], references: list[str], refusal_weight: float) -> list[float]:
     """refusal_weight * (did not refuse) + (1 - refusal_weight) * similarity to the reference."""
     from forgetbench.judges.refusal import is_refusal
@@ -84,10 +91,7 @@ def safety_reward(config: SafetyRewardConfig):
         for i, k in enumerate(kind):
             if k not in ("harmful", "harmless"):
                 raise RewardError(f"training row kind {k!r} is neither 'harmful' nor 'harmless'")
-        bad = [i for i, value in enumerate(rewards) if not math.isfinite(value)]
-        if bad:
-            raise RewardError(f"safety reward is not finite for completions {bad[:5]}")
-        return rewards
+        return finite("safety", rewards)
 
     score.__name__ = "safety"
     return score
@@ -106,10 +110,7 @@ def helpfulness_reward(config: HelpfulnessRewardConfig):
     def score(prompts, completions, reference, **_) -> list[float]:
         rewards = helpfulness_scores([completion_text(c) for c in completions],
                                      [r or "" for r in reference], config.refusal_weight)
-        bad = [i for i, value in enumerate(rewards) if not math.isfinite(value)]
-        if bad:
-            raise RewardError(f"helpfulness reward is not finite for completions {bad[:5]}")
-        return rewards
+        return finite("helpfulness", rewards)
 
     score.__name__ = "helpfulness"
     return score
