@@ -156,9 +156,9 @@ def _seed(value) -> int:
 
 @dataclass
 class CellPlan:
-    """``points``: every policy scored, as (phase, step, policy stage, checkpoint): ``before`` is
-    P0 at step 0, ``during`` an attack checkpoint, ``after`` the final P1. ``judged`` and ``kl``
-    hold, per point and eval, the judge stages and the KL-from-P0 stage."""
+    """Every scored policy is a (phase, step): ``before`` is P0 at step 0, ``during`` an attack
+    checkpoint, ``after`` the final P1. ``judged`` and ``kl`` hold, per scored policy and eval,
+    its judge stages and its KL-from-P0 stage."""
 
     cell: Cell
     policies: dict[str, Stage]  # phase ("before", "after") -> policy stage
@@ -187,7 +187,7 @@ def plan(cell: Cell) -> CellPlan:
     judged, kl = [], []
     for phase, step, policy, checkpoint in points:
         at = {} if checkpoint is None else {"checkpoint": checkpoint}
-        where = f"{phase}" if checkpoint is None else f"step {checkpoint}"
+        where = phase if checkpoint is None else f"step {checkpoint}"
         for eval_name, eval_config in r["evals"].items():
             generated = Stage("generate", f"generate {eval_name} {where}",
                               {"eval": {"name": eval_name, "config": eval_config},

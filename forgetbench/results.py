@@ -125,44 +125,44 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
                   **package_versions(), "python_version": platform.python_version(),
                   "git_revision": git_revision(),
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    rows = []
     policy_key = {phase: stage.key for phase, stage in cell_plan.policies.items()}
     policy_key["during"] = policy_key["after"]
     final = resolved["attack"].get("total_steps")
     if final is None:
         final = final_step(cell_plan.policies["after"].folder(root))
-    step_of = lambda phase, step: final if phase == "after" else step  # noqa: E731
+
+    def head(phase: str, step: int, eval_name: str) -> dict:
+        return {"method": cell.method_label, "attack": cell.attack_label,
+                "seed": resolved["seed"], "phase": phase,
+                "step": final if phase == "after" else step, "eval": eval_name,
+                "eval_version": resolved["evals"][eval_name]["version"]}
+
+    def tail(phase: str, stage) -> dict:
+        generations = stage.inputs["generations"]
+        return {"policy_stage": policy_key[phase], "generate_stage": generations.key,
+                "judge_stage": stage.key, **provenance, **backend_used(generations.folder(root))}
+
+    rows = []
     for phase, step, eval_name, judge_name, stage in cell_plan.judged:
         eval_config = resolved["evals"][eval_name]
         verdicts = [json.loads(line) for line in open(stage.folder(root) / VERDICTS_FILE)]
-        ran = backend_used(stage.inputs["generations"].folder(root))
         for metric in eval_config["metrics"]:
             if metric["judge"] != judge_name:
                 continue
             rows.append({
-                "method": cell.method_label, "attack": cell.attack_label,
-                "seed": resolved["seed"], "phase": phase, "step": step_of(phase, step),
-                "eval": eval_name,
-                "eval_version": eval_config["version"], "judge": judge_name,
-                "metric": metric["name"],
+                **head(phase, step, eval_name), "judge": judge_name, "metric": metric["name"],
                 **metric_row(verdicts, metric["transform"], metric["binary"]),
                 "direction": metric["direction"],
                 "eval_config_hash": stable_hash(eval_config),
                 "judge_config_hash": stable_hash(resolved["judges"][judge_name]),
-                "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
-                "judge_stage": stage.key, **provenance, **ran})
+                **tail(phase, stage)})
     for phase, step, eval_name, stage in cell_plan.kl:
-        eval_config = resolved["evals"][eval_name]
         values = [json.loads(line) for line in open(stage.folder(root) / KL_FILE)]
         rows.append({
-            "method": cell.method_label, "attack": cell.attack_label, "seed": resolved["seed"],
-            "phase": phase, "step": step_of(phase, step), "eval": eval_name,
-            "eval_version": eval_config["version"], "judge": "kl", "metric": "kl_from_p0",
+            **head(phase, step, eval_name), "judge": "kl", "metric": "kl_from_p0",
             **metric_row(values, "mean", binary=False), "direction": "lower",
-            "eval_config_hash": stable_hash(eval_config), "judge_config_hash": None,
-            "policy_stage": policy_key[phase], "generate_stage": stage.inputs["generations"].key,
-            "judge_stage": stage.key, **provenance,
-            **backend_used(stage.inputs["generations"].folder(root))})
+            "eval_config_hash": stable_hash(resolved["evals"][eval_name]),
+            "judge_config_hash": None, **tail(phase, stage)})
     return rows
 
 
