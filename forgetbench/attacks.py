@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import model_validator
 
-from forgetbench.config import Field, StrictModel
+from forgetbench.config import Field
 from forgetbench.tasks import DataError, DatasetSpec, load_rows, register_yaml_tasks
 from forgetbench.training.checkpoints import (check_checkpoints, checkpoint_callback,
                                               checkpoint_steps, sft_total_steps)
@@ -53,11 +53,10 @@ class AttackTask(SFTSettings):
                                   "the final policy. Larger than the run is an error.")
     task_evals: list[str] = Field(default_factory=list, description="Evals showing the attack "
                                   "did its job, scored with the preset's evals at every step.")
-    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: GRPO "
-                               "settings (forgetbench.training.grpo.GRPOFamilyConfig fields, "
-                               "e.g. num_generations, prompts_per_step, max_completion_length, "
-                               "beta, reward, reward_config) plus adv_norm (group | batch | "
-                               "none).")
+    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: the "
+                               "`grpo` method's config fields other than the optimiser's (e.g. "
+                               "num_generations, prompts_per_step, max_completion_length, beta "
+                               "(default 0 here), adv_norm, reward, reward_config).")
 
     @model_validator(mode="after")
     def _rl_settings_are_valid(self):
@@ -68,24 +67,19 @@ class AttackTask(SFTSettings):
         return self
 
 
-class RLAttackConfig(StrictModel):
-    adv_norm: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage "
-                                                        "normalisation.")
-
-
 def grpo_settings(task: AttackTask):
-    """The attack's GRPO settings: its optimiser fields plus ``rl`` (validated)."""
+    """The attack's GRPO settings, validated as the `grpo` method's config: its optimiser fields
+    plus ``rl``. beta defaults to 0 here: a user's downstream RL does not hold the model near the
+    aligned policy."""
     from forgetbench.config import validate
-    from forgetbench.training.grpo import GRPOFamilyConfig
+    from forgetbench.methods.grpo import GRPOMethodConfig
 
-    rl = dict(task.rl)
-    bad = sorted(set(rl) & RL_FIELDS_NOT_ALLOWED)
+    bad = sorted(set(task.rl) & RL_FIELDS_NOT_ALLOWED)
     if bad:
         raise ValueError(f"rl: {bad} are not RL settings here (optimiser fields go at the "
                          "attack's top level; the prompts come from `dataset`)")
-    extra = validate(RLAttackConfig, {"adv_norm": rl.pop("adv_norm", "group")}, "attack.rl")
     optim = {name: getattr(task, name) for name in OptimConfig.model_fields}
-    return validate(GRPOFamilyConfig, {**optim, **rl}, "attack.rl"), extra
+    return validate(GRPOMethodConfig, {"beta": 0.0, **optim, **task.rl}, "attack.rl")
 
 
 def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
@@ -128,7 +122,7 @@ def steps_for_rows(task: AttackTask, rows: int) -> int:
     if task.max_steps > 0:
         return task.max_steps
     if task.trainer == "grpo":
-        settings, _ = grpo_settings(task)
+        settings = grpo_settings(task)
         return sft_total_steps(rows, settings.prompts_per_step, 1, task.epochs, -1)
     return sft_total_steps(rows, task.batch_size, task.grad_accum, task.epochs, -1)
 
@@ -179,7 +173,7 @@ def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, se
     from forgetbench.methods.rl import within_prompt_length
     from forgetbench.training.grpo import run_grpo
 
-    settings, extra = grpo_settings(task)
+    settings = grpo_settings(task)
     rows = [{"prompt": prompt, "reference": reference} for prompt, reference in pairs]
     if settings.max_prompt_length:
         rows = within_prompt_length(rows, model_path, settings.max_prompt_length)
@@ -189,8 +183,8 @@ def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, se
     plugin = registry.get("reward", settings.reward)
     reward_fn = plugin.target(plugin.build_config(settings.reward_config))
     return run_grpo(model_path, dataset, [reward_fn],
-                    partial(grpo_advantages, scale=extra.adv_norm), settings, out_dir, seed,
-                    scale_rewards=extra.adv_norm, callbacks=callbacks)
+                    partial(grpo_advantages, scale=settings.adv_norm), settings, out_dir, seed,
+                    scale_rewards=settings.adv_norm, callbacks=callbacks)
 
 
 register_yaml_tasks("attack", "attacks", AttackTask)
