@@ -198,3 +198,27 @@ def test_xstest_evals_split_safe_and_unsafe_prompts():
     assert not {row["id"] for row in safe} & {row["id"] for row in unsafe}
     assert not any(row["type"].startswith("contrast_") for row in safe)
     assert all(row["type"].startswith("contrast_") for row in unsafe)
+
+
+def test_safety_frontier_dev_set_never_touches_a_reported_prompt():
+    """benchmarks/safety_frontier.py tunes on HarmBench val and XSTest prompts past the preset's
+    limit; none of them may be a prompt the tiny preset reports."""
+    import importlib.util
+
+    from forgetbench.evals import EvalTask
+    from forgetbench.pipeline import resolve
+    from forgetbench.tasks import load_rows
+
+    spec = importlib.util.spec_from_file_location("safety_frontier",
+                                                  ROOT / "benchmarks" / "safety_frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    config = resolve("grpo", "alpaca", "tiny").resolved
+    dev = frontier.dev_prompts(config)
+    reported = set()
+    for name in ("harmbench", "xstest"):
+        task = EvalTask.model_validate(config["evals"][name])
+        reported |= {row["prompt"] for row in load_rows(task.dataset)[:task.limit]}
+    assert len(dev["harmbench_val"]) == 41 and len(dev["xstest_dev"]) == 60
+    assert not reported & (set(dev["harmbench_val"]) | set(dev["xstest_dev"]))
+    assert len(reported) == 100
