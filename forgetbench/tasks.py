@@ -42,7 +42,8 @@ class DatasetSpec(StrictModel):
     fields: dict[str, str] = Field(default_factory=dict, description="Our field name -> source "
                                    "column; every mapped column is required in every row.")
     sample: Optional[int] = Field(None, ge=1, description="Keep a fixed random sample of this "
-                                  "many rows (seed 0, the same for every run), after filtering.")
+                                  "many rows (seed 0, the same for every run), after filtering, "
+                                  "in shuffled order (a sample of every row shuffles them).")
     head: Optional[int] = Field(None, ge=1, description="Keep the first N rows (after filtering).")
     id_prefix: Optional[str] = Field(None, description="For files without an id column: each row's "
                                      "`id` is this prefix + its 0-based position in the file, "
@@ -103,8 +104,10 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
     if spec.fields:
         fields = {"id": "id", **spec.fields} if spec.id_prefix is not None else spec.fields
         rows = [{ours: row[theirs] for ours, theirs in fields.items()} for row in rows]
-    if spec.sample is not None and spec.sample < len(rows):
-        rows = random.Random(0).sample(rows, spec.sample)
+    if spec.sample is not None:
+        # Shuffled even when it keeps every row: evals list their whole set this way so that a
+        # `limit` takes a spread of the set, not the file's first category.
+        rows = random.Random(0).sample(rows, min(spec.sample, len(rows)))
     if spec.head is not None:
         rows = rows[:spec.head]
     if not rows:

@@ -222,3 +222,20 @@ def test_safety_frontier_dev_set_never_touches_a_reported_prompt():
     assert len(dev["harmbench_val"]) == 41 and len(dev["xstest_dev"]) == 60
     assert not reported & (set(dev["harmbench_val"]) | set(dev["xstest_dev"]))
     assert len(reported) == 100
+
+
+def test_an_eval_limit_takes_a_spread_of_the_set_not_its_first_category():
+    """The evals list their whole set with `sample: N` (a seeded shuffle), so the tiny preset's
+    `limit: 50` covers XSTest's ten safe-prompt types, not the file's first two."""
+    from forgetbench.evals import EvalTask
+    from forgetbench.pipeline import resolve
+    from forgetbench.tasks import load_rows
+
+    evals = resolve("grpo", "alpaca", "tiny").resolved["evals"]
+    xstest = EvalTask.model_validate(evals["xstest"])
+    rows = load_rows(xstest.dataset)
+    assert len(rows) == 250 and len({row["id"] for row in rows}) == 250
+    assert len({row["type"] for row in rows[:xstest.limit]}) == 10
+    assert [row["id"] for row in load_rows(xstest.dataset)] == [row["id"] for row in rows]
+    harmbench = EvalTask.model_validate(evals["harmbench"])
+    assert len({row["category"] for row in load_rows(harmbench.dataset)[:harmbench.limit]}) >= 5
