@@ -229,13 +229,26 @@ def filter_results(frame, filters: list[str]):
     return frame
 
 
+def summary_columns(frame) -> list[str]:
+    """SUMMARY_COLUMNS, plus what tells rows apart when a row key repeats: results of a re-run
+    with another eval version or config stay in the folder beside the old ones."""
+    wanted = [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    key = [c for c in ("method", "attack", "seed", "phase", "step", "eval", "judge", "metric")
+           if c in frame.columns]
+    if not key or not frame.duplicated(key).any():
+        return wanted
+    extra = [c for c in ("eval_version", "config_hash")
+             if c in frame.columns and frame.groupby(key, dropna=False)[c].nunique().gt(1).any()]
+    at = wanted.index("eval") + 1 if "eval" in wanted else len(wanted)
+    return wanted[:at] + extra + wanted[at:]
+
+
 def select_columns(frame, columns: str | None, default_summary: bool):
     from forgetbench.errors import UsageError
 
     if columns == "all" or (columns is None and not default_summary):
         return frame
-    wanted = [c.strip() for c in columns.split(",")] if columns else \
-        [c for c in SUMMARY_COLUMNS if c in frame.columns]
+    wanted = [c.strip() for c in columns.split(",")] if columns else summary_columns(frame)
     unknown = [c for c in wanted if c not in frame.columns]
     if unknown:
         raise UsageError(f"--columns: no column(s) {', '.join(map(repr, unknown))}; columns are "

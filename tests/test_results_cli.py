@@ -109,3 +109,23 @@ def test_no_results_yet(cli, tmp_path):
     result = cli("results", "--output-dir", str(tmp_path))
     assert result.returncode == 1
     assert "no results tables in" in result.stderr and "forgetbench matrix" in result.stderr
+
+
+def test_rows_of_a_rerun_with_a_new_eval_version_are_told_apart(cli, output):
+    """A re-run after an eval's version bump leaves a second table for the same cell; the summary
+    view then shows eval_version and config_hash so the two sets of rows do not look duplicated."""
+    rerun = [{**row, "eval_version": 2, "config_hash": "grpo0v2"}
+             for row in _rows("grpo", "alpaca", 0)]
+    old = [{**row, "eval_version": 1} for row in _rows("grpo", "alpaca", 0)]
+    write_table(old, output / "results", "grpo__alpaca__seed0__grpo0")
+    write_table(rerun, output / "results", "grpo__alpaca__seed0__grpo0v2")
+    result = cli("results", "--output-dir", str(output), "--filter", "method=grpo",
+                 "--format", "markdown")
+    assert result.returncode == 0, result.stderr
+    header, _, *body = result.stdout.splitlines()
+    assert header.startswith("| method | attack | seed | phase | step | eval | eval_version | "
+                             "config_hash | judge |")
+    assert len(body) == 8 and {line.split("|")[7].strip() for line in body} == {"1", "2"}
+    plain = cli("results", "--output-dir", str(output), "--filter", "method=frpo",
+                "--format", "markdown")
+    assert "eval_version" not in plain.stdout.splitlines()[0]
