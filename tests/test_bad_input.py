@@ -58,7 +58,10 @@ def test_interrupted_run_leaves_no_half_written_stage(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "forgetbench", "run", "--preset", "smoke", "--output-dir", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FORGETBENCH_THREADS": "2"})
+        env={**os.environ, "FORGETBENCH_THREADS": "2"},
+        # A shell starts background jobs with SIGINT ignored, and Python then never turns Ctrl-C
+        # into KeyboardInterrupt; a user's terminal has the default, so the child gets it back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((out / "stages").glob(".tmp-warmup-*")) and time.monotonic() < deadline:
         time.sleep(0.5)
