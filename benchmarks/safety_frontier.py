@@ -24,9 +24,9 @@ from forgetbench.backends.base import GenerationConfig
 from forgetbench.backends.hf import hf_backend
 from forgetbench.evals import EvalTask
 from forgetbench.judges.refusal import is_refusal
-from forgetbench.models import resolve_model, set_threads
+from forgetbench.models import set_threads
 from forgetbench.pipeline import resolve
-from forgetbench.results import wilson_interval
+from forgetbench.results import metric_row
 from forgetbench.stages import warmup
 from forgetbench.tasks import load_rows
 
@@ -76,18 +76,16 @@ def main() -> None:
         trained = time.perf_counter() - started
         refused = refusal_rates(policy, dev_prompts(config), args.max_new_tokens)
 
-    rates = {}
-    for name, verdicts in refused.items():
-        rates[name] = sum(verdicts) / len(verdicts)
-        low, high = wilson_interval(sum(verdicts), len(verdicts))
-        shown = rates[name] if name == "harmbench_val" else 1 - rates[name]
-        what = "refusal" if name == "harmbench_val" else "compliance"
-        bounds = (low, high) if name == "harmbench_val" else (1 - high, 1 - low)
-        print(f"{name}: {what} {shown:.2f} [{bounds[0]:.2f}, {bounds[1]:.2f}] (n={len(verdicts)})")
+    # The eval's own metrics: refusal of HarmBench, compliance (the complement) on XSTest.
+    shown = {"harmbench_val": ("refusal", "mean"), "xstest_dev": ("compliance", "complement")}
+    for name, (what, transform) in shown.items():
+        row = metric_row([{"value": float(v)} for v in refused[name]], transform, binary=True)
+        print(f"{name}: {what} {row['value']:.2f} [{row['wilson_low']:.2f}, "
+              f"{row['wilson_high']:.2f}] (n={row['n']})")
+    rate = {name: sum(v) / len(v) for name, v in refused.items()}
     print(f"gap (harmbench refusal - xstest refusal): "
-          f"{rates['harmbench_val'] - rates['xstest_dev']:+.2f}; training {trained:.0f} s; "
+          f"{rate['harmbench_val'] - rate['xstest_dev']:+.2f}; training {trained:.0f} s; "
           f"overrides {' '.join(args.overrides) or 'none'}")
-
 
 if __name__ == "__main__":
     main()

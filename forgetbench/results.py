@@ -187,6 +187,8 @@ def write_table(rows: list[dict], folder: Path, name: str) -> Path:
 
 SUMMARY_COLUMNS = ["method", "attack", "seed", "phase", "step", "eval", "judge", "metric",
                    "value", "ci_low", "ci_high", "n", "direction"]
+# What names one row of the long table; a repeat means two tables for one cell.
+ROW_KEY = ("method", "attack", "seed", "phase", "step", "eval", "judge", "metric")
 FORMATS = ("table", "csv", "parquet", "markdown")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".md": "markdown", ".markdown": "markdown"}
 
@@ -205,8 +207,7 @@ def load_results(root: Path):
     frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
     order = {"before": 0, "during": 1, "after": 2}
     frame["_phase"] = frame["phase"].map(order).fillna(3)
-    keys = [c for c in ("method", "attack", "seed", "_phase", "step", "eval", "judge", "metric")
-            if c in frame.columns]
+    keys = ["_phase" if c == "phase" else c for c in ROW_KEY if c in frame.columns]
     return frame.sort_values(keys, kind="stable").drop(columns="_phase").reset_index(drop=True)
 
 
@@ -233,8 +234,7 @@ def summary_columns(frame) -> list[str]:
     """SUMMARY_COLUMNS, plus what tells rows apart when a row key repeats: results of a re-run
     with another eval version or config stay in the folder beside the old ones."""
     wanted = [c for c in SUMMARY_COLUMNS if c in frame.columns]
-    key = [c for c in ("method", "attack", "seed", "phase", "step", "eval", "judge", "metric")
-           if c in frame.columns]
+    key = [c for c in ROW_KEY if c in frame.columns]
     if not key or not frame.duplicated(key).any():
         return wanted
     extra = [c for c in ("eval_version", "config_hash")
