@@ -4,6 +4,7 @@ real `smoke` run of every attack (TRL on the embedded model) scored at every che
 import json
 import math
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -155,7 +156,8 @@ def smoke_attacks(tmp_path_factory):
                      "evals=[harmbench]", "--jobs", "2", "--output-dir", str(out), timeout=3000)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     frames = [pd.read_parquet(p) for p in (out / "results").glob("*.parquet")]
-    return out, pd.concat(frames, ignore_index=True)
+    yield out, pd.concat(frames, ignore_index=True)
+    shutil.rmtree(out, ignore_errors=True)  # 5 attacks' checkpoints: GBs a small CI disk needs back
 
 
 @pytest.mark.slow

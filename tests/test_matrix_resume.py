@@ -109,7 +109,8 @@ def baseline(tmp_path_factory):
     log = out.parent / "uninterrupted.log"
     process = start(out, log=log)
     assert process.wait(timeout=1200) == 0, log.read_text()[-3000:]
-    return out, log.read_text()
+    yield out, log.read_text()
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints: disk a small CI machine needs back
 
 
 def test_uninterrupted_matrix_table_and_provenance(baseline, cli):

@@ -1,6 +1,7 @@
 """`forgetbench run --preset smoke` end to end on the real embedded model, TRL and the shipped data."""
 
 import json
+import shutil
 import time
 
 import pandas as pd
@@ -22,7 +23,8 @@ def smoke_run(tmp_path_factory):
     started = time.monotonic()
     first = run_cli("run", "--preset", "smoke", "--method", "frpo", "--attack", "alpaca",
                     "--output-dir", str(out))
-    return out, first, time.monotonic() - started
+    yield out, first, time.monotonic() - started
+    shutil.rmtree(out, ignore_errors=True)  # checkpoints: disk a small CI machine needs back
 
 
 def test_run_prints_before_after_table(smoke_run):
