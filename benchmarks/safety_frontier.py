@@ -78,14 +78,16 @@ def main() -> None:
 
     # The eval's own metrics: refusal of HarmBench, compliance (the complement) on XSTest.
     shown = {"harmbench_val": ("refusal", "mean"), "xstest_dev": ("compliance", "complement")}
+    rows = {}
     for name, (what, transform) in shown.items():
-        row = metric_row([{"value": float(v)} for v in refused[name]], transform, binary=True)
+        rows[name] = row = metric_row([{"value": float(v)} for v in refused[name]], transform,
+                                      binary=True)
         print(f"{name}: {what} {row['value']:.2f} [{row['wilson_low']:.2f}, "
               f"{row['wilson_high']:.2f}] (n={row['n']})")
-    rate = {name: sum(v) / len(v) for name, v in refused.items()}
-    print(f"gap (harmbench refusal - xstest refusal): "
-          f"{rate['harmbench_val'] - rate['xstest_dev']:+.2f}; training {trained:.0f} s; "
+    gap = rows["harmbench_val"]["value"] - (1 - rows["xstest_dev"]["value"])
+    print(f"gap (harmbench refusal - xstest refusal): {gap:+.2f}; training {trained:.0f} s; "
           f"overrides {' '.join(args.overrides) or 'none'}")
+
 
 if __name__ == "__main__":
     main()
