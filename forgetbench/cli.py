@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -111,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _output_dir(value: Path | None) -> Path:
-    return (value or Path(os.environ.get("FORGETBENCH_OUTPUT", "runs"))).resolve()
+    from forgetbench import environment
+
+    return (value or environment.output_dir()).resolve()
 
 
 def _executor_values(args) -> dict:
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False, width=max(Console().width, 100), soft_wrap=True)
     try:
+        from forgetbench import environment
+
+        environment.check()  # a bad FORGETBENCH_* value is one line here, not a failed stage
         {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results, "lmeval": cmd_lmeval,
          "list": cmd_list}[args.command](args, console)
     except ForgetbenchError as error:

@@ -61,16 +61,33 @@ def validate_plugin_config(plugin: "Plugin", values: dict) -> BaseModel:
     return validate(plugin.config, values, f"{plugin.kind} {plugin.name!r}")
 
 
-def load_yaml(path: Path) -> Any:
+def load_yaml(path: Path, what: str = "config file") -> dict:
+    """A YAML file that must hold a non-empty mapping: every other case is one line naming the
+    file and the fix (missing, a folder, not UTF-8, malformed, empty, not a mapping)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a YAML file; pass the file's path")
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist; check the path")
+        raise UsageError(f"{what} {path} does not exist; check the path")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {error.start}); save it as "
+                         "UTF-8") from None
+    try:
+        values = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UsageError(f"malformed YAML in {path}{where}: {problem}; fix the file's syntax") from None
+        raise UsageError(f"malformed YAML in {path}{where}: {problem}; fix the file's "
+                         "syntax") from None
+    if values is None:
+        raise UsageError(f"{what} {path} is empty; write its settings in it or leave it out")
+    if not isinstance(values, dict):
+        raise UsageError(f"{what} {path} must be a YAML mapping (key: value lines), got "
+                         f"{type(values).__name__}")
+    return values
 
 
 def preset_names() -> list[str]:
@@ -88,10 +105,7 @@ def load_preset(name_or_path: str) -> dict:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"unknown preset {name_or_path!r}.{hint} Known presets: "
                              f"{', '.join(preset_names())}, or pass a path to a YAML file.")
-    preset = load_yaml(path)
-    if not isinstance(preset, dict):
-        raise UsageError(f"preset {path} must be a YAML mapping, got {type(preset).__name__}")
-    return preset
+    return load_yaml(path, "preset")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -121,10 +121,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def load_matrix_file(path: Path) -> MatrixFile:
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise UsageError(f"matrix file {path} must be a YAML mapping, got {type(raw).__name__}")
-    matrix = validate(MatrixFile, raw, f"matrix file {path}")
+    matrix = validate(MatrixFile, load_yaml(path, "matrix file"), f"matrix file {path}")
     if matrix.seeds is not None and len(set(matrix.seeds)) != len(matrix.seeds):
         raise UsageError(f"matrix file {path}: seeds {matrix.seeds} list a seed twice")
     return matrix

@@ -17,7 +17,9 @@ EMBEDDED_MODELS = {
 
 
 def cache_home() -> Path:
-    return Path(os.environ.get("FORGETBENCH_CACHE", Path.home() / ".cache" / "forgetbench"))
+    from forgetbench import environment
+
+    return environment.cache_dir()
 
 
 def _gguf_file(name: str) -> Path:
@@ -103,6 +105,8 @@ def set_threads() -> int:
     """Pin torch to the cores we were given: oversubscription is 4-10x slower on small machines."""
     import torch
 
-    threads = int(os.environ.get("FORGETBENCH_THREADS", os.cpu_count() or 1))
+    from forgetbench import environment
+
+    threads = environment.threads()
     torch.set_num_threads(threads)
     return threads

@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Optional
 
+from forgetbench import environment
 from forgetbench.config import Field, StrictModel, load_yaml
 from forgetbench.errors import ForgetbenchError, UsageError
 
@@ -24,8 +24,9 @@ class DataError(ForgetbenchError):
 
 def tasks_dir() -> Path:
     """``$FORGETBENCH_TASKS``, else the copy inside an installed wheel, else the repo's tasks/."""
-    if os.environ.get("FORGETBENCH_TASKS"):
-        return Path(os.environ["FORGETBENCH_TASKS"])
+    override = environment.tasks_override()
+    if override is not None:
+        return override
     bundled = Path(__file__).parent / "_tasks"
     return bundled if bundled.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
@@ -125,9 +126,9 @@ def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -
     from forgetbench.registry import register
 
     for path in task_files(folder):
-        values = load_yaml(path)
-        if not isinstance(values, dict) or "name" not in values:
-            raise UsageError(f"task file {path} must be a mapping with a `name`")
+        values = load_yaml(path, "task file")
+        if "name" not in values:
+            raise UsageError(f"task file {path} must have a `name`")
         register(kind, values["name"], values, description=values.get("description", ""),
                  config=config_cls)
 
@@ -148,7 +149,8 @@ def load_train_task(name: str) -> TrainTask:
         raise UsageError(f"unknown training task {name!r}; known: {known}")
     from forgetbench.config import validate
 
-    return validate(TrainTask, load_yaml(path), f"training task {name!r}")
+    return validate(TrainTask, load_yaml(path, "training task file"),
+                    f"training task {name!r}")
 
 
 def take_by_kind(rows: list[dict], n_harmful: int, n_harmless: int) -> list[dict]:

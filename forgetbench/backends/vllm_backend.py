@@ -28,6 +28,7 @@ import sys
 from contextlib import contextmanager
 from typing import Optional
 
+from forgetbench import environment
 from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
                                        package_version, prepare_prompts, prompt_budget,
                                        resolve_policy)
@@ -85,11 +86,11 @@ def _engine_environment(config: GenerationConfig, cpu: bool):
     wanted = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
     if cpu:
         wanted["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
-        threads = os.environ.get("FORGETBENCH_THREADS")
-        if threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        if environment.threads_set() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # N unpinned threads: on a shared machine, pinning to fixed cores collides with
             # other jobs, and vLLM's default keeps one of two cores for its scheduler.
-            wanted.update(VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS=str(int(threads)))
+            wanted.update(VLLM_CPU_OMP_THREADS_BIND="nobind",
+                          OMP_NUM_THREADS=str(environment.threads()))
     added = {key: value for key, value in wanted.items() if key not in os.environ}
     os.environ.update(added)
     try:

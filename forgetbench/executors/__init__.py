@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
 
+from forgetbench import environment
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import UsageError
 from forgetbench.stages.executor import Outcome
@@ -89,11 +90,27 @@ class Executor(ABC):
         return self.name
 
 
+def local_threads(jobs: int) -> Optional[int]:
+    """Torch threads per stage when ``jobs`` stages share this machine: more threads than cores
+    in all is 4-10x slower here, so that is refused before any work. None: the stage's default."""
+    cores = environment.cores()
+    if jobs > cores:
+        raise UsageError(f"--jobs {jobs} is more than this machine's {cores} cores; use --jobs "
+                         f"{cores} or fewer")
+    if environment.threads_set():
+        threads = environment.threads()
+        if jobs * threads > cores:
+            raise UsageError(f"--jobs {jobs} x {environment.THREADS}={threads} threads is more "
+                             f"than this machine's {cores} cores; lower one of them")
+        return None
+    return cores // jobs if jobs > 1 else None
+
+
 def make_executor(config: ExecutorConfig) -> Executor:
     if config.name == "local":
         from forgetbench.executors.local import LocalExecutor
 
-        return LocalExecutor(jobs=config.jobs)
+        return LocalExecutor(jobs=config.jobs, threads=local_threads(config.jobs))
     if config.name == "ray":
         from forgetbench.executors.ray import RayExecutor
 

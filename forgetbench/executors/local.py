@@ -7,8 +7,11 @@ on the same output folder holds is simply waited for while other ready stages go
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Optional
 
+from forgetbench import environment
 from forgetbench.executors import Executor
 from forgetbench.stages.executor import Outcome, StageRun, claim
 from forgetbench.stages.plan import Stage
@@ -19,8 +22,10 @@ RECLAIM_SECONDS = 1.0  # how often a stage held by another runner is looked at a
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, threads: Optional[int] = None) -> None:
         self.jobs = jobs
+        # Several stages at once share the cores instead of each taking them all.
+        self.env = None if threads is None else {**os.environ, environment.THREADS: str(threads)}
         self.running: dict[Stage, StageRun] = {}
         self.waiting: dict[Stage, float] = {}  # held by another runner -> last look
         self.ended: list[tuple[Stage, Outcome]] = []
@@ -45,7 +50,7 @@ class LocalExecutor(Executor):
             self.waiting.pop(stage, None)
             self.running[stage] = claimed
             try:
-                claimed.start()
+                claimed.start(env=self.env)
             except BaseException:
                 del self.running[stage]
                 claimed.abort()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pydantic import field_validator
+
 from forgetbench.config import Field, StrictModel
 
 
@@ -17,6 +19,16 @@ class OptimConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
     max_steps: int = Field(-1, description="Optimiser steps; -1 = run `epochs` epochs.")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, value: int) -> int:
+        # 0 would train nothing and still save (and report) the input as a trained policy.
+        if value == 0 or value < -1:
+            raise ValueError("must be a positive number of optimiser steps, or -1 to run "
+                             "`epochs` epochs")
+        return value
+
     epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is -1.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size (rows per micro-batch).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")

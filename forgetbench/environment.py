@@ -1,0 +1,90 @@
+"""The ``FORGETBENCH_*`` environment variables, read and checked in one place.
+
+The command line checks them all before any work (``check``), so a bad value is one line naming
+the variable and the fix, never a failure inside a stage process minutes later. Stage processes
+read them through the same functions.
+
+- ``FORGETBENCH_THREADS``: torch threads per stage process (a positive integer; default: all cores).
+- ``FORGETBENCH_OUTPUT``: the default output folder (default ``./runs``).
+- ``FORGETBENCH_CACHE``: where converted models are cached (default ``~/.cache/forgetbench``).
+- ``FORGETBENCH_TASKS``: a folder laid out like ``tasks/`` used instead of the built-in one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from forgetbench.errors import UsageError
+
+THREADS = "FORGETBENCH_THREADS"
+OUTPUT = "FORGETBENCH_OUTPUT"
+CACHE = "FORGETBENCH_CACHE"
+TASKS = "FORGETBENCH_TASKS"
+
+
+def _set(name: str) -> Optional[str]:
+    """The variable's value, or None when unset; set but empty is an error (a typo'd export)."""
+    value = os.environ.get(name)
+    if value is not None and not value.strip():
+        raise UsageError(f"{name} is set but empty; give it a value or unset it "
+                         f"(unset {name})")
+    return value
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads() -> int:
+    """Torch threads for a stage: ``$FORGETBENCH_THREADS``, else every core this process may use."""
+    value = _set(THREADS)
+    if value is None:
+        return cores()
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UsageError(f"{THREADS}={value!r} is not a positive integer; set it to the number of "
+                         f"cores a stage may use (this machine has {cores()}) or unset it")
+    return number
+
+
+def threads_set() -> bool:
+    return _set(THREADS) is not None
+
+
+def output_dir() -> Path:
+    return Path(_set(OUTPUT) or "runs")
+
+
+def cache_dir() -> Path:
+    value = _set(CACHE)
+    path = Path(value) if value else Path.home() / ".cache" / "forgetbench"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{CACHE}={str(path)!r} is a file, not a folder; point it at a folder "
+                         "(created if missing) or unset it")
+    return path
+
+
+def tasks_override() -> Optional[Path]:
+    """``$FORGETBENCH_TASKS`` when set: an existing folder, or a one-line error naming it."""
+    value = _set(TASKS)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"{TASKS}={value!r} {what}; point it at a folder laid out like tasks/ "
+                         "(evals/, attacks/, train/) or unset it to use the built-in tasks")
+    return path
+
+
+def check() -> None:
+    """Every variable, before any work."""
+    threads()
+    output_dir()
+    cache_dir()
+    tasks_override()
