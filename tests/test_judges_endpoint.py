@@ -296,3 +296,40 @@ def test_rows_scored_before_an_outage_are_reused_when_finishing_with_missing_row
     assert verdicts[1]["value"] is None and "cannot reach" in verdicts[1]["reason"]
     assert not judge_stage.partial_file({"judge": {"name": "strongreject_rubric",
                                                    "config": settings}}, folder).exists()
+
+
+def test_the_api_key_is_read_from_the_environment_at_call_time(monkeypatch):
+    from forgetbench.judges.endpoint import EndpointSettings, post_once
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = EndpointSettings(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                                    api_key_env="FORGETBENCH_TEST_KEY")
+        monkeypatch.setenv("FORGETBENCH_TEST_KEY", "first-key")
+        assert post_once(settings, "chat/completions", {}) == {"ok": True}
+        monkeypatch.setenv("FORGETBENCH_TEST_KEY", "rotated-key")
+        post_once(settings, "chat/completions", {})
+        monkeypatch.delenv("FORGETBENCH_TEST_KEY")
+        post_once(settings, "chat/completions", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    # A keyless `vllm serve` ignores the placeholder the openai client insists on sending.
+    assert seen == ["Bearer first-key", "Bearer rotated-key", "Bearer EMPTY"]
+    assert "api_key" not in settings.model_dump() and "first-key" not in str(settings.model_dump())

@@ -1,7 +1,8 @@
 """A small client for OpenAI-compatible endpoints: chat, completions and moderation.
 
 It works against the OpenAI API, a local ``vllm serve <model>`` (``http://localhost:8000/v1``) or
-any server speaking the same protocol, with the standard library only (no ``openai`` package).
+any server speaking the same protocol, through the ``openai`` client (its transport, errors and
+connection pooling; its own retries are off because they cannot see a garbage answer).
 
 Failures are of two kinds:
 
@@ -19,12 +20,10 @@ never part of a config, a stage hash or a results row.
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
@@ -78,14 +77,6 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _headers(settings: EndpointSettings) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
-
-
 def _retry_after(value: Optional[str]) -> Optional[float]:
     try:
         return float(value) if value is not None else None
@@ -93,30 +84,44 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None
 
 
+@functools.lru_cache(maxsize=16)
+def _client(base_url: str, timeout_s: float, key: Optional[str]):
+    import openai
+
+    # The client's own retries are off: ``request`` retries with the settings' back-off, and
+    # also when an answer arrives but cannot be parsed, which the client cannot know.
+    # "EMPTY" is what a keyless `vllm serve` expects (the client insists on some key).
+    return openai.OpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s,
+                         max_retries=0)
+
+
 def post_once(settings: EndpointSettings, path: str, payload: dict) -> Any:
-    """One POST of ``payload`` as JSON to ``base_url/path``; the decoded JSON answer."""
+    """One POST of ``payload`` as JSON to ``base_url/path`` with the ``openai`` client; the
+    decoded JSON answer. The key is read from ``$api_key_env`` now, at call time."""
+    import httpx
+    import openai
+
     url = settings.base_url.rstrip("/") + "/" + path.lstrip("/")
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers=_headers(settings))
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    client = _client(settings.base_url.rstrip("/"), settings.timeout_s, key)
     try:
-        with urllib.request.urlopen(request, timeout=settings.timeout_s) as answer:
-            body = answer.read()
-    except urllib.error.HTTPError as error:
-        snippet = error.read()[:300].decode("utf-8", "replace").strip().replace("\n", " ")
-        if error.code in TRANSIENT_STATUS or error.code >= 500:
-            raise _Transient(f"{url} answered HTTP {error.code}: {snippet}",
-                             _retry_after(error.headers.get("Retry-After"))) from None
+        answer = client.post("/" + path.lstrip("/"), body=payload, cast_to=httpx.Response)
+    except openai.APIStatusError as error:
+        snippet = error.response.text[:300].strip().replace("\n", " ")
+        code = error.status_code
+        if code in TRANSIENT_STATUS or code >= 500:
+            raise _Transient(f"{url} answered HTTP {code}: {snippet}",
+                             _retry_after(error.response.headers.get("Retry-After"))) from None
         raise EndpointConfigError(
-            f"{url} answered HTTP {error.code} ({snippet or error.reason}); check the judge's "
+            f"{url} answered HTTP {code} ({snippet or error.message}); check the judge's "
             f"base_url, model name and the API key in ${settings.api_key_env}") from None
-    except urllib.error.URLError as error:
-        raise _Transient(f"cannot reach {url}: {error.reason}") from None
-    except (TimeoutError, ConnectionError, OSError, http.client.HTTPException) as error:
-        raise _Transient(f"cannot reach {url}: {type(error).__name__}: {error}") from None
+    except openai.APIConnectionError as error:  # includes APITimeoutError
+        cause = error.__cause__ or error
+        raise _Transient(f"cannot reach {url}: {type(cause).__name__}: {cause}") from None
     try:
-        return json.loads(body)
+        return json.loads(answer.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        snippet = body[:120].decode("utf-8", "replace")
+        snippet = answer.content[:120].decode("utf-8", "replace")
         raise _Transient(f"{url} answered something that is not JSON: {snippet!r}") from None
 
 
