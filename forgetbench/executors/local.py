@@ -1,8 +1,9 @@
 """The local executor: each stage in its own process on this machine, ``jobs`` at a time.
 
-The runner's main thread starts the worker processes itself (so the kernel's parent-death signal
-kills them if the runner is killed) and polls them; nothing blocks, so a stage that another runner
-on the same output folder holds is simply waited for while other ready stages go ahead.
+The runner's main thread starts the worker processes (forks of a fork server that imported torch,
+transformers and TRL once: ``forgetbench.stages.launch``; the kernel's parent-death signal kills
+them if the runner is killed) and polls them; nothing blocks, so a stage that another runner on
+the same output folder holds is simply waited for while other ready stages go ahead.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LocalExecutor(Executor):
             self.waiting.pop(stage, None)
             self.running[stage] = claimed
             try:
-                claimed.start(env=self.env)
+                claimed.start(env=self.env, forked=True)
             except BaseException:
                 del self.running[stage]
                 claimed.abort()

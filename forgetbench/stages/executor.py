@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.stages import STAGE_FORMAT, STAGE_KINDS
+from forgetbench.stages.launch import ForkedWorker, FreshWorker
 from forgetbench.stages.plan import DONE_FILE, Stage
 from forgetbench.stages.worker import ERROR_FILE, LOG_FILE, REQUEST_FILE
 
@@ -177,16 +176,6 @@ class Outcome:
     by_other: bool = False  # reused because another runner computed it meanwhile
 
 
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM when the runner dies, even by SIGKILL (no orphans)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -211,14 +200,16 @@ class StageRun:
     root: Path
     lock: FileLock
     tmp: Path = field(init=False)
-    process: Optional[subprocess.Popen] = None
+    worker: "FreshWorker | ForkedWorker | None" = None
     started: float = 0.0
     started_at: str = ""
 
     def __post_init__(self) -> None:
         self.tmp = self.root / "stages" / f".tmp-{self.stage.kind}-{self.stage.key}-{os.getpid()}"
 
-    def start(self, env: Optional[dict] = None) -> None:
+    def start(self, env: Optional[dict] = None, forked: bool = False) -> None:
+        """Start the worker: a fork of the pre-imported fork server when ``forked`` (the local
+        executor), else a fresh interpreter (``forgetbench.stages.launch``)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         inputs = {name: str(dep.folder(self.root)) for name, dep in self.stage.inputs.items()}
@@ -227,29 +218,24 @@ class StageRun:
              "inputs": inputs}, indent=1))
         self.started = time.monotonic()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        with open(self.tmp / LOG_FILE, "wb") as log:
-            # The worker's own output (TRL, tqdm, tracebacks) goes to the stage's log, not to the
-            # runner's display; the log travels with the stage (or to logs/failed/).
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "forgetbench.stages.worker", str(self.tmp)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        if forked:
+            try:
+                self.worker = ForkedWorker(self.tmp, env)
+                return
+            except OSError:  # the fork server cannot start: a fresh interpreter still can
+                pass
+        self.worker = FreshWorker(self.tmp, env)
 
     def poll(self) -> Optional[Outcome]:
-        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
-        if pid == 0:
-            return None
-        return self._finish(status, usage)
+        code = self.worker.poll()
+        return None if code is None else self._finish(code)
 
     def wait(self) -> Outcome:
-        _, status, usage = os.wait4(self.process.pid, 0)
-        return self._finish(status, usage)
+        return self._finish(self.worker.poll(block=True))
 
-    def _finish(self, status: int, usage) -> Outcome:
-        code = os.waitstatus_to_exitcode(status)
-        self.process.returncode = code
+    def _finish(self, code: int) -> Outcome:
         seconds = round(time.monotonic() - self.started, 1)
-        rss = round(usage.ru_maxrss / 1024, 1)
+        rss = self.worker.peak_rss_mib
         try:
             if code != 0:
                 error = (self.tmp / ERROR_FILE).read_text().strip() if \
@@ -288,13 +274,8 @@ class StageRun:
     def abort(self) -> None:
         """Stop the worker (if any), delete the temporary folder, release the lock."""
         try:
-            if self.process is not None and self.process.returncode is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            if self.worker is not None:
+                self.worker.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             if self.lock.is_locked:
