@@ -131,3 +131,4 @@ def test_jobs_share_the_cores_when_threads_are_not_set(monkeypatch):
     monkeypatch.delenv("FORGETBENCH_THREADS", raising=False)
     monkeypatch.setattr("forgetbench.environment.cores", lambda: 4)
     assert local_threads(1) is None and local_threads(2) == 2 and local_threads(4) == 1
+

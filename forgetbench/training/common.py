@@ -32,6 +32,10 @@ class OptimConfig(StrictModel):
     epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is -1.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size (rows per micro-batch).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass instead of keeping them "
+        "(TRL's default): needed for long sequences on a 7B model, pure extra compute where the "
+        "activations fit in memory. Changes speed and memory, never the gradients.")
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all parameters.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -49,6 +53,7 @@ def trainer_args(config: OptimConfig, out_dir: Path, seed: int) -> dict:
         max_grad_norm=config.max_grad_norm, max_steps=config.max_steps,
         num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
+        gradient_checkpointing=config.gradient_checkpointing,
         use_cpu=_use_cpu(), bf16=False, report_to=[], save_strategy="no", logging_steps=1,
         disable_tqdm=False, dataloader_num_workers=0,
     )
