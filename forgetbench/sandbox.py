@@ -388,7 +388,9 @@ def _bwrap_command(bwrap: str, setpriv: Optional[str], python: str, workdir: Pat
                      "--ro-bind", str(program), os.path.join(target, PROGRAM_FILE)]
         else:
             args += [how, target, target]
-    args += ["--chdir", str(workdir)]
+    # the root bwrap built (a tmpfs holding the mount points) read-only too: nothing but the
+    # folder (and the run's cgroup) is writable, whoever owns the root's directories
+    args += ["--remount-ro", "/", "--chdir", str(workdir)]
     if setpriv is None:  # not root: an unprivileged user namespace maps nobody to this user
         return args + ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
                        "--disable-userns", "--"]
@@ -554,7 +556,6 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
     cpu_s = cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1
     token = uuid.uuid4().hex
     root = Path(tempfile.mkdtemp(prefix="forgetbench-sandbox-"))
-    os.chmod(root, 0o755)  # traversable by the program's user (mkdtemp makes it 0700)
     workdir = root / "work"
     workdir.mkdir()
     (workdir / PROGRAM_FILE).write_text(program, encoding="utf-8")
@@ -627,7 +628,9 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
                                                  f"(a container without user namespaces), "
                                                  f"{_WEAKER}" if namespaces else ""))
     if namespaces and 128 < returncode < 128 + 65:
-        returncode = 128 - returncode  # bwrap exits 128 + N when the program dies of signal N
+        # bwrap exits 128 + N when the program dies of signal N (so a program's own
+        # sys.exit(128 + N) reads as that signal too: a failure either way)
+        returncode = 128 - returncode
     reason = _reason(returncode, timed_out, status.endswith(b"finished"), text, output_full,
                      timeout_s, cpu_s, memory_mb, file_size_mb, folder_mb)
     return SandboxResult(passed=reason is None, reason=reason, duration_s=duration,
