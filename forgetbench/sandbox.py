@@ -352,8 +352,12 @@ def _interpreter_folders(python: str) -> list[str]:
                os.path.dirname(os.path.dirname(os.path.realpath(python)))}
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         folders |= {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    return sorted(f for f in folders
-                  if f != "/" and not any(f == d or f.startswith(d + "/") for d in _SYSTEM_DIRS))
+    def under(folder: str, others) -> bool:
+        return any(folder.startswith(other.rstrip("/") + "/") for other in others)
+
+    folders = {f for f in folders if f != "/" and f not in _SYSTEM_DIRS
+               and not under(f, _SYSTEM_DIRS)}
+    return sorted(f for f in folders if not under(f, folders))  # the outermost of nested ones
 
 
 def _bwrap_command(bwrap: str, setpriv: Optional[str], python: str, workdir: Path,
@@ -382,6 +386,7 @@ def _bwrap_command(bwrap: str, setpriv: Optional[str], python: str, workdir: Pat
             parent = os.path.dirname(parent)
         for folder in reversed(chain):
             args += ["--perms", "0755", "--dir", folder]
+        made.add(target)
     for target, how in binds:
         if how is None:  # the program's folder: writable by it, bounded in size
             args += ["--perms", "0777", "--size", str(folder_mb * 2 ** 20), "--tmpfs", target,
