@@ -146,7 +146,7 @@ def test_code_extraction_rules():
     assert extract_code("```bash\nls\n```\nx = 1") == "```bash\nls\n```\nx = 1"
 
 
-def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail():
+def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail(namespaces):
     rows = eval_rows("mbpp")
     code = raw_rows(DATA / "mbpp" / "mbpp_test.jsonl")
     picked = rows[:6] + [row for row in rows if row["id"] == 367]  # 367 needs its test_setup
@@ -163,7 +163,7 @@ def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail():
         [v.reason for v in wrong]
 
 
-def test_humaneval_completion_and_whole_function_both_run():
+def test_humaneval_completion_and_whole_function_both_run(namespaces):
     rows = eval_rows("humaneval")[:5]
     raw = raw_rows(DATA / "humaneval" / "HumanEval.jsonl.gz")
     completions = [raw[r["id"]]["canonical_solution"] for r in rows]  # raw continuation
@@ -180,7 +180,7 @@ def test_humaneval_completion_and_whole_function_both_run():
 
 
 @pytest.mark.slow
-def test_every_reference_solution_passes_in_the_sandbox():
+def test_every_reference_solution_passes_in_the_sandbox(namespaces):
     """All 164 HumanEval and 500 MBPP reference solutions pass under the default (namespace)
     sandbox: its walls take nothing a real solution needs."""
     mbpp = eval_rows("mbpp")
@@ -197,7 +197,7 @@ def test_every_reference_solution_passes_in_the_sandbox():
     assert len(verdicts) == 664 and failed == {}
 
 
-def test_code_exec_hazards_empty_and_bad_rows():
+def test_code_exec_hazards_empty_and_bad_rows(namespaces):
     row = eval_rows("mbpp")[0]  # remove_Occ
     verdicts = score("code_exec", [
         "", "   ",
@@ -214,7 +214,7 @@ def test_code_exec_hazards_empty_and_bad_rows():
         judge("code_exec")(["p"], ["pass"])
 
 
-def test_code_exec_through_the_judge_stage(tmp_path):
+def test_code_exec_through_the_judge_stage(tmp_path, namespaces):
     """The judge stage finds each generation's MBPP row by id and scores it in the sandbox."""
     from forgetbench.stages import judge as judge_stage
     from forgetbench.stages.generate import GENERATIONS_FILE

@@ -9,21 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import needs_namespaces
 
 from forgetbench.sandbox import (ISOLATIONS, MARKER_VARIABLE, IsolationUnavailable, SandboxError,
                                  _pids_cgroup_base, check_isolation, process_containment,
                                  run_python, user_task_count)
-
-# CI installs bubblewrap (scripts/install.sh) and sets this: the namespace tests fail there
-# instead of skipping when it is missing or cannot create namespaces.
-REQUIRE_BWRAP = os.environ.get("FORGETBENCH_REQUIRE_BWRAP") == "1"
-
-
-def needs_namespaces() -> None:
-    try:
-        check_isolation()
-    except IsolationUnavailable as error:
-        (pytest.fail if REQUIRE_BWRAP else pytest.skip)(str(error))
 
 
 @pytest.fixture(params=ISOLATIONS)
@@ -34,11 +24,6 @@ def sandbox(request):
     runner = functools.partial(run_python, isolation=request.param)
     runner.isolation = request.param
     return runner
-
-
-@pytest.fixture
-def namespaces():
-    needs_namespaces()
 
 
 def marked_processes(token: str) -> list[int]:
