@@ -139,7 +139,24 @@ def _execute(matrix, root: Path, console) -> None:
     from forgetbench.stages.executor import check_layout
 
     check_layout(root)
+    _check_code_sandbox(matrix, root)
     run_matrix(matrix, root, make_executor(matrix.spec.executor), console)
+
+
+def _check_code_sandbox(matrix, root: Path) -> None:
+    """Refuse before training, not at the first code_exec judge stage an hour later, when this
+    machine cannot run its programs in the kernel sandbox (local executor only: a Ray cluster's
+    workers are other machines)."""
+    if matrix.spec.executor.name != "local":
+        return
+    for stage in matrix.stages:
+        judge = stage.config.get("judge", {}) if stage.kind == "judge" else {}
+        if (judge.get("name") == "code_exec" and not stage.is_done(root)
+                and judge.get("config", {}).get("isolation", "namespaces") == "namespaces"):
+            from forgetbench.sandbox import check_isolation
+
+            check_isolation()
+            return
 
 
 def cmd_run(args, console) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from forgetbench.config import stable_hash
 
-from forgetbench.stages.judge import VERDICTS_FILE
+from forgetbench.stages.judge import JUDGE_PROVENANCE, PROVENANCE_FILE, VERDICTS_FILE
 from forgetbench.stages.kl import KL_FILE
 
 Z95 = 1.959963984540054
@@ -98,6 +98,15 @@ def backend_used(generations_folder: Path) -> dict:
             "backend_version": first.get("backend_version") or None}
 
 
+def judge_provenance(judge_folder: Path | None) -> dict:
+    """How a judge stage scored (code_exec: ``sandbox`` = namespaces or python-guards), from the
+    file the stage wrote; None for each column a judge does not report (or a KL row)."""
+    found = {}
+    if judge_folder is not None and (judge_folder / PROVENANCE_FILE).is_file():
+        found = json.loads((judge_folder / PROVENANCE_FILE).read_text())
+    return {column: found.get(column) for column in JUDGE_PROVENANCE}
+
+
 def final_step(policy_folder: Path) -> int:
     """The last logged step of a third-party attack (in-tree attacks plan their steps)."""
     history = json.loads((policy_folder / "log_history.json").read_text())
@@ -155,14 +164,14 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
                 "direction": metric["direction"],
                 "eval_config_hash": stable_hash(eval_config),
                 "judge_config_hash": stable_hash(resolved["judges"][judge_name]),
-                **tail(phase, stage)})
+                **judge_provenance(stage.folder(root)), **tail(phase, stage)})
     for phase, step, eval_name, stage in cell_plan.kl:
         values = [json.loads(line) for line in open(stage.folder(root) / KL_FILE)]
         rows.append({
             **head(phase, step, eval_name), "judge": "kl", "metric": "kl_from_p0",
             **metric_row(values, "mean", binary=False), "direction": "lower",
             "eval_config_hash": stable_hash(resolved["evals"][eval_name]),
-            "judge_config_hash": None, **tail(phase, stage)})
+            "judge_config_hash": None, **judge_provenance(None), **tail(phase, stage)})
     return rows
 
 

@@ -8,6 +8,17 @@
 # source and is not needed). On a GPU machine use the `vllm` extra instead: never both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The code_exec judge runs model-written code under bubblewrap (kernel namespaces): install it
+# where we can (root with apt-get, as on CI's fresh Debian machine), else say how.
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } \
+            || echo "install.sh: apt-get could not install bubblewrap; the code_exec judge needs it (or set judges.code_exec.isolation=python-guards)" >&2
+    else
+        echo "install.sh: bubblewrap (bwrap) is missing; the code_exec judge needs it: install it (e.g. sudo apt-get install bubblewrap, dnf install bubblewrap) or set judges.code_exec.isolation=python-guards" >&2
+    fi
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip

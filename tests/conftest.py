@@ -19,3 +19,23 @@ def run_cli(*args, env=None, timeout=900, **kwargs):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# CI installs bubblewrap (scripts/install.sh) and sets this: tests that run code in the kernel
+# sandbox fail there instead of skipping when it is missing or cannot create namespaces.
+REQUIRE_BWRAP = os.environ.get("FORGETBENCH_REQUIRE_BWRAP") == "1"
+
+
+def needs_namespaces() -> None:
+    """Skip (fail under FORGETBENCH_REQUIRE_BWRAP=1) where the kernel sandbox cannot run."""
+    from forgetbench.sandbox import IsolationUnavailable, check_isolation
+
+    try:
+        check_isolation()
+    except IsolationUnavailable as error:
+        (pytest.fail if REQUIRE_BWRAP else pytest.skip)(str(error))
+
+
+@pytest.fixture
+def namespaces():
+    needs_namespaces()

@@ -74,3 +74,22 @@ def test_interrupted_run_leaves_no_half_written_stage(tmp_path):
     assert not list((out / "stages").glob(".tmp-*"))
     assert not (out / "stages" / "warmup").exists() or not any(
         p.is_dir() for p in (out / "stages" / "warmup").iterdir())
+
+
+def test_code_exec_without_kernel_sandbox_refuses_before_any_stage(cli, tmp_path):
+    """No bwrap on PATH and an eval judged by code_exec: one line naming the fix, before any
+    training starts (not at the judge stage after it); opting in to python-guards plans it."""
+    out = tmp_path / "out"
+    no_bwrap = {"PATH": str(tmp_path)}  # the interpreter is started by absolute path
+    result = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "alpaca",
+                 "--set", "evals=[mbpp]", "--output-dir", str(out), env=no_bwrap, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "bubblewrap (`bwrap`) is not installed" in result.stderr
+    assert "judges.code_exec.isolation=python-guards" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.rglob("*.json*"))  # no stage ran, none half-written
+    weaker = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "alpaca",
+                 "--set", "evals=[mbpp]", "--set", "judges.code_exec.isolation=python-guards",
+                 "--output-dir", str(out), "--print-config", env=no_bwrap, timeout=120)
+    assert weaker.returncode == 0, weaker.stderr[-2000:]
+    assert '"isolation": "python-guards"' in weaker.stdout

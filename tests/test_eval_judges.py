@@ -146,7 +146,7 @@ def test_code_extraction_rules():
     assert extract_code("```bash\nls\n```\nx = 1") == "```bash\nls\n```\nx = 1"
 
 
-def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail():
+def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail(namespaces):
     rows = eval_rows("mbpp")
     code = raw_rows(DATA / "mbpp" / "mbpp_test.jsonl")
     picked = rows[:6] + [row for row in rows if row["id"] == 367]  # 367 needs its test_setup
@@ -163,7 +163,7 @@ def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail():
         [v.reason for v in wrong]
 
 
-def test_humaneval_completion_and_whole_function_both_run():
+def test_humaneval_completion_and_whole_function_both_run(namespaces):
     rows = eval_rows("humaneval")[:5]
     raw = raw_rows(DATA / "humaneval" / "HumanEval.jsonl.gz")
     completions = [raw[r["id"]]["canonical_solution"] for r in rows]  # raw continuation
@@ -179,7 +179,25 @@ def test_humaneval_completion_and_whole_function_both_run():
     assert [v.value for v in broken] == [0.0] * 5
 
 
-def test_code_exec_hazards_empty_and_bad_rows():
+@pytest.mark.slow
+def test_every_reference_solution_passes_in_the_sandbox(namespaces):
+    """All 164 HumanEval and 500 MBPP reference solutions pass under the default (namespace)
+    sandbox: its walls take nothing a real solution needs."""
+    mbpp = eval_rows("mbpp")
+    code = raw_rows(DATA / "mbpp" / "mbpp_test.jsonl")
+    humaneval = eval_rows("humaneval")
+    raw = raw_rows(DATA / "humaneval" / "HumanEval.jsonl.gz")
+    rows = mbpp + humaneval
+    responses = ([f"```python\n{code[str(r['id'])]['code']}\n```" for r in mbpp]
+                 + [raw[r["id"]]["canonical_solution"] for r in humaneval])
+    code_exec = judge("code_exec")
+    assert code_exec.provenance == {"sandbox": "namespaces"}
+    verdicts = code_exec([""] * len(rows), responses, rows=rows)
+    failed = {r["id"]: v.reason for r, v in zip(rows, verdicts) if v.value != 1.0}
+    assert len(verdicts) == 664 and failed == {}
+
+
+def test_code_exec_hazards_empty_and_bad_rows(namespaces):
     row = eval_rows("mbpp")[0]  # remove_Occ
     verdicts = score("code_exec", [
         "", "   ",
@@ -196,7 +214,7 @@ def test_code_exec_hazards_empty_and_bad_rows():
         judge("code_exec")(["p"], ["pass"])
 
 
-def test_code_exec_through_the_judge_stage(tmp_path):
+def test_code_exec_through_the_judge_stage(tmp_path, namespaces):
     """The judge stage finds each generation's MBPP row by id and scores it in the sandbox."""
     from forgetbench.stages import judge as judge_stage
     from forgetbench.stages.generate import GENERATIONS_FILE
@@ -218,6 +236,25 @@ def test_code_exec_through_the_judge_stage(tmp_path):
     verdicts = [json.loads(line) for line in (out / judge_stage.VERDICTS_FILE).open()]
     assert [v["value"] for v in verdicts] == [1.0, 0.0]
     assert verdicts[1]["reason"] == "exit code 1: AssertionError"
+    # which containment scored them: a column of the results rows of this judge stage
+    from forgetbench.results import judge_provenance
+
+    assert json.loads((out / judge_stage.PROVENANCE_FILE).read_text()) == {"sandbox": "namespaces"}
+    assert judge_provenance(out) == {"sandbox": "namespaces"}
+    assert judge_provenance(None) == judge_provenance(tmp_path) == {"sandbox": None}
+
+
+def test_code_exec_refuses_without_kernel_isolation_unless_opted_out(monkeypatch, tmp_path):
+    row = eval_rows("mbpp")[0]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap here
+    with pytest.raises(ForgetbenchError) as caught:
+        judge("code_exec")
+    assert "bubblewrap (`bwrap`) is not installed" in str(caught.value)
+    assert "judges.code_exec.isolation=python-guards" in str(caught.value)
+    weaker = judge("code_exec", isolation="python-guards")
+    assert weaker.provenance == {"sandbox": "python-guards"}
+    assert weaker([""], ["def remove_Occ(s, ch):\n    return s.replace(ch, '')\n"],
+                  rows=[row])[0].value == 1.0  # runs, PATH without bwrap
 
 
 # ---- gsm8k_answer ------------------------------------------------------------------------------

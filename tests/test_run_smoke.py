@@ -12,7 +12,8 @@ from forgetbench.stages.generate import GENERATIONS_FILE
 COLUMNS = {"method", "attack", "seed", "phase", "step", "eval", "eval_version", "judge", "metric",
            "value", "ci_low", "ci_high", "ci_method", "n", "n_missing", "direction", "config_hash",
            "base_model", "backend", "version_torch", "version_transformers", "version_trl",
-           "git_revision", "date", "policy_stage", "preset", "backend_used", "backend_version"}
+           "git_revision", "date", "policy_stage", "preset", "backend_used", "backend_version",
+           "sandbox"}
 
 
 @pytest.fixture(scope="module")

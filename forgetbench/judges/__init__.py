@@ -12,6 +12,10 @@ template (e.g. HarmBench's raw ``prompt`` = behaviour and a ``context`` string; 
 original forbidden prompt when the policy saw a jailbreak wrapped around it). The judge stage
 passes ``rows`` only to judges that accept it, so two-argument judges keep working unchanged.
 
+A ``score`` function may carry a ``provenance`` dict saying how it scored (``code_exec``:
+``{"sandbox": "namespaces"}``); the judge stage stores it beside the verdicts and the results
+table copies the columns ``forgetbench.stages.judge.JUDGE_PROVENANCE`` names into its rows.
+
 A verdict with ``value=None`` is *missing* (endpoint down, garbage answer, empty response) and
 carries the reason; metrics count it in ``n_missing`` and never score it as 0. (Correctness judges
 -- ``code_exec``, ``gsm8k_answer``, ``math_verify`` -- score an empty response 0 with the reason

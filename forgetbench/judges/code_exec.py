@@ -1,9 +1,16 @@
 """The ``code_exec`` judge: pass@1 by running the response's code against the row's tests.
 
 Each response is scored 1 when its code and the row's tests run to the end and exit 0 in the
-sandbox (:mod:`forgetbench.sandbox`: own temporary folder, wall-clock and CPU limits, memory,
-file-size and process limits, no network, no writes outside the folder), else 0 with the
-sandbox's reason (the failing assert, a timeout, a blocked write, ...).
+sandbox (:mod:`forgetbench.sandbox`: kernel namespaces by default -- no network, no other process
+visible, a read-only file system but its own size-limited folder, user ``nobody`` -- plus
+wall-clock and CPU limits, memory, file-size and process limits and Python-level guards), else 0
+with the sandbox's reason (the failing assert, a timeout, a blocked write, ...; a bounded,
+sanitised excerpt of the program's output).
+
+``isolation: namespaces`` (the default) needs bubblewrap: where it is missing or cannot create
+namespaces, the judge refuses to start with one line naming the fix, unless the config opts in to
+``isolation: python-guards`` (the weaker walls only). The judge stage records which one scored
+the verdicts (the results table's ``sandbox`` column).
 
 The code is the first ```` ```python ```` (or ```` ```py ````, or unlabelled) fenced block of the
 response that defines a function the tests call (HumanEval: the ``entry_point``), else the first
@@ -30,13 +37,13 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
 from forgetbench.judges import Verdict, check_lengths, is_empty, rows_with
 from forgetbench.registry import judge
-from forgetbench.sandbox import run_python
+from forgetbench.sandbox import check_isolation, run_python
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PYTHON_LABELS = {"python", "python3", "py", ""}
@@ -110,12 +117,21 @@ class CodeExecConfig(StrictModel):
     block_processes: bool = Field(True, description="Also refuse, in Python, to start or signal "
                                   "processes (os.fork, subprocess, os.kill, ...): benchmark "
                                   "solutions never need to.")
+    isolation: Literal["namespaces", "python-guards"] = Field(
+        "namespaces", description="`namespaces`: each program runs under bubblewrap in its own "
+        "network, PID, mount, IPC and UTS namespaces as user nobody (needs `bwrap`; the judge "
+        "refuses to start without it). `python-guards`: the Python-level guards and limits "
+        "only, which a determined program (ctypes) gets around.")
+    folder_mb: int = Field(64, ge=1, description="Size of the program's folder, a tmpfs, MiB "
+                           "(namespaces only): bounds what a program can write in total.")
     concurrency: int = Field(2, ge=1, description="Programs run at once.")
 
 
 @judge("code_exec", config=CodeExecConfig)
 def code_exec(config: CodeExecConfig):
     """pass@1: runs the response's code against the row's tests in the sandbox (1 = all pass)."""
+    if config.isolation == "namespaces":
+        check_isolation()  # refuse before any row runs: one line naming the fix
 
     def run_one(item: tuple[str, dict]) -> Verdict:
         response, row = item
@@ -125,7 +141,8 @@ def code_exec(config: CodeExecConfig):
         result = run_python(program, timeout_s=config.timeout_s, cpu_s=config.cpu_s,
                             memory_mb=config.memory_mb, file_size_mb=config.file_size_mb,
                             max_processes=config.max_processes,
-                            block_processes=config.block_processes)
+                            block_processes=config.block_processes,
+                            isolation=config.isolation, folder_mb=config.folder_mb)
         if result.passed:
             return Verdict(1.0, f"passed in {result.duration_s:.2f} s")
         return Verdict(0.0, result.reason)
@@ -137,4 +154,5 @@ def code_exec(config: CodeExecConfig):
         with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
             return list(pool.map(run_one, zip(responses, rows)))
 
+    score.provenance = {"sandbox": config.isolation}  # the judge stage records it
     return score

@@ -24,6 +24,10 @@ from forgetbench.stages.generate import GENERATIONS_FILE
 from forgetbench.stages.worker import REQUEST_FILE  # the request every stage folder keeps
 
 VERDICTS_FILE = "verdicts.jsonl"
+# How the verdicts were scored, where the judge says (``score.provenance``: code_exec's sandbox);
+# the results table copies it into each row of this judge stage (columns JUDGE_PROVENANCE).
+PROVENANCE_FILE = "judge_provenance.json"
+JUDGE_PROVENANCE = ("sandbox",)
 
 
 class JudgeMissingError(ForgetbenchError):
@@ -130,6 +134,9 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
             f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "
             "re-running the same command asks only for the missing ones (or set "
             f"judges.{plugin.name}.allow_missing=true to finish with them counted as missing)")
+    provenance = getattr(score, "provenance", None)
+    if provenance:
+        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, sort_keys=True) + "\n")
     with open(out / VERDICTS_FILE, "w") as handle:
         for row, verdict in zip(rows, verdicts):
             handle.write(json.dumps({"id": row["id"], "value": verdict.value,
