@@ -140,12 +140,14 @@ def _check_disjoint(resolved: dict) -> None:
         tasks.add(resolved["warmup"]["task"])
     shipped = {name: config for name, config in resolved["evals"].items()
                if config["dataset"].get("path")}
+    from forgetbench.tasks import tasks_dir
+
     for task in sorted(tasks - {None}):
-        _check_task(task, json.dumps(shipped, sort_keys=True))
+        _check_task(str(tasks_dir()), task, json.dumps(shipped, sort_keys=True))
 
 
-@lru_cache(maxsize=64)
-def _check_task(train_task: str, evals_json: str) -> None:
+@lru_cache(maxsize=64)  # a matrix resolves many cells over the same task and evals
+def _check_task(folder: str, train_task: str, evals_json: str) -> None:
     from forgetbench.stages.generate import eval_prompts
     from forgetbench.tasks import check_disjoint
 
