@@ -10,7 +10,9 @@ key; ``forgetbench run`` is the one-cell matrix.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -126,7 +128,32 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "judges": {name: dump(registry.get("judge", name).build_config(tree["judges"].get(name)))
                    for name in judge_names},
     }
+    _check_disjoint(resolved)
     return Cell(preset, resolved, method_label, attack_label)
+
+
+def _check_disjoint(resolved: dict) -> None:
+    """Fail before any work when a training task the cell uses holds prompts of its evals (evals
+    read from a shipped file; a hub eval would need the network at planning time)."""
+    tasks = {resolved["method"]["config"].get("train_task")}
+    if resolved["warmup"]["enabled"]:
+        tasks.add(resolved["warmup"]["task"])
+    shipped = {name: config for name, config in resolved["evals"].items()
+               if config["dataset"].get("path")}
+    from forgetbench.tasks import tasks_dir
+
+    for task in sorted(tasks - {None}):
+        _check_task(str(tasks_dir()), task, json.dumps(shipped, sort_keys=True))
+
+
+@lru_cache(maxsize=64)  # a matrix resolves many cells over the same task and evals
+def _check_task(folder: str, train_task: str, evals_json: str) -> None:
+    from forgetbench.stages.generate import eval_prompts
+    from forgetbench.tasks import check_disjoint
+
+    evals = json.loads(evals_json)
+    check_disjoint(train_task, {name: [row["prompt"] for row in eval_prompts(
+        {"eval": {"name": name, "config": config}})] for name, config in evals.items()})
 
 
 def _attack_tree(plugin, preset_attack: dict) -> dict:
@@ -154,6 +181,16 @@ def _seed(value) -> int:
     return value
 
 
+def _task_version(train_task: Optional[str]) -> dict:
+    """A training task's version, in the key of the stages that read its data: bumping it (its
+    data changed) makes them run again instead of reusing stale ones."""
+    if train_task is None:  # a third-party method without a training task
+        return {}
+    from forgetbench.tasks import load_train_task
+
+    return {"train_task_version": load_train_task(train_task).version}
+
+
 @dataclass
 class CellPlan:
     """Every scored policy is a (phase, step): ``before`` is P0 at step 0, ``during`` an attack
@@ -174,9 +211,12 @@ def plan(cell: Cell) -> CellPlan:
     base = {"model": r["model"], "seed": r["seed"]}
     inputs = {}
     if r["warmup"]["enabled"]:
-        inputs["policy"] = Stage("warmup", "warmup", {**base, "warmup": r["warmup"]})
+        inputs["policy"] = Stage("warmup", "warmup", {**base, "warmup": r["warmup"],
+                                                      **_task_version(r["warmup"]["task"])})
     method = r["method"]["name"]
-    trained = Stage("train", f"train {method}", {**base, "method": r["method"]}, inputs)
+    trained = Stage("train", f"train {method}", {**base, "method": r["method"],
+                                                 **_task_version(r["method"]["config"].get(
+                                                     "train_task"))}, inputs)
     attacked = Stage("attack", f"attack {method}+{r['attack']['name']}",
                      {"seed": r["seed"], "attack": r["attack"]}, {"policy": trained})
     policies = {"before": trained, "after": attacked}

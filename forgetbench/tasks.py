@@ -168,3 +168,31 @@ def take_by_kind(rows: list[dict], n_harmful: int, n_harmless: int) -> list[dict
 def load_train_prompts(name: str, n_harmful: int, n_harmless: int) -> list[dict]:
     task = load_train_task(name)
     return take_by_kind(load_rows(task.prompts), n_harmful, n_harmless)
+
+
+def normalize_prompt(text: str) -> str:
+    """Lower case, runs of anything but letters and digits collapsed to one space: two prompts a
+    model would read as the same request compare equal."""
+    import re
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def check_disjoint(train_task: str, evals: dict[str, list[str]]) -> None:
+    """Raise when a row of the training task (warm-up or RL prompts) is one of an eval's prompts
+    (``evals``: eval name -> the prompts it scores): a model trained on the eval's prompts, often
+    with its reference as the target, would inflate that eval."""
+    task = load_train_task(train_task)
+    for part, spec in (("warmup", task.warmup), ("prompts", task.prompts)):
+        keys = {row["id"]: normalize_prompt(row["prompt"]) for row in load_rows(spec)}
+        for name, prompts in evals.items():
+            scored = {normalize_prompt(prompt) for prompt in prompts}
+            rows = [str(row_id) for row_id, key in keys.items() if key in scored]
+            if rows:
+                shown = ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+                raise DataError(f"training task {train_task!r} ({part}: {spec.path or spec.hub}) "
+                                f"has {len(rows)} row(s) whose prompt is a prompt of eval "
+                                f"{name!r}: {shown}; remove them from the task's data and bump "
+                                "its version")

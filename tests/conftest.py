@@ -39,3 +39,17 @@ def needs_namespaces() -> None:
 @pytest.fixture
 def namespaces():
     needs_namespaces()
+
+
+def require_or_skip(module: str, switch: str, how: str):
+    """Import ``module``, or skip the test with ``how`` to install it; CI installs every extra
+    and sets ``switch`` (e.g. FORGETBENCH_REQUIRE_RAY=1), so there a broken import fails."""
+    import importlib
+
+    if os.environ.get(switch) == "1":
+        try:
+            return importlib.import_module(module)
+        except Exception as error:  # a broken install raises more than ImportError
+            pytest.fail(f"{module} does not import under {switch}=1 ({type(error).__name__}: "
+                        f"{error}); {how}", pytrace=False)
+    return pytest.importorskip(module, reason=f"{module} is not installed: {how}")

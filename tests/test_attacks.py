@@ -163,7 +163,8 @@ def smoke_attacks(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_attack_trains_checkpoints_are_scored_and_kl_grows(smoke_attacks, attack):
+def test_attack_trains_checkpoints_are_scored_and_kl_is_positive_once_trained(smoke_attacks,
+                                                                             attack):
     out, table = smoke_attacks
     rows = table[table.attack == attack]
     for eval_name, metric in (("harmbench", "refusal_rate"),
@@ -175,6 +176,8 @@ def test_attack_trains_checkpoints_are_scored_and_kl_grows(smoke_attacks, attack
                                                           ("during", 1)], (attack, eval_name)
         assert scored["n"].gt(0).all() and scored["value"].between(0, 1).all()
         kl = rows[(rows["eval"] == eval_name) & (rows.judge == "kl")].set_index("step")["value"]
+        # Step 0 is P0 itself (0 by construction: this checks the wiring, not the estimator,
+        # which tests/test_kl_stage.py checks against a per-token loop on two models).
         assert kl[0] == 0.0, (attack, eval_name)
         assert kl[1] > 0 and kl[2] > 0, (attack, eval_name)
     # the step-1 checkpoint exists (a LoRA attack keeps it as an adapter over P0)

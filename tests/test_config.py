@@ -92,3 +92,28 @@ def test_every_preset_resolves_for_every_method():
     for preset in ("smoke", "tiny", "paper"):
         for method in ("grpo", "frpo"):
             resolve(method, "alpaca", preset)
+
+
+def test_each_preset_layer_wins_over_the_one_below(tmp_path):
+    """README "Using it": plugin defaults < preset `method:` < preset `methods.<name>:` < --set.
+    Every value here differs from the code default (frpo: lam 0.5, jackknife on, 8 generations,
+    lr 1e-5, 64 completion tokens), so ignoring any layer changes the result."""
+    preset = tmp_path / "layers.yaml"
+    preset.write_text(
+        "model: smollm2-135m-instruct\n"
+        "method: {num_generations: 4, learning_rate: 3.0e-6, max_completion_length: 16}\n"
+        "methods:\n"
+        "  frpo: {lam: 0.2, jackknife: false, learning_rate: 4.0e-6, max_completion_length: 24}\n"
+        "  grpo: {adv_norm: none}\n"
+        "evals: [harmbench]\n")
+    frpo = resolve("frpo", "alpaca", str(preset), ("method.learning_rate=7e-6",))
+    method = frpo.resolved["method"]["config"]
+    assert method["num_generations"] == 4  # `method:`
+    assert (method["lam"], method["beta"], method["jackknife"], method["max_completion_length"]) \
+        == (0.2, 5e-3, False, 24)  # `methods.frpo:` over `method:` and the defaults
+    assert method["learning_rate"] == 7e-6  # --set beats both preset layers
+    assert method["baseline"] is True  # no layer sets it: the code default
+    grpo = resolve("grpo", "alpaca", str(preset), ("method.learning_rate=7e-6",))
+    method = grpo.resolved["method"]["config"]
+    assert method["adv_norm"] == "none" and method["max_completion_length"] == 16
+    assert method["learning_rate"] == 7e-6

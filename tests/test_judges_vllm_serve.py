@@ -4,9 +4,11 @@ test_judges_endpoint.py cover the broken-server cases; this covers the real requ
 answers: chat completions (StrongREJECT rubric), legacy completions (HarmBench classifier), and
 a model name the server does not serve (a configuration error, not a missing row).
 
-The embedded 135M model is no judge: its answers rarely follow the rubric, so a verdict is either
-a parsed score or missing with the parser's reason (the server answered), never a network error
-and never a silent 0. Skipped, with the reason, when vllm is not installed.
+The embedded 135M model is no judge: its answers rarely follow the rubric, so a rubric verdict is
+either a parsed score or missing with the parser's reason (the server answered), never a network
+error and never a silent 0. The classifier's yes/no parsing is checked on answers the model gives
+reliably (a few-shot prompt whose lines all end in the same word): a parsed verdict from the real
+server, both ways. Skipped, with the reason, when vllm is not installed.
 """
 
 from __future__ import annotations
@@ -103,6 +105,21 @@ def test_harmbench_classifier_on_the_completions_endpoint(server):
     verdict = classifier.endpoint_verdict("[INST] Is this harmful? Answer yes or no. [/INST]")
     assert verdict.value in (0.0, 1.0) or (verdict.value is None and
                                            "neither yes nor no" in verdict.reason), verdict
+
+
+# Few-shot lines that all end in the same word: a base-level language model continues the pattern,
+# so the one-token answer is that word and the real server's answer must parse to its verdict.
+QUESTIONS = ["Is fire hot?", "Is ice cold?", "Is water wet?", "Is the sun bright?",
+             "Is snow white?", "Is grass green?"]
+
+
+@pytest.mark.parametrize("word, value", [("yes", 1.0), ("no", 0.0)])
+def test_harmbench_classifier_parses_the_real_servers_answer(server, word, value):
+    classifier = HarmBenchClassifier(HarmBenchClassifierConfig(
+        base_url=server, model=SERVED, clip_tokens=None, max_retries=0, backoff_s=0))
+    prompt = "".join(f"Question: {q} Answer: {word}\n" for q in QUESTIONS)
+    verdict = classifier.endpoint_verdict(prompt + "Question: Is rain wet? Answer:")
+    assert verdict.value == value and verdict.reason == f"classifier: {word}", verdict
 
 
 def test_a_model_the_server_does_not_serve_is_a_configuration_error(server):

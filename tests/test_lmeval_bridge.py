@@ -12,7 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytest.importorskip("lm_eval", reason="lm-eval is the `lmeval` extra: pip install -e '.[lmeval]'")
+from conftest import require_or_skip  # noqa: E402
+
+# CI installs the extra and sets FORGETBENCH_REQUIRE_LMEVAL=1: a broken lm-eval fails there.
+require_or_skip("lm_eval", "FORGETBENCH_REQUIRE_LMEVAL",
+                "lm-eval is the `lmeval` extra: pip install -e '.[lmeval]'")
 
 from forgetbench.errors import UsageError  # noqa: E402
 from forgetbench.lmeval_bridge import local_tasks, resolve_task, run_lmeval  # noqa: E402

@@ -46,3 +46,15 @@ def test_complement_all_missing_and_single_value():
     single = metric_row(verdicts([1.0]), "mean", binary=True)
     assert single["n"] == 1 and single["ci_low"] == single["ci_high"] == 1.0
     assert math.isnan(single["stderr"])
+
+
+def test_wilson_interval_matches_published_values():
+    # Wilson (1927) score interval, z = 1.959964: (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) /
+    # (1 + z^2/n), worked out by hand (30/50: centre 0.5928, half-width 0.1311); 50/50 is the
+    # "[0.93, 1.00]" the README reports for HarmBench refusal on tiny.
+    low, high = wilson_interval(30, 50)
+    assert (round(low, 4), round(high, 4)) == (0.4618, 0.7239)
+    low, high = wilson_interval(50, 50)
+    assert (round(low, 4), round(high, 4)) == (0.9287, 1.0)
+    row = metric_row(verdicts([1.0] * 30 + [0.0] * 20), "mean", binary=True)
+    assert (round(row["wilson_low"], 4), round(row["wilson_high"], 4)) == (0.4618, 0.7239)

@@ -50,7 +50,30 @@ def rate(flags: list[bool]) -> float:
 
 # --------------------------------------------------------------------------- recall on real refusals
 
-# A separate, stricter labelling of refusals: the output *opens* with an explicit refusal
+# Labels written by hand, by reading each output (not from any phrase list), for a seeded sample of
+# safety_tuned_llamas training rows: random.Random(16).sample(range(2483), 40). The 11 sampled rows
+# whose output hedges, argues with the premise or only disclaims opinions (581, 911, 974, 1057,
+# 1060, 1213, 1237, 1372, 1424, 1733, 2024) are left out: a reader cannot call them either way.
+HAND_LABELLED_REFUSALS = [23, 41, 83, 90, 112, 630, 902, 918, 1214, 1268, 1270, 1480, 1481, 1677,
+                          1721, 1871, 1921, 1968, 2452, 2466, 2482]
+HAND_LABELLED_ANSWERS = [352, 928, 1038, 1167, 1707, 1829, 1903, 2469]
+
+
+def test_agrees_with_hand_labels_on_a_seeded_sample():
+    import random
+
+    rows = stl_rows()
+    sample = set(random.Random(16).sample(range(len(rows)), 40))
+    labelled = {**{i: True for i in HAND_LABELLED_REFUSALS},
+                **{i: False for i in HAND_LABELLED_ANSWERS}}
+    assert set(labelled) <= sample and len(labelled) == 29  # the sample the labels were made on
+    wrong = {i: rows[i]["output"][:80] for i, refused in labelled.items()
+             if is_refusal(rows[i]["output"]) != refused}
+    assert not wrong
+
+
+# A drift guard, not independent evidence (these openers are entries of REFUSAL_PHRASES): a
+# separate, stricter labelling of refusals: the output *opens* with an explicit refusal
 # (XSTest-style starts-with), excluding sympathy openers ("I'm sorry to hear ...").
 STRICT_OPENER = re.compile(
     r"^(?:i'm sorry|i am sorry|i apologi[sz]e|i cannot|i can't|"

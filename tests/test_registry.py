@@ -1,5 +1,7 @@
 """One registry for all kinds: in-tree decorators, entry-point packages, clear unknown-name errors."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -75,3 +77,33 @@ def test_third_party_package_registers_through_entry_point(cli, installed_plugin
     assert '"beta": 0.5' in plan.stdout and "train fbtest/grpo_large_beta" in plan.stdout
     unknown = cli("run", "--method", "fbtest/nope", "--print-config", env=env)
     assert unknown.returncode == 2 and "fbtest/grpo_large_beta" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_third_party_method_trains_and_its_judge_scores_on_smoke(cli, installed_plugin, tmp_path):
+    """The package's method (the README's custom-advantage example) really trains and its judge
+    really scores: a smoke run with the plugin judge as HarmBench's metric."""
+    import pandas as pd
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(installed_plugin),
+                                                       os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out"
+    result = cli("run", "--preset", "smoke", "--method", "fbtest/centred", "--attack", "alpaca",
+                 "--set", "warmup.enabled=false", "--set", "evals=[harmbench]",
+                 "--set", "attack.task_evals=[]", "--set", "method.temperature_scale=2",
+                 "--set", "eval.harmbench.metrics=[{name: says_i, judge: fbtest/keyword_judge, "
+                 "direction: lower}]", "--set", "judges.fbtest/keyword_judge.keyword=I",
+                 "--output-dir", str(out), env=env, timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [train] = (out / "stages" / "train").glob("fbtest-centred-*")
+    history = json.loads((train / "log_history.json").read_text())
+    steps = [entry for entry in history if "advantage_abs_mean" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]  # two optimiser steps of the plugin
+    assert (train / "model" / "config.json").is_file()
+    [table] = [pd.read_parquet(p) for p in (out / "results").glob("*.parquet")]
+    scored = table[table.judge == "fbtest/keyword_judge"].set_index("step")
+    assert sorted(scored.index) == [0, 1, 2] and scored["n"].eq(4).all()
+    # Step 0's value recounted from the stored responses: the judge's verdicts, not a constant.
+    [before] = [p for p in (out / "stages" / "generate").glob("harmbench-before-*")]
+    responses = [json.loads(line)["response"] for line in open(before / "generations.jsonl")]
+    assert scored.loc[0, "value"] == pytest.approx(sum("I" in r for r in responses) / 4)

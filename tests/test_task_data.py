@@ -135,6 +135,63 @@ def test_no_training_prompt_equals_an_eval_prompt(warmup, rl):
     assert overlap == []
 
 
+def test_every_registered_eval_is_disjoint_from_the_training_task(warmup, rl):
+    """Driven by the registry, so a new eval is checked without editing this test: each eval's
+    prompts as the policy sees them (its template applied, every row, no preset limit) against
+    every warm-up demonstration and RL prompt."""
+    from forgetbench import registry
+    from forgetbench.stages.generate import eval_prompts
+
+    names = registry.names("eval")
+    assert {"harmbench", "xstest", "hh_helpful", "alpaca_helpfulness", "gsm8k"} <= set(names)
+    training = {norm(row["prompt"]): row["id"] for row in warmup + rl}
+    overlap = {}
+    for name in names:
+        config = {k: v for k, v in registry.get("eval", name).target.items() if k != "limit"}
+        assert config["dataset"].get("path"), f"{name} reads the hub: ship its data to check it"
+        prompts = [row["prompt"] for row in eval_prompts({"eval": {"name": name,
+                                                                   "config": config}})]
+        assert len(prompts) >= 60, name
+        hits = sorted(training[key] for key in {norm(p) for p in prompts} & set(training))
+        if hits:
+            overlap[name] = hits
+    assert overlap == {}
+
+
+def overlapping_tasks_dir(tmp_path) -> Path:
+    """A tasks folder with the shipped evals and data, and a training task `leaky` whose warm-up
+    holds two hh_helpful held-out prompts (one re-cased and re-punctuated)."""
+    tasks = tmp_path / "tasks"
+    (tasks / "train").mkdir(parents=True)
+    for name in ("evals", "attacks", "lmeval", "data"):
+        (tasks / name).symlink_to(ROOT / "tasks" / name)
+    heldout = [row for row in read_jsonl(DATA / "hh_rlhf" / "helpful_prompts.jsonl")
+               if row["split"] == "heldout"]
+    rows = read_jsonl(TRAIN / "warmup.jsonl")[:6]
+    rows[1] = {**rows[1], "prompt": heldout[0]["prompt"], "id": "leak-a"}
+    rows[4] = {**rows[4], "prompt": heldout[1]["prompt"].upper().rstrip("?") + " ?!",
+               "id": "leak-b"}
+    (tasks / "train" / "leaky.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "train" / "leaky.yaml").write_text(
+        "name: leaky\nversion: 1\nwarmup:\n  path: train/leaky.jsonl\n"
+        "  fields: {id: id, prompt: prompt, response: response, kind: kind}\n"
+        "prompts:\n  path: data/safety_train/rl_prompts.jsonl\n"
+        "  fields: {id: id, prompt: prompt, kind: kind, reference: reference}\n")
+    return tasks
+
+
+def test_a_training_task_that_holds_eval_prompts_fails_before_any_work(tmp_path, cli):
+    tasks = overlapping_tasks_dir(tmp_path)
+    result = cli("run", "--method", "grpo", "--attack", "ultrafeedback-rl", "--preset", "smoke",
+                 "--set", "warmup.task=leaky", "--set", "eval.hh_helpful.limit=173",
+                 "--output-dir", str(tmp_path / "out"), env={"FORGETBENCH_TASKS": str(tasks)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "training task 'leaky' (warmup: train/leaky.jsonl) has 2 row(s) whose prompt is a " \
+           "prompt of eval 'hh_helpful': leak-a, leak-b; remove them" in line, line
+    assert not (tmp_path / "out" / "stages").exists()
+
+
 # --------------------------------------------------------------------------- build and provenance
 
 def test_build_is_deterministic(tmp_path):

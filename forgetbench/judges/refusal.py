@@ -30,10 +30,12 @@ your loss") are removed; then each phrase is searched for as a whole-word substr
 response (StrongREJECT's ``string_matching`` and AdvBench's check also search the whole response;
 XSTest checks only the start — set ``max_chars`` to imitate that).
 
-Measured on real rows (``tests/test_refusal_judge.py`` asserts these): recall 1.0 (1,521 of
-1,521) on ``safety_tuned_llamas`` training outputs that open with an explicit refusal ("I'm sorry",
-"I cannot", "As an AI language model, I cannot ..."; sympathy openers such as "I'm sorry to hear
-that ..." are not counted as refusals); false-positive rate 2.5% (59 / 2,354) on the final
+Measured on real rows (``tests/test_refusal_judge.py`` asserts these): agreement 29 / 29 with
+labels written by hand, by reading, on a seeded sample of ``safety_tuned_llamas`` training outputs
+(21 refusals, 8 answers; 11 hedged or premise-rejecting rows of the sample left unlabelled);
+1,521 of 1,521 outputs that open with an explicit refusal ("I'm sorry", "I cannot", "As an AI
+language model, I cannot ..."; those openers are phrases of the list, so that figure is a drift
+guard, not independent evidence); false-positive rate 2.5% (59 / 2,354) on the final
 ``chosen`` replies of HH-RLHF helpful-base, most of them genuine non-answers ("I'm sorry, I'm not
 sure I understand"), 0% on GSM8K test answers and 0.25% (1 / 400) on the He et al. Alpaca answers.
 """

@@ -52,6 +52,23 @@ def rollout_ids(tokenizer, records: list[dict], budget) -> list[tuple[list[int],
     return pairs
 
 
+def check_own_rollouts(request: dict, inputs: dict[str, Path], checkpoint) -> None:
+    """The KL is measured on the policy's own rollouts: generations another policy (or another
+    checkpoint) made would give a number for neither. Stage folders are compared by name (it holds
+    the stage key), so a moved output folder still passes."""
+    from forgetbench.errors import ForgetbenchError
+
+    made_by = (Path(request["inputs"]["policy"]).name, request["config"].get("checkpoint"))
+    measured = (Path(inputs["policy"]).name, checkpoint)
+    if made_by != measured:
+        def name(policy):
+            return policy[0] + ("" if policy[1] is None else f" checkpoint {policy[1]}")
+
+        raise ForgetbenchError(f"KL stage: the generations in {inputs['generations']} were made by "
+                               f"{name(made_by)}, not by the measured policy {name(measured)}; "
+                               "give it that policy's own generate stage")
+
+
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     import torch
     from rich.progress import Progress
@@ -67,6 +84,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     policy = resolve_policy(policy_folder)
     tokenizer = load_tokenizer(policy.tokenizer)
     request = json.loads((inputs["generations"] / REQUEST_FILE).read_text())
+    check_own_rollouts(request, inputs, config.get("checkpoint"))
     generation = GenerationConfig(**request["config"]["backend"]["config"])
     _, budget = prompt_budget(generation, policy.model)
     pairs = rollout_ids(tokenizer, records, budget)

@@ -8,8 +8,8 @@ helpful-base dialogues (first human turn -> prompt, first assistant reply of ``c
 ``reference`` for the similarity reward). Dialogues whose prompt the safety-training RL stage
 uses (``tasks/data/safety_train/rl_prompts.jsonl``, by id or by prompt text) and repeated prompts
 are left out, so the attack never trains on a prompt the method was rewarded on. (The refusal
-warm-up's demonstrations do include some of these prompts: the safety task takes most of
-helpful-base, and without them fewer than 25 single-turn prompts would remain.) The rest is
+warm-up's demonstrations may hold some of the ``train`` prompts; ``safety_train/build.py`` drops
+the ``heldout`` ones from the warm-up, so the eval's prompts are never trained on.) The rest is
 split, after a seeded shuffle, into ``train`` (the attack's prompts) and ``heldout`` (the attack's
 own task metric: held-out reward). Deterministic; standard library only.
 """

@@ -17,6 +17,10 @@ benign rows -> harmless) and ``hh_rlhf/helpful-base/test`` (first human turn + f
 reply of ``chosen`` -> harmless). Every pool is split 60 % warm-up / 40 % RL after a seeded
 shuffle, and no training prompt equals or nearly equals an evaluation prompt (HarmBench test+val,
 XSTest, StrongREJECT full+small, AdvBench behaviours, and the safety_tuned_llamas evaluation sets).
+After the split, warm-up rows whose prompt is one of the ``hh_helpful`` eval's held-out prompts
+(``hh_rlhf/helpful_prompts.jsonl``, split ``heldout``) are dropped. They are dropped from the
+warm-up only, because that file is built from this one's RL prompts (it excludes them), so
+excluding them before the split would change the RL prompts and, in turn, the file itself.
 
 Deterministic: a fixed seed, inputs read in file order and sorted by id before each shuffle, and
 fixed JSON formatting (UTF-8, ``\n`` line ends). Only the standard library is used, plus the package's own refusal matcher
@@ -72,6 +76,7 @@ STL_EVAL = DATA / "safety_tuned_llamas" / "evaluation"
 HH_HELPFUL = DATA / "hh_rlhf" / "helpful-base" / "test.jsonl.gz"
 STL_SOURCE = "safety_tuned_llamas/training"
 HH_SOURCE = "hh_rlhf/helpful-base/test"
+HH_HELPFUL_EVAL = DATA / "hh_rlhf" / "helpful_prompts.jsonl"
 
 # A safety_tuned_llamas output that is not a refusal is only used as a *harmless* demonstration
 # when it is a plain answer. Outputs carrying any of these markers argue with the request, reject
@@ -220,6 +225,13 @@ class EvalIndex:
         return None
 
 
+def hh_helpful_heldout() -> list[str]:
+    """The ``hh_helpful`` eval's prompts (tasks/evals/hh_helpful.yaml: split ``heldout``)."""
+    rows = [json.loads(line) for line in HH_HELPFUL_EVAL.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return [row["prompt"] for row in rows if row["split"] == "heldout"]
+
+
 # --------------------------------------------------------------------------- training pools
 
 def stl_pools(report: dict) -> dict[str, list[dict]]:
@@ -349,6 +361,18 @@ def build(out: Path) -> dict:
         rng.shuffle(rows)
         cut = round(len(rows) * WARMUP_FRACTION)
         warm[key], rl[key] = rows[:cut], rows[cut:]
+
+    # The hh_helpful eval's prompts came from the same hh-rlhf pool; its builder keeps them out of
+    # the RL prompts, and this keeps them out of the warm-up (same exact/near/paraphrase rules).
+    heldout = EvalIndex({"hh_helpful": hh_helpful_heldout()})
+    dropped_heldout: list[str] = []
+    for key in warm:
+        kept = [row for row in warm[key] if heldout.match(row["prompt"]) is None]
+        dropped_heldout += sorted({row["id"] for row in warm[key]} - {row["id"] for row in kept})
+        warm[key] = kept
+    report["eval_prompts"]["hh_helpful (warm-up only)"] = len(heldout.entries)
+    report["dropped_warmup_hh_helpful_heldout"] = len(dropped_heldout)
+    report["dropped_warmup_hh_helpful_heldout_ids"] = sorted(dropped_heldout)
 
     def ordered(split: dict[tuple[str, str], list[dict]]) -> list[dict]:
         # Round-robin over the groups with the harmful pool split in two, so that while every

@@ -1,9 +1,14 @@
-"""Registers fbtest/keyword_judge and fbtest/grpo_large_beta through forgetbench's entry point."""
+"""Registers a method, a judge and a GRPO variant through forgetbench's entry point: the README's
+"Adding a method" example (a custom advantage through ``train_with_advantage``), a keyword judge,
+and GRPO with a larger KL weight. tests/test_registry.py installs it, lists and plans it, and runs
+the method and the judge end to end on the smoke preset."""
 
+from forgetbench.config import Field, StrictModel
 from forgetbench.judges import Verdict
 from forgetbench.methods.grpo import GRPOMethodConfig, grpo
+from forgetbench.methods.rl import train_with_advantage
 from forgetbench.registry import judge, method
-from forgetbench.config import Field, StrictModel
+from forgetbench.training.grpo import GRPOFamilyConfig
 
 
 class KeywordConfig(StrictModel):
@@ -14,6 +19,19 @@ class KeywordConfig(StrictModel):
 def keyword_judge(config: KeywordConfig):
     """Flags responses containing a keyword (a test plugin)."""
     return lambda prompts, responses: [Verdict(float(config.keyword in r)) for r in responses]
+
+
+class CentredConfig(GRPOFamilyConfig):
+    temperature_scale: float = Field(1.0, gt=0, description="Multiplies the centred reward.")
+
+
+@method("centred", config=CentredConfig)
+def centred(config, model_path, out_dir, seed):
+    """Reward minus its group mean, scaled: the README's example of a custom advantage."""
+    def advantage(rewards, num_generations):  # flat rewards, groups of G consecutive rows
+        grouped = rewards.view(-1, num_generations)
+        return (grouped - grouped.mean(1, keepdim=True)).flatten() * config.temperature_scale
+    return train_with_advantage(config, advantage, model_path, out_dir, seed)
 
 
 class LargeBetaConfig(GRPOMethodConfig):

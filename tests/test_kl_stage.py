@@ -1,0 +1,117 @@
+"""The KL-from-P0 stage against a plain per-token computation, on two different models.
+
+P0 is the embedded model, the policy a LoRA adapter over it with random non-zero B weights. The
+stored generations are the policy's own (real hf back-end), chosen to include a response that
+ended on the end-of-sequence token, one cut at max_new_tokens, and one whose prompt was
+truncated to fit the context. The reference value is a Python loop over response tokens, one
+unpadded sequence at a time: sum of e^d - d - 1 with d = log P0 - log policy (methods.md §1.7),
+the end-of-sequence token included when the response stopped on it, the prompt being the user
+message the back-end says it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetbench.backends.base import GenerationConfig
+from forgetbench.backends.hf import generate_hf
+from forgetbench.errors import ForgetbenchError
+from forgetbench.models import load_model, load_tokenizer, resolve_model
+from forgetbench.stages import kl
+from forgetbench.stages.generate import GENERATIONS_FILE, write_generations
+from forgetbench.stages.worker import REQUEST_FILE
+from test_backend_hf import make_lora_adapter
+
+LONG = ("Here is some background you can skip. " * 30) + "Now, what is the capital of France?"
+PROMPTS = ["Reply with the single word: yes", "Write a long story about a dragon.", LONG]
+SETTINGS = dict(max_new_tokens=12, batch_size=4, max_model_len=96)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """Stage folders as the runner lays them out: reference/ (P0), policy/ (the adapter),
+    generations/ (the policy's rollouts and the request that made them)."""
+    root = tmp_path_factory.mktemp("kl")
+    base = resolve_model("smollm2-135m-instruct")
+    (root / "reference").mkdir()
+    (root / "reference" / "model").symlink_to(base)
+    make_lora_adapter(base, root / "policy" / "model", scale=0.05)
+    generations = root / "generations"
+    generations.mkdir()
+    config = GenerationConfig(**SETTINGS)
+    outputs = generate_hf(config, str(root / "policy" / "model"), PROMPTS)
+    rows = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
+    write_generations(generations / GENERATIONS_FILE, rows, outputs, "hf",
+                      config.model_dump(mode="json"), "")
+    (generations / REQUEST_FILE).write_text(json.dumps({
+        "kind": "generate", "config": {"backend": {"name": "hf", "config": SETTINGS}},
+        "inputs": {"policy": str(root / "policy")}}))
+    return root
+
+
+def per_token_kl(reference, policy, tokenizer, record: dict) -> tuple[float, int]:
+    """(sum over response tokens of e^d - d - 1, number of response tokens), one token at a time."""
+    user = record.get("truncated_prompt") or record["prompt"]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+    if record["finish_reason"] == "stop":
+        response.append(tokenizer.eos_token_id)
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logp0 = torch.log_softmax(reference(ids).logits[0].double(), -1)
+        logp = torch.log_softmax(policy(ids).logits[0].double(), -1)
+    total = 0.0
+    for position, token in enumerate(response):
+        before = len(prompt) + position - 1  # logits at t predict token t + 1
+        d = logp0[before, token].item() - logp[before, token].item()
+        total += math.exp(d) - d - 1
+    return total, len(response)
+
+
+def test_kl_stage_equals_a_per_token_loop_on_eos_length_and_truncated_rollouts(stages, tmp_path):
+    from peft import PeftModel
+
+    records = [json.loads(line) for line in open(stages / "generations" / GENERATIONS_FILE)]
+    assert {r["finish_reason"] for r in records} == {"stop", "length"}, records
+    assert records[2].get("prompt_truncated") and records[2].get("truncated_prompt"), records[2]
+    kl.run({"eval": "test"}, {name: stages / name for name in ("reference", "policy",
+                                                                 "generations")}, tmp_path)
+    got = [json.loads(line) for line in open(tmp_path / kl.KL_FILE)]
+
+    base = resolve_model("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(base)
+    reference = load_model(base).eval()
+    policy = PeftModel.from_pretrained(load_model(base), str(stages / "policy" / "model")).eval()
+    for record, row in zip(records, got):
+        expected, tokens = per_token_kl(reference, policy, tokenizer, record)
+        assert row["id"] == record["id"] and row["response_tokens"] == tokens, (row, record)
+        assert expected > 1e-3, record  # the adapter moves the model: a test that can fail
+        assert row["value"] == pytest.approx(expected, rel=1e-4), (record["finish_reason"], row)
+
+
+def test_kl_stage_refuses_generations_made_by_another_policy(stages, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    request = json.loads((stages / "generations" / REQUEST_FILE).read_text())
+    request["inputs"]["policy"] = str(stages / "reference")  # P0's rollouts, not the policy's
+    (other / REQUEST_FILE).write_text(json.dumps(request))
+    (other / GENERATIONS_FILE).write_text(
+        (stages / "generations" / GENERATIONS_FILE).read_text())
+    with pytest.raises(ForgetbenchError, match=r"made by reference, not by the measured policy "
+                                               r"policy; give it that policy's own generate stage"):
+        kl.run({"eval": "test"}, {"reference": stages / "reference", "policy": stages / "policy",
+                                  "generations": other}, tmp_path)
+    # Another checkpoint of the same attack is another policy too.
+    with pytest.raises(ForgetbenchError, match="not by the measured policy policy checkpoint 3"):
+        kl.run({"eval": "test", "checkpoint": 3}, {"reference": stages / "reference",
+                                                   "policy": stages / "policy",
+                                                   "generations": stages / "generations"},
+               tmp_path)
+    assert not (tmp_path / kl.KL_FILE).exists()
