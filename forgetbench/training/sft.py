@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgetbench.config import Field
-from forgetbench.training.common import (OptimConfig, peft_config, save_policy, trainer_args,
-                                         write_log_history)
+from forgetbench.errors import UsageError
+from forgetbench.training.common import OptimConfig, peft_config, step_timer, train_and_save, trainer_args
 
 
 class SFTSettings(OptimConfig):
@@ -14,26 +14,33 @@ class SFTSettings(OptimConfig):
 
 
 def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, out_dir: Path,
-            seed: int, callbacks: list | None = None) -> Path:
-    """Fine-tune on (user prompt, assistant response) pairs; returns the saved model folder.
-    ``callbacks``: extra TrainerCallbacks (an attack's checkpoint saver)."""
+            seed: int, callbacks: list | None = None, trainer_cls=None,
+            trainer_kwargs: dict | None = None, args_kwargs: dict | None = None) -> Path:
+    """Fine-tune on (user prompt, assistant response) pairs; returns the saved ``out_dir/model``.
+
+    ``callbacks``: extra TrainerCallbacks (an attack's checkpoint saver). ``trainer_cls``: a
+    subclass of TRL's SFTTrainer (e.g. one overriding ``training_step`` or ``compute_loss``) used
+    instead of it; ``trainer_kwargs``: extra keyword arguments for its constructor (e.g.
+    ``optimizers``, or a subclass's own settings); ``args_kwargs``: extra SFTConfig fields.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from forgetbench.models import load_model, load_tokenizer
 
+    trainer_cls = trainer_cls or SFTTrainer
+    if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, SFTTrainer)):
+        raise UsageError(f"run_sft(trainer_cls={trainer_cls!r}): pass a subclass of "
+                         "trl.SFTTrainer")
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": prompt}],
          "completion": [{"role": "assistant", "content": response}]}
         for prompt, response in pairs])
-    args = SFTConfig(**trainer_args(config, out_dir, seed), max_length=config.max_length,
-                     completion_only_loss=True)
-    trainer = SFTTrainer(model=load_model(model_path), args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config(config),
-                         callbacks=callbacks)
-    trainer.train()
-    write_log_history(trainer, out_dir)
-    tokenizer.padding_side = "left"
-    return save_policy(trainer.model, tokenizer, out_dir)
+    args = SFTConfig(**{**trainer_args(config, out_dir, seed), "max_length": config.max_length,
+                        "completion_only_loss": True, **(args_kwargs or {})})
+    trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=peft_config(config),
+                          callbacks=[step_timer(), *(callbacks or [])], **(trainer_kwargs or {}))
+    return train_and_save(trainer, tokenizer, out_dir)
