@@ -12,7 +12,7 @@ run_grpo``); a plugin needs nothing else. They are imported on first use, so imp
   ``run_sft``, ``run_grpo``, ``make_advantage_trainer``, ``train_with_advantage`` (a GRPO-family
   method on its task's prompts and reward), ``save_policy``, ``train_and_save``;
 - advantages: ``grpo_advantages``, ``frpo_advantages``;
-- data: ``load_train_task``, ``load_train_prompts``, ``load_rows``, ``take_by_kind``;
+- data: ``DatasetSpec``, ``load_train_task``, ``load_train_prompts``, ``load_rows``, ``take_by_kind``;
 - models: ``load_model``, ``load_tokenizer``;
 - errors: ``ForgetbenchError`` (one line: the problem and the fix), ``UsageError``.
 """
@@ -33,7 +33,8 @@ _PUBLIC = {
     "forgetbench.methods.grpo": ("GRPOMethodConfig",),
     "forgetbench.methods.rl": ("train_with_advantage",),
     "forgetbench.advantages": ("grpo_advantages", "frpo_advantages"),
-    "forgetbench.tasks": ("load_train_task", "load_train_prompts", "load_rows", "take_by_kind"),
+    "forgetbench.tasks": ("DatasetSpec", "load_train_task", "load_train_prompts", "load_rows",
+                          "take_by_kind"),
     "forgetbench.models": ("load_model", "load_tokenizer"),
     "forgetbench.errors": ("ForgetbenchError", "UsageError"),
 }
