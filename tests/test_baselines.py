@@ -11,7 +11,8 @@ import torch
 from forgetbench.errors import UsageError
 from forgetbench.pipeline import resolve
 
-BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo")
+BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
+             "baselines/vaccine")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def test_every_baseline_resolves_on_every_preset(installed, preset):
 @pytest.mark.parametrize("name, override, message", [
     ("baselines/sam_grpo", "method.rho=0", "rho: Input should be greater than 0"),
     ("baselines/sam_grpo", "method.rho=-0.05", "rho: Input should be greater than 0"),
+    ("baselines/vaccine", "method.rho=0", "rho: Input should be greater than 0"),
     ("baselines/grpo_strong_kl", "method.beta=0.04", "beta: Input should be greater than or "
                                                      "equal to 0.1"),
     ("baselines/safety_sft", "method.num_generations=4", "unknown key 'num_generations'"),
@@ -68,7 +70,8 @@ def test_matrix_of_grpo_frpo_and_every_baseline_resolves_on_tiny(cli, installed,
     for name in ("grpo", "frpo", *BASELINES):
         assert f"train {name}" in result.stdout, result.stdout
     # One warm-up shared by all five methods.
-    assert result.stdout.count("warmup") >= 1 and "5 cell" in result.stdout, result.stdout
+    assert result.stdout.count("warmup") >= 1 and f"{2 + len(BASELINES)} cell" in result.stdout, \
+        result.stdout
 
 
 # ----------------------------------------------------------------- SAM's numerical core
@@ -132,6 +135,72 @@ def test_sam_step_keeps_gradients_accumulated_by_earlier_micro_batches():
         torch.testing.assert_close(p.grad, q.grad + e)
 
 
+# ----------------------------------------------------------------- Vaccine's numerical core
+
+class ToyAttention(torch.nn.Module):
+    """Returns a tuple, like transformers' attention modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.tanh(self.proj(x)), None
+
+
+class ToyDecoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList([ToyAttention(), ToyAttention()])
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, x, shifts=None):
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            out = layer(x)[0]
+            if shifts is not None:
+                out = out + shifts[index]
+            outputs.append(out)
+            x = x + out
+        return self.head(x).pow(2).mean(), outputs
+
+
+def test_vaccine_perturbs_each_attention_output_by_rho_times_its_share_of_the_gradient():
+    from baselines.vaccine import attention_modules, vaccine_step
+
+    model = ToyDecoder()
+    x = torch.randn(3, 5, 4)
+    params = list(model.parameters())
+    assert attention_modules(model) == list(model.layers)
+    rho = 2.0
+    # Direct computation: g_l = dL/d(attention output l), eps_l = rho g_l / ||(g_1, g_2)||, then
+    # the parameter gradient of the loss with eps_l added to each output.
+    loss, outputs = model(x)
+    g = torch.autograd.grad(loss, outputs)
+    norm = torch.sqrt(sum((gl ** 2).sum() for gl in g))
+    eps = [rho * gl / norm for gl in g]
+    expected = torch.autograd.grad(model(x, shifts=eps)[0], params)
+    plain = torch.autograd.grad(model(x)[0], params)
+    torch.testing.assert_close(torch.sqrt(sum((e ** 2).sum() for e in eps)), torch.tensor(rho))
+
+    passes = []
+    vaccine_step(params, attention_modules(model),
+                 lambda: passes.append(model(x)[0].backward()), rho)
+    assert len(passes) == 2
+    for p, e, q in zip(params, expected, plain):
+        torch.testing.assert_close(p.grad, e)
+    assert not torch.allclose(params[0].grad, plain[0])  # the perturbation changed the step
+
+
+def test_vaccine_needs_attention_modules():
+    from baselines.vaccine import attention_modules
+    from forgetbench import ForgetbenchError
+
+    with pytest.raises(ForgetbenchError, match="no module whose class name ends in 'Attention'"):
+        attention_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
 # ----------------------------------------------------------------- safety SFT's data
 
 def test_safety_sft_trains_on_the_rl_prompts_with_refusals_and_references():
@@ -160,3 +229,71 @@ def test_safety_sft_without_refusals_for_its_prompts_names_the_fix(monkeypatch):
     with pytest.raises(Exception, match="safety_sft: 3 training prompt\\(s\\) have no target.*"
                                         "use train_task 'safety'"):
         module.training_pairs(module.SafetySFTConfig(n_harmful=3, n_harmless=2))
+
+
+# ----------------------------------------------------------------- passes per optimiser step
+
+def test_passes_per_optimiser_step_next_to_grpo(installed, tmp_path, monkeypatch):
+    """SAM: twice GRPO's forward-with-gradient and backward passes on the same rollouts (no
+    extra generation or reference pass); safety SFT: one of each per micro-batch, no generation.
+    Counted by wrapping the real passes during real runs (tests/test_method_training.py)."""
+    from test_method_training import TINY_LOOP, train_counting
+
+    from forgetbench.models import resolve_model
+
+    model_path = resolve_model("smollm2-135m-instruct")
+    grpo = train_counting("grpo", model_path, tmp_path, monkeypatch)
+    sam = train_counting("baselines/sam_grpo", model_path, tmp_path, monkeypatch)
+    sft = train_counting("baselines/safety_sft", model_path, tmp_path, monkeypatch, {
+        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
+        "max_length": 64})
+    steps = TINY_LOOP["max_steps"]
+    assert grpo["optimizer_step"] == sam["optimizer_step"] == sft["optimizer_step"] == steps
+    per = {name: {k: v / steps for k, v in counts.items()}
+           for name, counts in (("grpo", grpo), ("sam", sam), ("sft", sft))}
+    print("passes per optimiser step:", per)
+    assert per["sam"]["backward"] == 2 * per["grpo"]["backward"] == 2 * TINY_LOOP["grad_accum"]
+    assert per["sam"]["forward_grad"] == 2 * per["grpo"]["forward_grad"]
+    assert per["sam"]["generate"] == per["grpo"]["generate"]
+    assert per["sam"]["forward_no_grad"] == per["grpo"]["forward_no_grad"]
+    assert per["sft"]["backward"] == per["sft"]["forward_grad"] == 2  # grad_accum micro-batches
+    assert per["sft"].get("generate", 0) == 0
+    vaccine = train_counting("baselines/vaccine", model_path, tmp_path, monkeypatch, {
+        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
+        "max_length": 64})
+    per["vaccine"] = {k: v / steps for k, v in vaccine.items()}
+    print("vaccine:", per["vaccine"])
+    assert per["vaccine"]["backward"] == 2 * per["sft"]["backward"]
+    assert per["vaccine"]["forward_grad"] == 2 * per["sft"]["forward_grad"]
+
+
+# ----------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path):
+    """Each baseline's real loop on the embedded model, then the Alpaca attack and the evals:
+    one matrix, one shared warm-up, a results row at P0 and after the attack for every method."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    out = tmp_path / "out"
+    result = cli("matrix", "--methods", ",".join(BASELINES), "--attacks", "alpaca",
+                 "--preset", "smoke", "--output-dir", str(out), env=installed, timeout=3000)
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        [parquet] = (out / "results").glob("*.parquet")
+        table = pd.read_parquet(parquet)
+        refusal = table[(table["eval"] == "harmbench") & (table["metric"] == "refusal_rate")]
+        for name in BASELINES:
+            rows = refusal[refusal["method"] == name]
+            assert set(rows["phase"]) >= {"before", "after"}, (name, rows)
+            assert rows["value"].between(0, 1).all() and rows["n"].gt(0).all()
+        assert len(list((out / "stages" / "warmup").glob("*/stage.json"))) == 1
+        for train in (out / "stages" / "train").glob("*/"):
+            history = json.loads((train / "log_history.json").read_text())
+            assert sum("step_seconds" in entry for entry in history) == 2, train.name  # max_steps
+            assert (train / "model" / "config.json").is_file()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

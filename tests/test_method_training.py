@@ -59,18 +59,20 @@ class PassCounter:
         monkeypatch.setattr(torch.nn.Embedding, "forward", counted_embed)
 
 
-def train_counting(method: str, model_path, tmp_path, monkeypatch) -> Counter:
+def train_counting(method: str, model_path, tmp_path, monkeypatch, settings=None) -> Counter:
+    """Passes of ``method`` (any method plugin) on ``settings`` (default: the tiny GRPO loop)."""
     from forgetbench.methods.rl import train_with_advantage  # noqa: F401  (import before patching)
 
     plugin = registry.get("method", method)
-    config = plugin.build_config(TINY_LOOP)
+    config = plugin.build_config(TINY_LOOP if settings is None else settings)
     from transformers import AutoConfig
 
     counter = PassCounter(monkeypatch, AutoConfig.from_pretrained(model_path).vocab_size)
-    plugin.target(config, model_path, tmp_path / method, 0)
+    out = tmp_path / method.replace("/", "-")
+    plugin.target(config, model_path, out, 0)
     monkeypatch.undo()
     # Optimiser steps from the run's own log: every method's loop logs each step with its time.
-    history = json.loads((tmp_path / method / "log_history.json").read_text())
+    history = json.loads((out / "log_history.json").read_text())
     counter.counts["optimizer_step"] = sum("step_seconds" in entry for entry in history)
     return counter.counts
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from forgetbench import Field, GRPOMethodConfig, grpo_advantages, method, train_with_advantage
 
+from baselines._passes import clear_gradients, own_gradients
+
 
 class SAMGRPOConfig(GRPOMethodConfig):
     rho: float = Field(0.05, gt=0, description="SAM neighbourhood radius: the perturbation's "
@@ -37,27 +39,22 @@ def sharpness_aware_step(params: list, first_pass, second_pass, rho: float):
     accumulated before the call (earlier micro-batches) are kept and added to."""
     import torch
 
-    earlier = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    first_pass()
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    scale = rho / (norm + 1e-12)
-    theta = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p.add_(g * scale.to(g.dtype))
-    for p in params:
-        p.grad = None
-    result = second_pass()
-    with torch.no_grad():
-        for p, saved in zip(params, theta):
-            p.copy_(saved)
-    for p, before in zip(params, earlier):
-        if before is not None:
-            p.grad = before if p.grad is None else p.grad + before
-    return result
+    with own_gradients(params):
+        first_pass()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = rho / (norm + 1e-12)
+        theta = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g * scale.to(g.dtype))
+        clear_gradients(params)  # the step uses the gradient at theta + eps only
+        try:
+            return second_pass()
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(params, theta):
+                    p.copy_(saved)
 
 
 @lru_cache(maxsize=None)
