@@ -9,11 +9,13 @@ run_grpo``); a plugin needs nothing else. They are imported on first use, so imp
 - configs: ``Field``, ``StrictModel``, ``OptimConfig`` (optimiser + LoRA), ``SFTSettings``,
   ``GRPOFamilyConfig``, ``GRPOMethodConfig``;
 - training loops, each returning the saved policy folder ``out_dir/model`` (the method contract):
-  ``run_sft``, ``run_grpo``, ``make_advantage_trainer``, ``train_with_advantage`` (a GRPO-family
+  ``run_sft`` (and ``sft_dataset``), ``run_grpo``, ``make_advantage_trainer``, ``train_with_advantage`` (a GRPO-family
   method on its task's prompts and reward), ``save_policy``, ``train_and_save``;
 - advantages: ``grpo_advantages``, ``frpo_advantages``;
 - data: ``DatasetSpec``, ``load_train_task``, ``load_train_prompts``, ``load_rows``, ``take_by_kind``;
-- models: ``load_model``, ``load_tokenizer``;
+- models: ``resolve_model`` (embedded name, folder or hub id -> loadable path), ``load_model``,
+  ``load_tokenizer``, ``generate_responses`` (greedy answers of a model, as data),
+  ``match_refusal`` (the refusal judge's phrase matcher);
 - errors: ``ForgetbenchError`` (one line: the problem and the fix), ``UsageError``.
 """
 
@@ -28,14 +30,16 @@ _PUBLIC = {
                              "register"),
     "forgetbench.config": ("Field", "StrictModel"),
     "forgetbench.training.common": ("OptimConfig", "save_policy", "train_and_save"),
-    "forgetbench.training.sft": ("SFTSettings", "run_sft"),
+    "forgetbench.training.sft": ("SFTSettings", "run_sft", "sft_dataset"),
     "forgetbench.training.grpo": ("GRPOFamilyConfig", "run_grpo", "make_advantage_trainer"),
     "forgetbench.methods.grpo": ("GRPOMethodConfig",),
     "forgetbench.methods.rl": ("train_with_advantage",),
     "forgetbench.advantages": ("grpo_advantages", "frpo_advantages"),
     "forgetbench.tasks": ("DatasetSpec", "load_train_task", "load_train_prompts", "load_rows",
                           "take_by_kind"),
-    "forgetbench.models": ("load_model", "load_tokenizer"),
+    "forgetbench.models": ("load_model", "load_tokenizer", "resolve_model"),
+    "forgetbench.backends.hf": ("generate_responses",),
+    "forgetbench.judges.refusal": ("match_refusal",),
     "forgetbench.errors": ("ForgetbenchError", "UsageError"),
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}

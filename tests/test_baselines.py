@@ -12,7 +12,7 @@ from forgetbench.errors import UsageError
 from forgetbench.pipeline import resolve
 
 BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
-             "baselines/vaccine")
+             "baselines/vaccine", "baselines/booster")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,8 @@ def test_every_baseline_resolves_on_every_preset(installed, preset):
     ("baselines/sam_grpo", "method.rho=0", "rho: Input should be greater than 0"),
     ("baselines/sam_grpo", "method.rho=-0.05", "rho: Input should be greater than 0"),
     ("baselines/vaccine", "method.rho=0", "rho: Input should be greater than 0"),
+    ("baselines/booster", "method.lam=-1", "lam: Input should be greater than or equal to 0"),
+    ("baselines/booster", "method.alpha=0", "alpha: Input should be greater than 0"),
     ("baselines/grpo_strong_kl", "method.beta=0.04", "beta: Input should be greater than or "
                                                      "equal to 0.1"),
     ("baselines/safety_sft", "method.num_generations=4", "unknown key 'num_generations'"),
@@ -133,6 +135,54 @@ def test_sam_step_keeps_gradients_accumulated_by_earlier_micro_batches():
                          lambda: loss_fresh(fresh).backward(), 0.05)
     for p, q, e in zip(params, fresh_params, earlier):
         torch.testing.assert_close(p.grad, q.grad + e)
+
+
+# ----------------------------------------------------------------- Booster's numerical core
+
+def test_booster_gradient_is_alignment_plus_lambda_times_the_harmful_drop():
+    from baselines.booster import booster_step
+
+    model, alignment_loss = _toy()
+    torch.manual_seed(1)
+    xh, yh = torch.randn(6, 4), torch.randn(6, 1)
+
+    def harmful_loss(m):
+        return torch.nn.functional.mse_loss(m(xh), yh)
+
+    params = list(model.parameters())
+    theta = [p.detach().clone() for p in params]
+    lam, alpha = 5.0, 0.1
+    # Direct computation of g_f + lam * (g_h(w) - g_h(w - alpha g_h / ||g_h||)).
+    g_f = torch.autograd.grad(alignment_loss(model), params)
+    g_h = torch.autograd.grad(harmful_loss(model), params)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in g_h))
+    shifted, _ = _toy()
+    with torch.no_grad():
+        for q, p, g in zip(shifted.parameters(), params, g_h):
+            q.copy_(p - alpha * g / norm)
+    g_h_shifted = torch.autograd.grad(harmful_loss(shifted), list(shifted.parameters()))
+    expected = [f + lam * (a - b) for f, a, b in zip(g_f, g_h, g_h_shifted)]
+
+    passes = []
+    booster_step(params, lambda: passes.append(harmful_loss(model).backward()),
+                 lambda: passes.append(alignment_loss(model).backward()), lam, alpha)
+    assert len(passes) == 3
+    for p, e, t in zip(params, expected, theta):
+        assert torch.equal(p.detach(), t)  # w restored bit for bit
+        torch.testing.assert_close(p.grad, e)
+    assert not torch.allclose(params[0].grad, g_f[0])  # the harmful term is not zero here
+
+
+def test_booster_without_harmful_answers_names_the_fix(monkeypatch, tmp_path):
+    import baselines.booster as module
+
+    monkeypatch.setattr(module, "generate_responses",
+                        lambda model, prompts, tokens: ["I'm sorry, I can't help with that."]
+                        * len(prompts))
+    with pytest.raises(Exception, match="booster: harmful_model 'smollm2-135m-instruct' refused "
+                                        "\\(or left empty\\) all 3 harmful prompts.*set "
+                                        "harmful_model to an unaligned model"):
+        module.harmful_pairs(module.BoosterConfig(n_harmful=3, n_harmless=0), tmp_path)
 
 
 # ----------------------------------------------------------------- Vaccine's numerical core
@@ -265,6 +315,13 @@ def test_passes_per_optimiser_step_next_to_grpo(installed, tmp_path, monkeypatch
     print("vaccine:", per["vaccine"])
     assert per["vaccine"]["backward"] == 2 * per["sft"]["backward"]
     assert per["vaccine"]["forward_grad"] == 2 * per["sft"]["forward_grad"]
+    booster = train_counting("baselines/booster", model_path, tmp_path, monkeypatch, {
+        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
+        "max_length": 64, "harmful_max_new_tokens": 16})
+    per["booster"] = {k: v / steps for k, v in booster.items()}
+    print("booster:", per["booster"])
+    assert per["booster"]["backward"] == 3 * per["sft"]["backward"]
+    assert per["booster"]["forward_grad"] == 3 * per["sft"]["forward_grad"]
 
 
 # ----------------------------------------------------------------- end to end

@@ -13,6 +13,17 @@ class SFTSettings(OptimConfig):
     max_length: int = Field(512, ge=16, description="Tokens per training row (prompt + response).")
 
 
+def sft_dataset(pairs: list[tuple[str, str]]):
+    """(user prompt, assistant response) pairs as the conversational prompt/completion dataset
+    TRL's SFTTrainer trains on (also for a trainer subclass's extra data, e.g. ``eval_dataset``)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"prompt": [{"role": "user", "content": prompt}],
+         "completion": [{"role": "assistant", "content": response}]}
+        for prompt, response in pairs])
+
+
 def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, out_dir: Path,
             seed: int, callbacks: list | None = None, trainer_cls=None,
             trainer_kwargs: dict | None = None, args_kwargs: dict | None = None) -> Path:
@@ -23,7 +34,6 @@ def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, 
     instead of it; ``trainer_kwargs``: extra keyword arguments for its constructor (e.g.
     ``optimizers``, or a subclass's own settings); ``args_kwargs``: extra SFTConfig fields.
     """
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from forgetbench.models import load_model, load_tokenizer
@@ -34,10 +44,7 @@ def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, 
                          "trl.SFTTrainer")
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": prompt}],
-         "completion": [{"role": "assistant", "content": response}]}
-        for prompt, response in pairs])
+    dataset = sft_dataset(pairs)
     args = SFTConfig(**{**trainer_args(config, out_dir, seed), "max_length": config.max_length,
                         "completion_only_loss": True, **(args_kwargs or {})})
     trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,
