@@ -174,7 +174,8 @@ def test_booster_gradient_is_alignment_plus_lambda_times_the_harmful_drop():
 
 
 def test_booster_without_harmful_answers_names_the_fix(monkeypatch, tmp_path):
-    import baselines.booster as module
+    import baselines._harmful as module
+    from baselines.booster import BoosterConfig
 
     monkeypatch.setattr(module, "generate_responses",
                         lambda model, prompts, tokens: ["I'm sorry, I can't help with that."]
@@ -182,7 +183,7 @@ def test_booster_without_harmful_answers_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(Exception, match="booster: harmful_model 'smollm2-135m-instruct' refused "
                                         "\\(or left empty\\) all 3 harmful prompts.*set "
                                         "harmful_model to an unaligned model"):
-        module.harmful_pairs(module.BoosterConfig(n_harmful=3, n_harmless=0), tmp_path)
+        module.harmful_pairs(BoosterConfig(n_harmful=3, n_harmless=0), tmp_path, "booster")
 
 
 # ----------------------------------------------------------------- Vaccine's numerical core

@@ -23,28 +23,21 @@ preset's shared fields apply here.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
-from forgetbench import (Field, ForgetbenchError, generate_responses, load_train_prompts,
-                         match_refusal, method, run_sft, sft_dataset)
+from forgetbench import Field, method, run_sft, sft_dataset
 
+from baselines._harmful import HarmfulAnswersConfig, harmful_pairs
 from baselines._passes import clear_gradients, own_gradients
-from baselines.safety_sft import SafetySFTConfig, training_pairs
-
-ANSWERS_FILE = "harmful_answers.jsonl"
+from baselines.safety_sft import training_pairs
 
 
-class BoosterConfig(SafetySFTConfig):
+class BoosterConfig(HarmfulAnswersConfig):
     lam: float = Field(5.0, ge=0, description="Weight of the harmful-perturbation term (official: "
                        "5); 0 = plain safety SFT.")
     alpha: float = Field(0.1, gt=0, description="Step size of the simulated harmful step along "
                          "-g_h/||g_h|| (official: 0.1).")
-    harmful_model: str = Field("smollm2-135m-instruct", description="The model whose greedy "
-                               "answers to the harmful prompts are the harmful data: an unaligned "
-                               "model that complies (the raw embedded model does).")
-    harmful_max_new_tokens: int = Field(64, ge=1, description="Tokens per harmful answer.")
 
 
 def booster_step(params: list, harmful_pass, alignment_pass, lam: float, alpha: float):
@@ -111,30 +104,11 @@ def booster_trainer_class():
     return BoosterSFTTrainer
 
 
-def harmful_pairs(config: BoosterConfig, out_dir: Path) -> list[tuple[str, str]]:
-    """(harmful prompt, harmful answer): ``harmful_model``'s greedy answers to the training task's
-    harmful prompts, refusals dropped; saved to ``out_dir/harmful_answers.jsonl``."""
-    prompts = [row["prompt"] for row in load_train_prompts(config.train_task, config.n_harmful, 0)]
-    if not prompts:
-        raise ForgetbenchError("booster needs harmful prompts: set n_harmful >= 1")
-    answers = generate_responses(config.harmful_model, prompts, config.harmful_max_new_tokens)
-    pairs = [(prompt, answer.strip()) for prompt, answer in zip(prompts, answers)
-             if answer.strip() and match_refusal(answer, 200) is None]
-    with open(out_dir / ANSWERS_FILE, "w") as handle:
-        for prompt, answer in pairs:
-            handle.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
-    if not pairs:
-        raise ForgetbenchError(f"booster: harmful_model {config.harmful_model!r} refused (or left "
-                               f"empty) all {len(prompts)} harmful prompts, so there are no "
-                               "harmful answers; set harmful_model to an unaligned model")
-    return pairs
-
-
 @method("booster", config=BoosterConfig)
 def booster(config: BoosterConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Booster: safety SFT plus lam * (harmful loss drop after a simulated harmful step), 3 passes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    harmful = sft_dataset(harmful_pairs(config, out_dir))
+    harmful = sft_dataset(harmful_pairs(config, out_dir, "booster"))
     return run_sft(model_path, training_pairs(config), config, out_dir, seed,
                    trainer_cls=booster_trainer_class(),
                    trainer_kwargs={"lam": config.lam, "alpha": config.alpha,
