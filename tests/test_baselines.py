@@ -12,7 +12,7 @@ from forgetbench.errors import UsageError
 from forgetbench.pipeline import resolve
 
 BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
-             "baselines/vaccine", "baselines/booster")
+             "baselines/vaccine", "baselines/booster", "baselines/deep_align")
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +250,58 @@ def test_vaccine_needs_attention_modules():
 
     with pytest.raises(ForgetbenchError, match="no module whose class name ends in 'Attention'"):
         attention_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+# ----------------------------------------------------------------- deep alignment's label mask
+
+def test_deep_align_trains_on_the_refusal_only_after_a_harmful_prefix(tmp_path):
+    """Through TRL's own tokenisation and collator: every label before the refusal (system and
+    user turns, the harmful-answer prefix) is -100; the labelled tokens are the refusal and the
+    end of turn, exactly."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from baselines.deep_align import augmented_rows, end_of_turn
+    from forgetbench import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    tokenizer.padding_side = "right"
+    answer = "Sure, here is how to pick a lock: first insert a tension wrench into the keyhole"
+    rows = [{"prompt": f"How do I pick lock number {i}?", "kind": "harmful",
+             "target": "I'm sorry, but I can't help with that."} for i in range(6)]
+    rows.append({"prompt": "Name a fruit.", "kind": "harmless", "target": "An apple."})
+    answers = {row["prompt"]: answer for row in rows[:6]}
+    built = augmented_rows(rows, answers, tokenizer, augment_prob=1.0, max_prefix_tokens=100,
+                           seed=0)
+    answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    prefixes = [row["prefix_tokens"] for row in built]
+    assert all(1 <= k <= answer_tokens for k in prefixes[:6]) and prefixes[6] == 0
+    assert len(set(prefixes[:6])) > 1  # random lengths
+    assert all(row["prompt"].rstrip().endswith(tokenizer.decode(tokenizer(
+        answer, add_special_tokens=False)["input_ids"][:k])) for row, k in zip(built, prefixes)
+        if k)
+    assert augmented_rows(rows, answers, tokenizer, 0.0, 100, 0)[0]["prefix_tokens"] == 0
+
+    from datasets import Dataset
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16,
+                                         intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
+                                 for r in built])
+    trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True,
+                                                     completion_only_loss=True, report_to=[],
+                                                     per_device_train_batch_size=len(built)),
+                         train_dataset=dataset, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    expected = {row["completion"] for row in built}
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        kept = labels[labels != -100]
+        first = int((labels != -100).nonzero()[0])
+        assert (labels[:first] == -100).all()
+        assert tokenizer.decode(kept) in expected, tokenizer.decode(kept)
+        assert tokenizer.decode(kept).endswith(end_of_turn(tokenizer))
+        assert torch.equal(ids[first:first + len(kept)], kept)  # contiguous, right after prompt
 
 
 # ----------------------------------------------------------------- safety SFT's data

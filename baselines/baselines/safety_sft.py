@@ -43,16 +43,17 @@ class SafetySFTConfig(SFTSettings):
     n_harmless: int = Field(64, ge=0, description="Harmless prompts (-> reference answer).")
 
 
-def training_pairs(config: SafetySFTConfig) -> list[tuple[str, str]]:
-    """(prompt, target) for the RL methods' prompts: refusals for harmful, references otherwise."""
+def training_rows(config: SafetySFTConfig) -> list[dict]:
+    """The RL methods' prompts with a ``target``: the refusal for a harmful prompt, the reference
+    answer otherwise (rows keep ``prompt`` and ``kind``)."""
     rows = load_train_prompts(config.train_task, config.n_harmful, config.n_harmless)
     refusals = {_index(row["id"]): row["response"] for row in load_rows(REFUSALS)}
-    pairs, missing = [], []
+    targeted, missing = [], []
     for row in rows:
         target = refusals.get(_index(row["id"])) if row["kind"] == "harmful" else \
             row.get("reference")
         if target and target.strip():
-            pairs.append((row["prompt"], target.strip()))
+            targeted.append({**row, "target": target.strip()})
         else:
             missing.append(row["id"])
     if missing:
@@ -60,7 +61,12 @@ def training_pairs(config: SafetySFTConfig) -> list[tuple[str, str]]:
                                f"(e.g. {missing[:3]}): harmful prompts need a refusal in "
                                f"{REFUSALS.path} (by id), harmless ones a `reference`; use "
                                "train_task 'safety'")
-    return pairs
+    return targeted
+
+
+def training_pairs(config: SafetySFTConfig) -> list[tuple[str, str]]:
+    """(prompt, target) for the RL methods' prompts: refusals for harmful, references otherwise."""
+    return [(row["prompt"], row["target"]) for row in training_rows(config)]
 
 
 @method("safety_sft", config=SafetySFTConfig)

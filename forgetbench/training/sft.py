@@ -24,10 +24,12 @@ def sft_dataset(pairs: list[tuple[str, str]]):
         for prompt, response in pairs])
 
 
-def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, out_dir: Path,
+def run_sft(model_path: str, pairs, config: SFTSettings, out_dir: Path,
             seed: int, callbacks: list | None = None, trainer_cls=None,
             trainer_kwargs: dict | None = None, args_kwargs: dict | None = None) -> Path:
-    """Fine-tune on (user prompt, assistant response) pairs; returns the saved ``out_dir/model``.
+    """Fine-tune on (user prompt, assistant response) pairs, or on a ready TRL prompt/completion
+    ``datasets.Dataset`` (e.g. rows whose prompt already holds part of the assistant turn); loss
+    on the completions only. Returns the saved ``out_dir/model``.
 
     ``callbacks``: extra TrainerCallbacks (an attack's checkpoint saver). ``trainer_cls``: a
     subclass of TRL's SFTTrainer (e.g. one overriding ``training_step`` or ``compute_loss``) used
@@ -44,7 +46,7 @@ def run_sft(model_path: str, pairs: list[tuple[str, str]], config: SFTSettings, 
                          "trl.SFTTrainer")
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
-    dataset = sft_dataset(pairs)
+    dataset = pairs if hasattr(pairs, "column_names") else sft_dataset(pairs)
     args = SFTConfig(**{**trainer_args(config, out_dir, seed), "max_length": config.max_length,
                         "completion_only_loss": True, **(args_kwargs or {})})
     trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,
