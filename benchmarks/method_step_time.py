@@ -39,8 +39,8 @@ def method_config(method: str, preset: str, overrides: list[str], steps: int):
     cell = resolve(method, "alpaca", preset, overrides, seed=0, method_set=own)
     values = cell.resolved["method"]["config"]
     if "generation_kwargs" in fields:  # fixed-length rollouts: equal generation work
-        values = {**values, "generation_kwargs": {**values["generation_kwargs"],
-                                                  "min_new_tokens": values["max_completion_length"]}}
+        forced = {**values["generation_kwargs"], "min_new_tokens": values["max_completion_length"]}
+        values = {**values, "generation_kwargs": forced}
     return plugin.build_config(values), cell.resolved["model"]
 
 

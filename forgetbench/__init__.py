@@ -9,10 +9,12 @@ run_grpo``); a plugin needs nothing else. They are imported on first use, so imp
 - configs: ``Field``, ``StrictModel``, ``OptimConfig`` (optimiser + LoRA), ``SFTSettings``,
   ``GRPOFamilyConfig``, ``GRPOMethodConfig``;
 - training loops, each returning the saved policy folder ``out_dir/model`` (the method contract):
-  ``run_sft`` (and ``sft_dataset``), ``run_grpo``, ``make_advantage_trainer``, ``train_with_advantage`` (a GRPO-family
-  method on its task's prompts and reward), ``save_policy``, ``train_and_save``;
+  ``run_sft`` (and ``sft_dataset``), ``run_grpo``, ``make_advantage_trainer``,
+  ``train_with_advantage`` (a GRPO-family method on its task's prompts and reward),
+  ``save_policy``, ``train_and_save``;
 - advantages: ``grpo_advantages``, ``frpo_advantages``;
-- data: ``DatasetSpec``, ``load_train_task``, ``load_train_prompts``, ``load_rows``, ``take_by_kind``;
+- data: ``DatasetSpec``, ``load_train_task``, ``load_train_prompts``, ``load_rows``,
+  ``take_by_kind``;
 - models: ``resolve_model`` (embedded name, folder or hub id -> loadable path), ``load_model``,
   ``load_tokenizer``, ``generate_responses`` (greedy answers of a model, as data),
   ``match_refusal`` (the refusal judge's phrase matcher);

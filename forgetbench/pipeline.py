@@ -87,7 +87,8 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "method": deep_merge(declared_fields(method_plugin, preset_file.method),
                              preset_file.methods.get(method, {})),
         "attack": _attack_tree(attack_plugin, deep_merge(
-            declared_fields(attack_plugin, preset_file.attack), preset_file.attacks.get(attack, {}))),
+            declared_fields(attack_plugin, preset_file.attack),
+            preset_file.attacks.get(attack, {}))),
         "evals": list(preset_file.evals),
         "eval": {name: dict(settings) for name, settings in preset_file.eval.items()},
         "backend": preset_file.backend,

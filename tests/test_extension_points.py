@@ -39,7 +39,8 @@ BAD_METHODS = """
 
     def _save_tiny_model(folder):
         from transformers import GPT2Config, GPT2LMHeadModel
-        GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=1, n_embd=8, vocab_size=16)).save_pretrained(folder)
+        config = GPT2Config(n_layer=1, n_head=1, n_embd=8, vocab_size=16)
+        GPT2LMHeadModel(config).save_pretrained(folder)
 
     @method("raises")
     def raises(config, model_path, out_dir, seed):
@@ -183,7 +184,8 @@ def test_public_api_resolves_lazily_without_heavy_imports():
     assert "HEAVY []" in out.stdout and "TORCH True" in out.stdout, out.stderr
     import forgetbench
 
-    assert forgetbench.method is registry.method and forgetbench.Field.__module__ == "pydantic.fields"
+    assert forgetbench.method is registry.method
+    assert forgetbench.Field.__module__ == "pydantic.fields"
     with pytest.raises(AttributeError, match="no attribute 'run_grpoo'"):
         forgetbench.run_grpoo
 

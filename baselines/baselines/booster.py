@@ -106,7 +106,7 @@ def booster_trainer_class():
 
 @method("booster", config=BoosterConfig)
 def booster(config: BoosterConfig, model_path: str, out_dir: Path, seed: int) -> Path:
-    """Booster: safety SFT plus lam * (harmful loss drop after a simulated harmful step), 3 passes."""
+    """Booster: safety SFT + lam * (harmful-loss drop of a simulated harmful step), 3 passes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     harmful = sft_dataset(harmful_pairs(config, out_dir, "booster"))
     return run_sft(model_path, training_pairs(config), config, out_dir, seed,

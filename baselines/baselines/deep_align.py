@@ -71,7 +71,7 @@ def augmented_rows(rows: list[dict], answers: dict[str, str], tokenizer, augment
 
 @method("deep_align", config=DeepAlignConfig)
 def deep_align(config: DeepAlignConfig, model_path: str, out_dir: Path, seed: int) -> Path:
-    """Deep alignment: refusals after random harmful-answer prefixes, loss on refusals, with anchors."""
+    """Deep alignment: refusals after random harmful-answer prefixes, plus benign anchors."""
     from datasets import Dataset
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,6 @@ def vaccine_trainer_class():
 
 @method("vaccine", config=VaccineConfig)
 def vaccine(config: VaccineConfig, model_path: str, out_dir: Path, seed: int) -> Path:
-    """Vaccine: safety SFT with gradient-direction perturbations of the attention outputs (2 passes)."""
+    """Vaccine: safety SFT with worst-case attention-output perturbations (2 passes)."""
     return run_sft(model_path, training_pairs(config), config, out_dir, seed,
                    trainer_cls=vaccine_trainer_class(), trainer_kwargs={"rho": config.rho})

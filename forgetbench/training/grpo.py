@@ -1,10 +1,10 @@
 """The GRPO family on TRL's GRPOTrainer, with the advantage supplied as a pure function.
 
 TRL 1.16 computes advantages inline in ``_generate_and_score_completions`` (there is no hook), so
-the trainer made by ``make_advantage_trainer`` lets TRL score the completions, keeps the gathered rewards and prompt
-indices, and replaces the advantages with ``advantage_fn(rewards, num_generations)``. Everything
-else (sampling, reference log-probs, the k3 KL term, clipping, loss aggregation) stays TRL's. The
-TRL version is pinned in pyproject.toml because this relies on its private method names.
+the trainer ``make_advantage_trainer`` builds lets TRL score the completions, keeps the gathered
+rewards and prompt indices, and replaces the advantages with
+``advantage_fn(rewards, num_generations)``. Everything else (sampling, reference log-probs, the k3
+KL term, clipping, loss aggregation) stays TRL's. The TRL version is pinned in pyproject.toml because this relies on its private method names.
 
 Extension points for a method with its own loop (``baselines/sam_grpo`` is a worked example):
 ``run_grpo(trainer_cls=...)`` takes a subclass of TRL's GRPOTrainer (overriding ``training_step``,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from forgetbench.config import Field
 from forgetbench.errors import UsageError
-from forgetbench.training.common import OptimConfig, peft_config, step_timer, train_and_save, trainer_args
+from forgetbench.training.common import (OptimConfig, peft_config, step_timer, train_and_save,
+                                         trainer_args)
 
 
 class SFTSettings(OptimConfig):
