@@ -17,7 +17,12 @@ BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_
 
 @pytest.fixture(scope="module")
 def installed(baselines_site):
-    return {"PYTHONPATH": str(baselines_site)}
+    """The environment of a CLI run that sees the installed baselines (and this checkout)."""
+    import os
+    from pathlib import Path
+
+    return {"PYTHONPATH": os.pathsep.join([str(baselines_site),
+                                           str(Path(__file__).resolve().parents[1])])}
 
 
 def test_baselines_are_listed_from_their_entry_point(cli, installed):
@@ -407,3 +412,16 @@ def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path
             assert (train / "model" / "config.json").is_file()
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_listing_with_the_baselines_installed_imports_no_heavy_backend(installed):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from forgetbench.cli import main; main(['list', 'method']); "
+            "print('HEAVY', [m for m in ('torch', 'trl', 'transformers', 'vllm', 'ray') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **installed})
+    assert "baselines/sam_grpo" in out.stdout and "HEAVY []" in out.stdout, out.stdout + out.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from forgetbench import Field, GRPOMethodConfig, grpo_advantages, method, train_with_advantage
+from forgetbench import Field, GRPOMethodConfig, method, train_with_advantage
 
 MIN_BETA = 0.1
 
@@ -29,5 +29,7 @@ class StrongKLConfig(GRPOMethodConfig):
 @method("grpo_strong_kl", config=StrongKLConfig)
 def grpo_strong_kl(config: StrongKLConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Strong-KL GRPO: GRPO at beta >= 0.1 (FRPO paper's baseline), the stay-close control."""
+    from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time
+
     return train_with_advantage(config, partial(grpo_advantages, scale=config.adv_norm),
                                 model_path, out_dir, seed, scale_rewards=config.adv_norm)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import lru_cache, partial
 from pathlib import Path
 
-from forgetbench import Field, GRPOMethodConfig, grpo_advantages, method, train_with_advantage
+from forgetbench import Field, GRPOMethodConfig, method, train_with_advantage
 
 from baselines._passes import clear_gradients, own_gradients
 
@@ -97,6 +97,8 @@ def sam_trainer_class():
 @method("sam_grpo", config=SAMGRPOConfig)
 def sam_grpo(config: SAMGRPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """SAM-GRPO: GRPO's gradient taken at theta + rho*g/||g|| (sharpness-aware, 2 passes/step)."""
+    from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time
+
     return train_with_advantage(config, partial(grpo_advantages, scale=config.adv_norm),
                                 model_path, out_dir, seed, scale_rewards=config.adv_norm,
                                 trainer_cls=sam_trainer_class(),
