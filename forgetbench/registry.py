@@ -87,6 +87,18 @@ def register(kind: str, name: str, target: Any, *, description: str = "",
     return plugin
 
 
+# What a plugin of each kind must do, shown by help(forgetbench.method) etc.
+CONTRACTS = {
+    "method": "A method is ``train(config, model_path, out_dir, seed) -> Path``: it trains from "
+              "``model_path``, saves a full model folder (LoRA merged, with its tokenizer) at "
+              "``out_dir / 'model'`` and returns that path (``run_grpo``, ``run_sft`` and "
+              "``save_policy`` do both). Its train stage checks the returned folder: raising, "
+              "returning nothing or saving elsewhere fails that stage, naming the method.",
+    "attack": "A Python attack is ``attack(config, model_path, out_dir, seed) -> Path`` with the "
+              "method's output contract; write ``out_dir / 'log_history.json'`` (the loops do).",
+}
+
+
 def _decorator(kind: str):
     def decorate(name: str, *, config: type[BaseModel] | None = None,
                  description: str = "") -> Callable[[Any], Any]:
@@ -95,7 +107,9 @@ def _decorator(kind: str):
             return target
         return wrap
     decorate.__name__ = kind
-    decorate.__doc__ = f"Register a {kind} plugin under ``name``."
+    decorate.__doc__ = " ".join([f"Register a {kind} plugin under ``name`` (its ``config`` class "
+                                 "declares and documents its settings).",
+                                 CONTRACTS.get(kind, "")]).strip()
     return decorate
 
 
