@@ -1,91 +1,89 @@
-"""Seconds per optimiser step of FRPO and GRPO, side by side on the same config and seed.
+"""Seconds per optimiser step of several methods, side by side on the same preset and seed.
 
-    python benchmarks/method_step_time.py [--steps 4] [--repeats 2] [--set method.num_generations=8]
+    python benchmarks/method_step_time.py [--methods grpo,frpo,baselines/sam_grpo] [--steps 4]
+        [--repeats 2] [--set method.num_generations=8]
 
-The paper claims FRPO costs no extra compute over GRPO (methods.md §1.3). Both methods run the
-tiny preset's method settings through the real TRL loop on the embedded model. Completions are
-forced to the full ``max_completion_length`` (min_new_tokens) so both do identical generation
-work whatever their policies say; the runs alternate (GRPO, FRPO, FRPO, GRPO, ...) so machine
-drift hits both. The first step of each run is a warm-up and is not timed. Prints the median
-seconds per step of each method and the ratio FRPO / GRPO (target <= 1.02).
+The paper claims FRPO costs no extra compute over GRPO (methods.md §1.3); the baselines cost more
+(SAM and Vaccine two passes, Booster three). Every method runs the preset's method settings
+through its real loop on the embedded model; the first method is the reference of the ratios.
+GRPO-family completions are forced to the full ``max_completion_length`` (the config's
+``generation_kwargs: {min_new_tokens: ...}``) so all do identical generation work whatever their
+policies say; the runs rotate (A B C, B C A, ...) so machine drift hits all. Step times come from
+``step_seconds`` in each run's ``log_history.json`` (every loop logs it); the first step of each
+run is a warm-up and is not timed. Prints the median seconds per step and the ratio to the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from forgetbench import registry
-from forgetbench.config import apply_override, parse_override
 from forgetbench.models import resolve_model, set_threads
 from forgetbench.pipeline import resolve
 
 
 def step_times(method: str, config, model_path: str, out: Path) -> list[float]:
-    from transformers import TrainerCallback
+    registry.get("method", method).target(config, model_path, out, 0)
+    history = json.loads((out / "log_history.json").read_text())
+    return [entry["step_seconds"] for entry in history if "step_seconds" in entry][1:]
 
-    import forgetbench.methods.rl as rl
 
-    marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
-
-    rl.TRAINER_CALLBACKS[:] = [Clock()]
-    rl.GENERATION_KWARGS.update(min_new_tokens=config.max_completion_length)
-    try:
-        registry.get("method", method).target(config, model_path, out, 0)
-    finally:
-        rl.TRAINER_CALLBACKS.clear()
-        rl.GENERATION_KWARGS.clear()
-    # Step k spans on_step_begin(k) .. on_step_end(k): generation, scoring, loss, backward, step.
-    return [end - begin for begin, end in zip(marks[0::2], marks[1::2])][1:]
+def method_config(method: str, preset: str, overrides: list[str], steps: int):
+    plugin = registry.get("method", method)
+    fields = plugin.config.model_fields if plugin.config is not None else {}
+    own = {"max_steps": steps}
+    cell = resolve(method, "alpaca", preset, overrides, seed=0, method_set=own)
+    values = cell.resolved["method"]["config"]
+    if "generation_kwargs" in fields:  # fixed-length rollouts: equal generation work
+        forced = {**values["generation_kwargs"], "min_new_tokens": values["max_completion_length"]}
+        values = {**values, "generation_kwargs": forced}
+    return plugin.build_config(values), cell.resolved["model"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="grpo,frpo", help="comma-separated method plugins; "
+                        "the first is the reference of the ratios")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per run (the "
                         "first is not timed)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per method, interleaved")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per method, rotated")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config override shared by both methods, e.g. method.beta=0.01")
+                        help="config override shared by all methods, e.g. method.beta=0.01")
     args = parser.parse_args()
     threads = set_threads()
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
 
     configs = {}
-    for method in ("grpo", "frpo"):
-        cell = resolve(method, "alpaca", args.preset,
-                       [*args.overrides, f"method.max_steps={args.steps}"], seed=0)
-        configs[method] = registry.get("method", method).build_config(
-            cell.resolved["method"]["config"])
-    model_path = resolve_model(cell.resolved["model"])
-    order = [m for r in range(args.repeats) for m in (("grpo", "frpo") if r % 2 == 0
-                                                      else ("frpo", "grpo"))]
-    times: dict[str, list[float]] = {"grpo": [], "frpo": []}
+    for method in methods:
+        configs[method], model = method_config(method, args.preset, args.overrides, args.steps)
+    model_path = resolve_model(model)
+    order = [methods[(r + i) % len(methods)] for r in range(args.repeats)
+             for i in range(len(methods))]
+    times: dict[str, list[float]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for run, method in enumerate(order):
             times[method] += step_times(method, configs[method], model_path, Path(tmp) / str(run))
             print(f"run {run + 1}/{len(order)} {method}: "
                   + " ".join(f"{t:.2f}" for t in times[method][-(args.steps - 1):]), flush=True)
 
-    c = configs["frpo"]
-    print(f"\nconfig: preset {args.preset}, G={c.num_generations}, "
-          f"{c.prompts_per_step} prompts/step, {c.max_completion_length} completion tokens "
-          f"(forced), grad_accum {c.grad_accum}, lora_r {c.lora_r}, threads {threads}, "
-          f"beta grpo {configs['grpo'].beta} / frpo {c.beta}")
+    print(f"\nconfig: preset {args.preset}, threads {threads}, {args.steps} steps per run")
+    for method, config in configs.items():
+        shape = {k: getattr(config, k) for k in ("num_generations", "prompts_per_step",
+                                                  "max_completion_length", "grad_accum",
+                                                  "batch_size", "lora_r", "beta")
+                 if hasattr(config, k)}
+        print(f"  {method}: {shape}")
     medians = {m: statistics.median(t) for m, t in times.items()}
+    reference = methods[0]
     for method, values in times.items():
         print(f"{method}: median {medians[method]:.2f} s/step over {len(values)} steps "
-              f"(min {min(values):.2f}, max {max(values):.2f})")
-    print(f"ratio frpo/grpo: {medians['frpo'] / medians['grpo']:.3f}  (target <= 1.02)")
+              f"(min {min(values):.2f}, max {max(values):.2f}), "
+              f"ratio to {reference} {medians[method] / medians[reference]:.3f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ class ForgetbenchError(Exception):
 
     exit_code = 1
 
+    def with_exit_code(self, code: int) -> "ForgetbenchError":
+        """This error, exiting with ``code`` (a wrapper keeps the wrapped error's exit code)."""
+        self.exit_code = code
+        return self
+
 
 class UsageError(ForgetbenchError):
     """Bad names or options on the command line or in a config file (exit code 2)."""

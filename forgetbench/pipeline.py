@@ -32,10 +32,10 @@ class PresetFile(StrictModel):
     seed: int = Field(0, description="Seed of every training stage.")
     warmup: dict = Field(default_factory=dict, description="WarmupConfig fields.")
     method: dict = Field(default_factory=dict, description="Fields applied to whichever method "
-                         "runs.")
+                         "runs, where its config declares them (others are skipped).")
     methods: dict[str, dict] = Field(default_factory=dict, description="Per-method fields.")
     attack: dict = Field(default_factory=dict, description="Fields applied to whichever attack "
-                         "runs.")
+                         "runs, where its config declares them (others are skipped).")
     attacks: dict[str, dict] = Field(default_factory=dict, description="Per-attack fields.")
     evals: list[str] = Field(default_factory=lambda: ["harmbench", "xstest"],
                              description="Eval suites scored before and after the attack.")
@@ -86,9 +86,11 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "model": preset_file.model,
         "seed": preset_file.seed if seed is None else seed,
         "warmup": dict(preset_file.warmup),
-        "method": deep_merge(preset_file.method, preset_file.methods.get(method, {})),
-        "attack": _attack_tree(attack_plugin, deep_merge(preset_file.attack,
-                                                         preset_file.attacks.get(attack, {}))),
+        "method": deep_merge(declared_fields(method_plugin, preset_file.method),
+                             preset_file.methods.get(method, {})),
+        "attack": _attack_tree(attack_plugin, deep_merge(
+            declared_fields(attack_plugin, preset_file.attack),
+            preset_file.attacks.get(attack, {}))),
         "evals": list(preset_file.evals),
         "eval": {name: dict(settings) for name, settings in preset_file.eval.items()},
         "backend": preset_file.backend,
@@ -154,6 +156,21 @@ def _check_task(folder: str, train_task: str, evals_json: str) -> None:
     evals = json.loads(evals_json)
     check_disjoint(train_task, {name: [row["prompt"] for row in eval_prompts(
         {"eval": {"name": name, "config": config}})] for name, config in evals.items()})
+
+
+def declared_fields(plugin, shared: dict) -> dict:
+    """The part of a preset's shared ``method:`` / ``attack:`` section that ``plugin``'s config
+    declares. The shared section speaks for every plugin at once (GRPO's ``num_generations`` means
+    nothing to an SFT method), so a field a plugin lacks is skipped there; the per-plugin sections,
+    ``--set`` and matrix variants address one plugin and stay strict."""
+    known = {field for other in registry.plugins(plugin.kind) if other.config is not None
+             for field in other.config.model_fields}
+    typos = sorted(set(shared) - known)
+    if typos:  # a key no plugin of the kind declares is a typo, not a field for another plugin
+        raise UsageError(f"preset `{plugin.kind}:` section: unknown key(s) {typos}; no "
+                         f"{plugin.kind} plugin declares them (see its config fields)")
+    fields = plugin.config.model_fields if plugin.config is not None else {}
+    return {key: value for key, value in shared.items() if key in fields}
 
 
 def _attack_tree(plugin, preset_attack: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import importlib
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -64,6 +65,7 @@ _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("namespa
 _plugins: dict[tuple[str, str], Plugin] = {}
 _loaded_builtins = False
 _loaded_entry_points: set[str] = set()
+_broken: dict[str, str] = {}  # entry-point name -> why it failed to import
 
 
 def _first_line(text: str | None) -> str:
@@ -85,6 +87,18 @@ def register(kind: str, name: str, target: Any, *, description: str = "",
     return plugin
 
 
+# What a plugin of each kind must do, shown by help(forgetbench.method) etc.
+CONTRACTS = {
+    "method": "A method is ``train(config, model_path, out_dir, seed) -> Path``: it trains from "
+              "``model_path``, saves a full model folder (LoRA merged, with its tokenizer) at "
+              "``out_dir / 'model'`` and returns that path (``run_grpo``, ``run_sft`` and "
+              "``save_policy`` do both). Its train stage checks the returned folder: raising, "
+              "returning nothing or saving elsewhere fails that stage, naming the method.",
+    "attack": "A Python attack is ``attack(config, model_path, out_dir, seed) -> Path`` with the "
+              "method's output contract; write ``out_dir / 'log_history.json'`` (the loops do).",
+}
+
+
 def _decorator(kind: str):
     def decorate(name: str, *, config: type[BaseModel] | None = None,
                  description: str = "") -> Callable[[Any], Any]:
@@ -93,7 +107,9 @@ def _decorator(kind: str):
             return target
         return wrap
     decorate.__name__ = kind
-    decorate.__doc__ = f"Register a {kind} plugin under ``name``."
+    decorate.__doc__ = " ".join([f"Register a {kind} plugin under ``name`` (its ``config`` class "
+                                 "declares and documents its settings).",
+                                 CONTRACTS.get(kind, "")]).strip()
     return decorate
 
 
@@ -114,15 +130,28 @@ def _load_builtins() -> None:
 
 
 def _load_entry_point(package: str) -> None:
-    """Import the entry-point module of ``package`` with its names registered as ``package/...``."""
+    """Import the entry-point module of ``package`` with its names registered as ``package/...``.
+
+    A package that fails to import is reported once on stderr, by name, and left out: its names
+    are unknown (``get`` says why) and every other plugin still works."""
     if package in _loaded_entry_points:
         return
     matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == package]
     _loaded_entry_points.add(package)
     for ep in matches:
         token = _namespace.set(package)
+        before = set(_plugins)
         try:
             ep.load()
+        except Exception as error:  # any import-time failure of third-party code
+            for key in set(_plugins) - before:  # nothing half-registered
+                del _plugins[key]
+            dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
+            first = (str(error).strip().splitlines() or [""])[0]
+            _broken[package] = (f"plugin package {package!r} ({ep.value}) failed to import: "
+                                f"{type(error).__name__}: {first}; fix it or "
+                                f"`pip uninstall {dist}`")
+            print(f"forgetbench: warning: {_broken[package]}", file=sys.stderr)
         finally:
             _namespace.reset(token)
 
@@ -150,6 +179,8 @@ def get(kind: str, name: str) -> Plugin:
     found = _plugins.get((kind, name))
     if found is not None:
         return found
+    if "/" in name and name.split("/", 1)[0] in _broken:
+        raise UsageError(f"unknown {kind} {name!r}: {_broken[name.split('/', 1)[0]]}")
     known = names(kind)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

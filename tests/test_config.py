@@ -88,10 +88,19 @@ def test_hashes_are_stable_and_sensitive():
         first.policies["before"].inputs["policy"].key  # the warm-up is shared by every method
 
 
-def test_every_preset_resolves_for_every_method():
-    for preset in ("smoke", "tiny", "paper"):
-        for method in ("grpo", "frpo"):
+def test_every_preset_resolves_for_every_method_and_attack():
+    # Every registered plugin, third-party ones included: a preset's shared sections must not
+    # push one method's fields into another's config (a non-GRPO method fails here otherwise).
+    from forgetbench import registry
+    from forgetbench.config import preset_names
+
+    methods, attacks = registry.names("method"), registry.names("attack")
+    assert {"grpo", "frpo", "alpaca"} <= set(methods) | set(attacks)
+    for preset in preset_names():
+        for method in methods:
             resolve(method, "alpaca", preset)
+        for attack in attacks:
+            resolve("grpo", attack, preset)
 
 
 def test_each_preset_layer_wins_over_the_one_below(tmp_path):
@@ -117,3 +126,26 @@ def test_each_preset_layer_wins_over_the_one_below(tmp_path):
     method = grpo.resolved["method"]["config"]
     assert method["adv_norm"] == "none" and method["max_completion_length"] == 16
     assert method["learning_rate"] == 7e-6
+
+
+def test_shared_section_skips_undeclared_fields_but_per_plugin_sections_stay_strict(tmp_path):
+    from forgetbench import registry
+    from forgetbench.config import Field, StrictModel
+
+    class OnlyRate(StrictModel):
+        learning_rate: float = Field(1e-5, gt=0, description="Learning rate.")
+
+    registry.register("method", "cfgtest_only_rate", lambda *a: None, config=OnlyRate)
+    # smoke's shared `method:` holds GRPO's num_generations etc.; only learning_rate is declared.
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: {num_generations: 2, learning_rate: 3.0e-5}\n")
+    cell = resolve("cfgtest_only_rate", "alpaca", str(preset))
+    assert cell.resolved["method"]["config"] == {"learning_rate": 3e-5}
+    with pytest.raises(UsageError, match="unknown key 'num_generations'"):
+        resolve("cfgtest_only_rate", "alpaca", str(preset), ("method.num_generations=4",))
+    preset.write_text("methods: {cfgtest_only_rate: {num_generations: 2}}\n")
+    with pytest.raises(UsageError, match="unknown key 'num_generations'"):
+        resolve("cfgtest_only_rate", "alpaca", str(preset))
+    preset.write_text("method: {num_generatoins: 2}\n")  # declared by no method: a typo
+    with pytest.raises(UsageError, match="unknown key.*num_generatoins"):
+        resolve("grpo", "alpaca", str(preset))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -27,7 +28,7 @@ class PassCounter:
     backward passes and optimiser steps, by wrapping the real methods during a real run."""
 
     def __init__(self, monkeypatch, vocab_size: int):
-        from transformers import GenerationMixin, TrainerCallback
+        from transformers import GenerationMixin
 
         self.counts = Counter()
         self._generating = False
@@ -53,27 +54,26 @@ class PassCounter:
                 counter.counts["forward_grad" if torch.is_grad_enabled() else "forward_no_grad"] += 1
             return embed(module, *args, **kwargs)
 
-        class StepCounter(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                counter.counts["optimizer_step"] += 1
-
         monkeypatch.setattr(GenerationMixin, "generate", counted_generate)
         monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
         monkeypatch.setattr(torch.nn.Embedding, "forward", counted_embed)
-        self.callback = StepCounter()
 
 
-def train_counting(method: str, model_path, tmp_path, monkeypatch) -> Counter:
+def train_counting(method: str, model_path, tmp_path, monkeypatch, settings=None) -> Counter:
+    """Passes of ``method`` (any method plugin) on ``settings`` (default: the tiny GRPO loop)."""
     from forgetbench.methods.rl import train_with_advantage  # noqa: F401  (import before patching)
 
     plugin = registry.get("method", method)
-    config = plugin.build_config(TINY_LOOP)
+    config = plugin.build_config(TINY_LOOP if settings is None else settings)
     from transformers import AutoConfig
 
     counter = PassCounter(monkeypatch, AutoConfig.from_pretrained(model_path).vocab_size)
-    monkeypatch.setattr("forgetbench.methods.rl.TRAINER_CALLBACKS", [counter.callback])
-    plugin.target(config, model_path, tmp_path / method, 0)
+    out = tmp_path / method.replace("/", "-")
+    plugin.target(config, model_path, out, 0)
     monkeypatch.undo()
+    # Optimiser steps from the run's own log: every method's loop logs each step with its time.
+    history = json.loads((out / "log_history.json").read_text())
+    counter.counts["optimizer_step"] = sum("step_seconds" in entry for entry in history)
     return counter.counts
 
 

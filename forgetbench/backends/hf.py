@@ -95,3 +95,15 @@ def hf_backend(config: GenerationConfig):
         return generate_hf(config, model_path, prompts, progress)
 
     return generate
+
+
+def generate_responses(model: str, prompts: list[str], max_new_tokens: int = 128,
+                       batch_size: int = 16) -> list[str]:
+    """Greedy responses of ``model`` (an embedded model name, a model folder or a hub id) to the
+    user ``prompts``, with this back-end: for plugins that need a model's answers as data (the
+    raw embedded model's answers to harmful prompts, for instance)."""
+    from forgetbench.models import resolve_model
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [generation.response for generation in generate_hf(config, resolve_model(model),
+                                                              prompts)]

@@ -8,14 +8,13 @@ from pathlib import Path
 from forgetbench.tasks import DataError
 from forgetbench.training.grpo import AdvantageFn, GRPOFamilyConfig, run_grpo
 
-# Extra transformers TrainerCallbacks for every GRPO-family run (tests count passes with one).
-TRAINER_CALLBACKS: list = []
-# Extra generate() keyword arguments (the step-time benchmark forces fixed-length completions).
-GENERATION_KWARGS: dict = {}
-
 
 def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
-                         out_dir: Path, seed: int, scale_rewards: str = "none") -> Path:
+                         out_dir: Path, seed: int, scale_rewards: str = "none",
+                         **loop) -> Path:
+    """Train a GRPO-family method on its task's prompts with its reward; returns the policy
+    folder. ``loop``: ``run_grpo``'s extension arguments (``callbacks``, ``trainer_cls``,
+    ``trainer_kwargs``, ``args_kwargs``)."""
     from datasets import Dataset
 
     from forgetbench import registry
@@ -31,8 +30,7 @@ def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, mo
     reward_plugin = registry.get("reward", config.reward)
     reward_fn = reward_plugin.target(reward_plugin.build_config(config.reward_config))
     return run_grpo(model_path, dataset, [reward_fn], advantage_fn, config, out_dir, seed,
-                    scale_rewards=scale_rewards, callbacks=list(TRAINER_CALLBACKS),
-                    generation_kwargs=dict(GENERATION_KWARGS) or None)
+                    scale_rewards=scale_rewards, **loop)
 
 
 def within_prompt_length(rows: list[dict], model_path: str, limit: int) -> list[dict]:

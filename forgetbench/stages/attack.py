@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgetbench.stages.plan import policy_path
+from forgetbench.stages.plan import policy_path, run_policy_plugin
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
@@ -13,6 +13,9 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
 
     plugin = registry.get("attack", config["attack"]["name"])
     settings = plugin.build_config(config["attack"]["config"])
-    runner = run_attack if isinstance(plugin.target, dict) else plugin.target
     # Absolute: a LoRA attack's checkpoints name this folder as their adapters' base.
-    runner(settings, str(Path(policy_path(inputs["policy"])).resolve()), out, config["seed"])
+    start = str(Path(policy_path(inputs["policy"])).resolve())
+    if isinstance(plugin.target, dict):  # an in-tree attack task (YAML)
+        run_attack(settings, start, out, config["seed"])
+    else:
+        run_policy_plugin(plugin, settings, start, out, config["seed"])

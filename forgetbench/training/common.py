@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from pydantic import field_validator
@@ -83,6 +84,39 @@ def save_policy(model, tokenizer, out_dir: Path) -> Path:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def step_timer():
+    """A TrainerCallback adding ``step_seconds`` to each optimiser step's log entry: the wall time
+    from the step's start to its end (rollouts, scoring, every forward/backward, the update). Every
+    loop here installs one, so ``log_history.json`` carries each method's cost per step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        begin = seconds = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.begin
+
+        def on_log(self, args, state, control, **kwargs):
+            # transformers appends the step's entry before calling on_log, after on_step_end.
+            if self.seconds is not None and state.log_history and "loss" in state.log_history[-1]:
+                state.log_history[-1]["step_seconds"] = round(self.seconds, 4)
+                self.seconds = None
+
+    return StepTimer()
+
+
+def train_and_save(trainer, tokenizer, out_dir: Path) -> Path:
+    """Run ``trainer``, write ``log_history.json`` (failing on a diverged run), save the policy
+    to ``out_dir/model`` and return that folder: the end of every loop here."""
+    trainer.train()
+    write_log_history(trainer, out_dir)
+    tokenizer.padding_side = "left"  # SFT trains right-padded; the saved policy generates
+    return save_policy(trainer.model, tokenizer, out_dir)
 
 
 def write_log_history(trainer, out_dir: Path) -> None:

@@ -1,23 +1,29 @@
 """The GRPO family on TRL's GRPOTrainer, with the advantage supplied as a pure function.
 
 TRL 1.16 computes advantages inline in ``_generate_and_score_completions`` (there is no hook), so
-``AdvantageGRPOTrainer`` lets TRL score the completions, keeps the gathered rewards and prompt
-indices, and replaces the advantages with ``advantage_fn(rewards, num_generations)``. Everything
-else (sampling, reference log-probs, the k3 KL term, clipping, loss aggregation) stays TRL's. The
-TRL version is pinned in pyproject.toml because this relies on its private method names.
+the trainer ``make_advantage_trainer`` builds lets TRL score the completions, keeps the gathered
+rewards and prompt indices, and replaces the advantages with
+``advantage_fn(rewards, num_generations)``. Everything else (sampling, reference log-probs, the k3
+KL term, clipping, loss aggregation) stays TRL's. The TRL version is pinned in pyproject.toml because this relies on its private method names.
+
+Extension points for a method with its own loop (``baselines/sam_grpo`` is a worked example):
+``run_grpo(trainer_cls=...)`` takes a subclass of TRL's GRPOTrainer (overriding ``training_step``,
+``compute_loss``, ...) and puts the advantage hook on top of it; ``trainer_kwargs`` go to its
+constructor and ``args_kwargs`` to GRPOConfig.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from pydantic import model_validator
 
 from forgetbench.config import Field
-from forgetbench.errors import ForgetbenchError
-from forgetbench.training.common import (OptimConfig, peft_config, save_policy, trainer_args,
-                                         write_log_history)
+from forgetbench.errors import ForgetbenchError, UsageError
+from forgetbench.training.common import (OptimConfig, peft_config, step_timer, train_and_save,
+                                         trainer_args)
 
 AdvantageFn = Callable[[Any, int], Any]  # (flat reward tensor, group size) -> advantages
 
@@ -46,6 +52,9 @@ class GRPOFamilyConfig(OptimConfig):
                         "(`forgetbench list reward`).")
     reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward plugin's "
                                           "own settings, validated by its config class.")
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() "
+                                              "arguments for rollouts, e.g. {min_new_tokens: 32} "
+                                              "to force full-length completions when timing.")
     n_harmful: int = Field(64, ge=0, description="Harmful training prompts taken from the task.")
     n_harmless: int = Field(64, ge=0, description="Harmless training prompts taken from the task.")
 
@@ -66,12 +75,22 @@ class RewardFunctionError(ForgetbenchError):
     pass
 
 
-def _trainer_class():
+@lru_cache(maxsize=None)
+def make_advantage_trainer(base=None):
+    """``base`` (TRL's GRPOTrainer, or a subclass of it) with the advantage hook: its constructor
+    takes ``advantage_fn``, and the advantages TRL computes are replaced by
+    ``advantage_fn(rewards, num_generations)`` on the gathered rewards. A method that changes the
+    update (two passes, an extra loss term) subclasses GRPOTrainer and passes it here or as
+    ``run_grpo(trainer_cls=...)``; the rollouts, rewards and advantages it sees are the method's."""
     import torch
     from accelerate.utils import gather_object
     from trl import GRPOTrainer
 
-    class AdvantageGRPOTrainer(GRPOTrainer):
+    base = base or GRPOTrainer
+    if not (isinstance(base, type) and issubclass(base, GRPOTrainer)):
+        raise UsageError(f"make_advantage_trainer({base!r}): pass a subclass of trl.GRPOTrainer")
+
+    class AdvantageGRPOTrainer(base):
         def __init__(self, *args, advantage_fn: AdvantageFn, **kwargs):
             self.advantage_fn = advantage_fn
             super().__init__(*args, **kwargs)
@@ -113,16 +132,22 @@ def _trainer_class():
             self._metrics["train"]["advantage_abs_mean"].append(advantages.abs().mean().item())
             return output
 
+    AdvantageGRPOTrainer.__name__ = AdvantageGRPOTrainer.__qualname__ = f"Advantage{base.__name__}"
     return AdvantageGRPOTrainer
 
 
 def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: AdvantageFn,
              config: GRPOFamilyConfig, out_dir: Path, seed: int, scale_rewards: str = "none",
-             callbacks: list | None = None, generation_kwargs: dict | None = None) -> Path:
-    """Train with GRPO's loop and ``advantage_fn``; returns the saved (merged) policy folder.
+             callbacks: list | None = None, trainer_cls=None, trainer_kwargs: dict | None = None,
+             args_kwargs: dict | None = None) -> Path:
+    """Train with GRPO's loop and ``advantage_fn``; returns the saved (merged) ``out_dir/model``.
 
     One optimiser step per generation batch (``steps_per_generation == grad_accum``, one
     iteration), so the policy is on-policy and groups are never split across optimiser steps.
+    ``callbacks``: extra TrainerCallbacks; ``trainer_cls``: a GRPOTrainer subclass to train with
+    (the advantage hook is added on top, ``make_advantage_trainer``); ``trainer_kwargs``: extra
+    constructor arguments (e.g. ``optimizers`` or the subclass's own settings); ``args_kwargs``:
+    extra GRPOConfig fields.
     """
     from trl import GRPOConfig
 
@@ -135,21 +160,18 @@ def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: Advanta
                                f"divide by grad_accum = {config.grad_accum}")
     base = trainer_args(config, out_dir, seed)
     base["per_device_train_batch_size"] = completions_per_step // config.grad_accum
-    args = GRPOConfig(
-        **base, num_generations=config.num_generations,
-        steps_per_generation=config.grad_accum, num_iterations=1,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature, top_p=config.top_p, beta=config.beta,
-        epsilon=config.epsilon_low, epsilon_high=config.epsilon_high,
-        loss_type=config.loss_type, scale_rewards=scale_rewards,
-        mask_truncated_completions=False, log_completions=False, shuffle_dataset=True,
-        generation_kwargs=generation_kwargs,
-    )
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,
-                          reward_funcs=reward_funcs, processing_class=tokenizer,
-                          peft_config=peft_config(config), advantage_fn=advantage_fn,
-                          callbacks=callbacks)
-    trainer.train()
-    write_log_history(trainer, out_dir)
-    return save_policy(trainer.model, tokenizer, out_dir)
+    args = GRPOConfig(**{
+        **base, "num_generations": config.num_generations,
+        "steps_per_generation": config.grad_accum, "num_iterations": 1,
+        "max_completion_length": config.max_completion_length,
+        "temperature": config.temperature, "top_p": config.top_p, "beta": config.beta,
+        "epsilon": config.epsilon_low, "epsilon_high": config.epsilon_high,
+        "loss_type": config.loss_type, "scale_rewards": scale_rewards,
+        "mask_truncated_completions": False, "log_completions": False, "shuffle_dataset": True,
+        "generation_kwargs": dict(config.generation_kwargs) or None, **(args_kwargs or {})})
+    trainer = make_advantage_trainer(trainer_cls)(
+        model=load_model(model_path), args=args, train_dataset=dataset,
+        reward_funcs=reward_funcs, processing_class=tokenizer, peft_config=peft_config(config),
+        advantage_fn=advantage_fn, callbacks=[step_timer(), *(callbacks or [])],
+        **(trainer_kwargs or {}))
+    return train_and_save(trainer, tokenizer, out_dir)
