@@ -89,3 +89,8 @@ def helpfulness_reward(config: HelpfulnessRewardConfig):
 
     score.__name__ = "helpfulness"
     return score
+
+
+# The judge adapter and the weighted sum register the `judge` and `weighted` rewards; imported
+# here (after the names they use) so that loading the built-in rewards loads them too.
+from forgetbench.rewards import judged  # noqa: E402,F401
