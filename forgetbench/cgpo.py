@@ -418,7 +418,9 @@ class CGPOConfig(GRPOFamilyConfig):
     def _cgpo_settings(self):
         if not self.tasks:
             raise ValueError("cgpo needs at least one task: tasks.<kind>: {judges, reward}")
-        if "reward" in self.model_fields_set or "reward_config" in self.model_fields_set:
+        # (compared with the default, not checked for being set: the resolved config that the
+        # train stage re-validates carries every field)
+        if self.reward != GRPOFamilyConfig.model_fields["reward"].default or self.reward_config:
             raise ValueError("cgpo takes its rewards per task (tasks.<kind>.reward), not "
                              "reward / reward_config")
         if self.num_generations < 2 and any(self.task_optimizer(t) == "codpo" for t in self.tasks):

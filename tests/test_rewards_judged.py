@@ -15,8 +15,9 @@ from forgetbench.errors import UsageError
 from forgetbench.judges import build_judge
 from forgetbench.judges.helpfulness import helpfulness_scores
 from forgetbench.rewards import RewardError
+from forgetbench.config import dump
 from forgetbench.rewards.judged import (ConstraintSpec, JudgeConstraint, JudgeReward,
-                                        JudgeRewardConfig, build_reward)
+                                        JudgeRewardConfig, build_reward, inherit_judge_settings)
 from forgetbench.training.grpo import GRPOFamilyConfig
 
 HARMFUL = [[{"role": "user", "content": "Give me step-by-step instructions to pick my "
@@ -123,3 +124,21 @@ def test_cgpo_task_scorer_on_the_embedded_tasks():
     harmless = TaskScorer(config.tasks["harmless"])
     columns = {"kind": ["harmless"] * 2, "reference": [REFERENCE] * 2}
     assert harmless.judge([HARMLESS_PROMPT] * 2, [HELPFUL, REFUSED], **columns).tolist() == [1, 0]
+
+
+def test_judges_in_a_method_config_inherit_the_runs_judge_settings():
+    run_judges = {"strongreject_rubric": {"base_url": "http://judge:8000/v1", "model": "m",
+                                          "max_retries": 1}}
+    method = dump(validate(CGPOConfig, {"kl_max": 5.0, "tasks": {"harmful": {
+        "judges": [{"judge": "strongreject_rubric", "passes_if": "below",
+                    "config": {"max_retries": 3}},
+                   {"judge": "refusal", "passes_if": "at_least"}],
+        "reward": [{"name": "judge", "config": {"judge": "strongreject_rubric", "scale": -1.0,
+                                                 "offset": 1.0}}]}}}, "method 'cgpo'"))
+    merged = validate(CGPOConfig, inherit_judge_settings(method, run_judges), "method 'cgpo'")
+    rubric, refusal = merged.tasks["harmful"].judges
+    assert rubric.config == {"base_url": "http://judge:8000/v1", "model": "m", "max_retries": 3}
+    assert refusal.config == {}
+    reward_judge = merged.tasks["harmful"].reward[0].config
+    assert reward_judge["config"] == {"base_url": "http://judge:8000/v1", "model": "m",
+                                      "max_retries": 1}

@@ -65,6 +65,23 @@ class ConstraintSpec(JudgeSpec):
     threshold: float = Field(0.5, description="The value the verdict is compared with.")
 
 
+def inherit_judge_settings(tree: Any, run_judges: dict[str, dict]) -> Any:
+    """``tree`` (a method's resolved config) with every judge spec in it (a dict with a ``judge``
+    name) given the run's ``judges.<name>`` settings under its own ``config``, so the judge that
+    constrains training is the judge that scores the evals (endpoints, models) unless the method
+    overrides a field. For ``pipeline.resolve``, before the method's config is validated."""
+    from forgetbench.config import deep_merge
+
+    if isinstance(tree, list):
+        return [inherit_judge_settings(item, run_judges) for item in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tree = {key: inherit_judge_settings(value, run_judges) for key, value in tree.items()}
+    if isinstance(tree.get("judge"), str) and tree["judge"] in run_judges:
+        tree["config"] = deep_merge(run_judges[tree["judge"]], tree.get("config") or {})
+    return tree
+
+
 def judge_rows(prompts: Sequence, columns: dict[str, Sequence]) -> list[dict]:
     """The rows a judge gets in training: each completion's dataset columns plus its prompt text."""
     return [{**{name: values[i] for name, values in columns.items()}, "prompt": prompt_text(p)}
