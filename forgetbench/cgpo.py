@@ -269,9 +269,11 @@ def codpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
         return _skip(policy_chosen + policy_rejected, "codpo")
     if (chosen_lengths[valid] <= 0).any():
         raise CGPOError("a chosen completion has no tokens; |y_c| must be >= 1")
+    # skipped pairs get length 1: a 1/0 there would turn their zero gradient into NaN
+    lengths = torch.where(valid, chosen_lengths, torch.ones_like(chosen_lengths))
     logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected).detach()
     losses = -(torch.nn.functional.logsigmoid(beta * logits)
-               + nll_weight / chosen_lengths.to(policy_chosen.dtype) * policy_chosen)
+               + nll_weight / lengths.to(policy_chosen.dtype) * policy_chosen)
     return Loss(losses[valid].mean(), int(valid.sum()), False)
 
 

@@ -155,12 +155,14 @@ def test_codpo_pairs_and_loss_equal_the_hand_computation():
     assert pairs.chosen[:2].tolist() == [2, 5] and pairs.rejected[:2].tolist() == [1, 4]
     assert pairs.valid.tolist() == [True, True, False]
 
-    pc = torch.tensor([-4.0, -6.0, -1.0])
-    pr = torch.tensor([-5.0, -3.0, -1.0])
-    rc = torch.tensor([-4.5, -6.5, -1.0])
-    rr = torch.tensor([-4.0, -3.5, -1.0])
-    lengths = torch.tensor([4, 3, 1])
+    pc = torch.tensor([-4.0, -6.0, 0.0], requires_grad=True)
+    pr = torch.tensor([-5.0, -3.0, 0.0])
+    rc = torch.tensor([-4.5, -6.5, 0.0])
+    rr = torch.tensor([-4.0, -3.5, 0.0])
+    lengths = torch.tensor([4, 3, 0])  # the skipped prompt's "chosen" is an empty placeholder
     loss = codpo_loss(pc, pr, rc, rr, lengths, pairs.valid, beta=0.1, nll_weight=5.0)
+    loss.loss.backward()
+    assert torch.isfinite(pc.grad).all() and pc.grad[2] == 0
     per_pair = []
     for i in range(2):
         logits = (pc[i] - pr[i]).item() - (rc[i] - rr[i]).item()
