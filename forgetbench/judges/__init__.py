@@ -50,6 +50,39 @@ def accepts_rows(score: Callable) -> bool:
     return any(p.name == "rows" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+class BuiltJudge(NamedTuple):
+    name: str
+    config: object  # the judge plugin's validated config (a pydantic model)
+    score: JudgeFn
+
+
+def build_judge(name: str, config: Optional[dict] = None) -> BuiltJudge:
+    """Judge plugin ``name`` with ``config`` validated by its config class: how the judge stage
+    builds the judges that score the evals and how training builds the ones that constrain or
+    reward it (:mod:`forgetbench.rewards.judged`), so both are the same judge."""
+    from forgetbench import registry
+
+    plugin = registry.get("judge", name)
+    settings = plugin.build_config(config or {})
+    return BuiltJudge(plugin.name, settings, plugin.target(settings))
+
+
+def score_verdicts(name: str, score: JudgeFn, prompts: Sequence[str], responses: Sequence[str],
+                   rows: Optional[Callable[[], Sequence[dict]]] = None) -> list[Verdict]:
+    """``score`` on the responses, with the rows (built by ``rows()`` only when the judge takes
+    them), checked to return one verdict per response; tuples become :class:`Verdict`."""
+    if accepts_rows(score) and rows is not None:
+        verdicts = score(prompts, responses, rows=rows())
+    else:
+        verdicts = score(prompts, responses)
+    if len(verdicts) != len(responses):
+        from forgetbench.errors import ForgetbenchError
+
+        raise ForgetbenchError(f"judge {name!r} returned {len(verdicts)} verdicts for "
+                               f"{len(responses)} responses; a judge must return one per response")
+    return [v if isinstance(v, Verdict) else Verdict(*v) for v in verdicts]
+
+
 def check_lengths(name: str, prompts: Sequence, responses: Sequence,
                   rows: Optional[Sequence] = None) -> None:
     if len(prompts) != len(responses) or (rows is not None and len(rows) != len(prompts)):

@@ -213,7 +213,7 @@ def load_causal_lm(model: str, settings: HubModelSettings, base_model: Optional[
     base or on ``base_model`` (e.g. an ungated copy of a gated base)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = _load_kwargs(settings)
+    kwargs = load_kwargs(settings)
     try:
         if base_model is None:
             loaded = AutoModelForCausalLM.from_pretrained(model, revision=settings.revision,
@@ -224,12 +224,12 @@ def load_causal_lm(model: str, settings: HubModelSettings, base_model: Optional[
             base = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
             loaded = PeftModel.from_pretrained(base, model, revision=settings.revision)
     except (OSError, ValueError) as error:
-        raise ForgetbenchError(_load_failure(model, error)) from None
+        raise ForgetbenchError(load_failure(model, error)) from None
     loaded.eval()
     return loaded
 
 
-def _load_kwargs(settings: HubModelSettings) -> dict:
+def load_kwargs(settings: HubModelSettings) -> dict:
     import torch
 
     kwargs = {"dtype": getattr(torch, settings.dtype)}
@@ -247,7 +247,7 @@ def _load_kwargs(settings: HubModelSettings) -> dict:
     return kwargs
 
 
-def _load_failure(model: str, error: Exception) -> str:
+def load_failure(model: str, error: Exception) -> str:
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     return (f"cannot load judge model {model!r} ({first}); it needs hub access (and HF_TOKEN for "
             "gated models such as google/gemma-2b or meta-llama/*), or a local folder")
@@ -260,7 +260,7 @@ def load_judge_tokenizer(model: str, revision: Optional[str] = None, **kwargs):
     try:
         return AutoTokenizer.from_pretrained(model, revision=revision, **kwargs)
     except (OSError, ValueError) as error:
-        raise ForgetbenchError(_load_failure(model, error)) from None
+        raise ForgetbenchError(load_failure(model, error)) from None
 
 
 def score_token_ids(tokenizer, tokens: Sequence[str] = SCORE_TOKENS) -> list[int]:

