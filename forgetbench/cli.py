@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     lmeval.add_argument("--out", type=Path, default=None, help="write every column to FILE "
                         "(.csv, .parquet or .md)")
 
+    from forgetbench.leaderboard.commands import add_parsers
+
+    add_parsers(commands)  # `submit` and `leaderboard build|check|add`
+
     listing = commands.add_parser("list", help="list plugins with a one-line description")
     listing.add_argument("kind", nargs="?", help="method, attack, eval, judge, reward, backend")
     return parser
@@ -278,11 +282,14 @@ def cmd_list(args, console) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
+    from forgetbench.leaderboard.commands import cmd_leaderboard, cmd_submit
+
     args = _parser().parse_args(argv)
     console = Console(highlight=False, width=max(Console().width, 100), soft_wrap=True)
     try:
         {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results, "lmeval": cmd_lmeval,
-         "list": cmd_list}[args.command](args, console)
+         "list": cmd_list, "submit": cmd_submit,
+         "leaderboard": cmd_leaderboard}[args.command](args, console)
     except ForgetbenchError as error:
         print(f"forgetbench: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code

@@ -302,7 +302,7 @@ def build(results_dirs: list[Path], submissions: Path | None, out: Path,
         (tmp / "sources.json").write_text(json.dumps(
             {"results": [str(Path(r).resolve()) for r in results_dirs],
              "submissions": str(submissions.resolve()) if submissions else None,
-             "built": stamp}, indent=1))
+             "min_seeds": min_seeds, "resamples": resamples, "built": stamp}, indent=1))
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         if out.exists():
             os.replace(out, old)
