@@ -128,7 +128,13 @@ def slug(text: str) -> str:
 # ------------------------------------------------------------------ plots
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from forgetbench.errors import ForgetbenchError
+
+        raise ForgetbenchError("the leaderboard's plots need matplotlib: pip install "
+                               "'forgetbench[leaderboard]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -211,7 +217,7 @@ SORT_JS = """document.querySelectorAll('table.sortable th').forEach(function(th,
   rows.forEach(function(r){ body.appendChild(r); });});});"""
 
 
-def html_table(header, body, links: dict | None = None) -> str:
+def html_table(header, body, links: dict | None = None, kind: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = []
     for row in body:
@@ -223,7 +229,7 @@ def html_table(header, body, links: dict | None = None) -> str:
             cls = ' class="flag"' if header[i] == "flags" and cell != "–" else ""
             cells.append(f"<td{cls}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>'
+    return (f'<table class="sortable {kind}"><thead><tr>{head}</tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
 
 
@@ -373,7 +379,7 @@ def _write_track(track: str, board: Board, frame, sources, folder: Path) -> str:
                         "differences.csv", "data.json"))
     return (f"<h2>Track {html.escape(track)}</h2><p class=\"note\">attacks: "
             f"{html.escape(', '.join(board.attacks))} · {files}</p>{notes}"
-            + html_table(header, body, links)
+            + html_table(header, body, links, kind="board")
             + f'<img src="{track}/{pictures["heatmap"]}" alt="S-AUC heatmap">'
             + "<h2>Per attack</h2>" + "".join(attack_html))
 
