@@ -20,6 +20,8 @@ def add_parsers(commands) -> None:
     submit.add_argument("--out", type=Path, required=True, metavar="BUNDLE",
                         help="the bundle to write (.tar.gz)")
     submit.add_argument("--method", default=None, help="which method (when RUNS holds several)")
+    submit.add_argument("--method-yaml", type=Path, default=None, metavar="FILE",
+                        help="your filled-in method.yaml (default: a template from the run)")
 
     board = commands.add_parser("leaderboard", help="build the leaderboard; check and add "
                                 "submissions")
@@ -51,9 +53,10 @@ def add_parsers(commands) -> None:
 def cmd_submit(args, console) -> None:
     from forgetbench.leaderboard.submit import pack
 
-    path = pack(args.output_dir, args.out, args.method)
-    print(f"bundle -> {path}; fill in method.yaml's TODOs before submitting "
-          "(leaderboard/SUBMITTING.md)", file=sys.stderr)
+    path = pack(args.output_dir, args.out, args.method, args.method_yaml)
+    todo = "" if args.method_yaml else ("; fill in its method.yaml's TODOs and pack again with "
+                                        "--method-yaml (leaderboard/SUBMITTING.md)")
+    print(f"bundle -> {path}{todo}", file=sys.stderr)
 
 
 def cmd_leaderboard(args, console) -> None:

@@ -59,8 +59,10 @@ def method_template(rows, config: dict, stage_meta: list[dict]) -> dict:
             "license": "TODO"}
 
 
-def pack(runs: Path, out: Path, method: str | None = None) -> Path:
-    """One method's current rows in ``runs`` with everything needed to re-check them."""
+def pack(runs: Path, out: Path, method: str | None = None,
+         method_yaml: Path | None = None) -> Path:
+    """One method's current rows in ``runs`` with everything needed to re-check them; the
+    method.yaml is ``method_yaml`` when given (filled in), else a template filled from the run."""
     import io
 
     import pyarrow.parquet as pq
@@ -104,6 +106,15 @@ def pack(runs: Path, out: Path, method: str | None = None) -> Path:
     config = next(iter(configs.values()))
     files["method.yaml"] = yaml.safe_dump(method_template(rows, config, metas),
                                           sort_keys=False).encode()
+    if method_yaml is not None:
+        text = Path(method_yaml).read_bytes()
+        try:
+            filled = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--method-yaml {method_yaml}: not YAML ({error})") from None
+        if not isinstance(filled, dict) or filled.get("name") != method:
+            raise UsageError(f"--method-yaml {method_yaml}: needs `name: {method}`")
+        files["method.yaml"] = text
     first = rows.iloc[0]
     manifest = {"bundle_version": BUNDLE_VERSION, "method": method,
                 "preset": first.get("preset"), "protocol_hash": first.get("protocol_hash"),
