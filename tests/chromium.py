@@ -16,6 +16,12 @@ from pathlib import Path
 
 import pytest
 
+# What a reader of the board sees: the methods of each ranked table, and every image with its
+# decoded width (0 = it did not load).
+BOARD = ("{methods: Array.from(document.querySelectorAll('table.board tbody tr'))"
+         ".map(r => r.cells[1].textContent), images: Array.from(document.images)"
+         ".map(i => [i.getAttribute('src'), i.naturalWidth])}")
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-port=0", "--window-size=1400,1000"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chromium import inspect_page
+from chromium import BOARD, inspect_page
 from forgetbench.results import write_table
 from test_leaderboard_rank import rows_for
 
@@ -95,11 +95,8 @@ def test_rows_of_another_protocol_form_their_own_track(tmp_path, cli):
 
 def test_the_site_loads_in_headless_chromium(built, tmp_path):
     out, _ = built
-    expression = ("{methods: Array.from(document.querySelectorAll('table.board tbody tr'))"
-                  ".map(r => r.cells[1].textContent), images: Array.from(document.images)"
-                  ".map(i => [i.getAttribute('src'), i.naturalWidth])}")
     shot = tmp_path / "index.png"
-    seen = inspect_page((out / "index.html").as_uri(), expression, shot, tmp_path / "profile")
+    seen = inspect_page((out / "index.html").as_uri(), BOARD, shot, tmp_path / "profile")
     print(f"\nscreenshot: {shot}")
     assert sorted(seen["value"]["methods"]) == ["frpo", "grpo"]
     assert len(seen["value"]["images"]) == 5  # heatmap + 2 attacks x (safety, KL)

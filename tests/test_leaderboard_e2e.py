@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chromium import inspect_page
+from chromium import BOARD, inspect_page
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -131,24 +131,21 @@ def _tree(folder: Path) -> dict:
 
 def test_site_in_headless_chromium(site, tmp_path):
     out, _ = site
-    expression = ("{methods: Array.from(document.querySelectorAll('table.board tbody tr'))"
-                  ".map(r => r.cells[1].textContent), images: Array.from(document.images)"
-                  ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])}")
     shot = tmp_path / "leaderboard.png"
-    seen = inspect_page((out / "index.html").as_uri(), expression, shot, tmp_path / "profile")
+    seen = inspect_page((out / "index.html").as_uri(), BOARD, shot, tmp_path / "profile")
     print(f"\nscreenshot: {shot}")
     assert sorted(seen["value"]["methods"]) == ["frpo", "grpo"]
     images = seen["value"]["images"]
-    assert len(images) >= 3 and all(width > 0 for _, _, width in images), images
+    assert len(images) >= 3 and all(width > 0 for _, width in images), images
     assert seen["errors"] == []
     assert shot.stat().st_size > 10_000
     # the same check catches a broken image: a copy without one plot
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (_track(broken) / "heatmap.png").unlink()
-    seen = inspect_page((broken / "index.html").as_uri(), expression,
+    seen = inspect_page((broken / "index.html").as_uri(), BOARD,
                         tmp_path / "broken.png", tmp_path / "profile2")
-    widths = {src.rsplit("/", 1)[-1]: width for src, _, width in seen["value"]["images"]}
+    widths = {src.rsplit("/", 1)[-1]: width for src, width in seen["value"]["images"]}
     assert widths["heatmap.png"] == 0 and any("heatmap.png" in e for e in seen["errors"])
 
 
