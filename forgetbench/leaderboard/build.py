@@ -81,7 +81,12 @@ def attack_columns(attack: str) -> list[tuple[str, callable]]:
         s = e["per_attack"][attack]
         return f"{_num(s['value'])} [{_num(s['low'])}, {_num(s['high'])}]"
 
+    def get(name, digits=3):
+        return lambda e: _num(e["per_attack"][attack][name], digits)
+
     return [("method", lambda e: e["method"]), (f"S-AUC {attack} [95% CI]", cell),
+            ("S P0", get("s_p0")), ("S after", get("s_after")),
+            ("task P0→after", lambda e: f"{get('task_before', 2)(e)}→{get('task_after', 2)(e)}"),
             ("seeds", lambda e: str(e["seeds"])), ("flags", lambda e: ", ".join(e["flags"]) or "–")]
 
 

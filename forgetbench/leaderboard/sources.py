@@ -115,9 +115,10 @@ def track_id(preset: str, protocol_hash: str) -> str:
 
 def tracks(frame: pd.DataFrame) -> dict:
     """track id -> its rows."""
-    if "protocol_hash" not in frame.columns:
-        frame = frame.assign(protocol_hash="unknown")
-    frame = frame.assign(preset=frame.get("preset", pd.Series("custom", index=frame.index))
-                         .fillna("custom"), protocol_hash=frame["protocol_hash"].fillna("unknown"))
+    for column, missing in (("preset", "custom"), ("protocol_hash", "unknown")):
+        if column not in frame.columns:
+            frame = frame.assign(**{column: missing})
+    frame = frame.assign(preset=frame["preset"].fillna("custom"),
+                         protocol_hash=frame["protocol_hash"].fillna("unknown"))
     return {track_id(preset, proto): rows.reset_index(drop=True)
             for (preset, proto), rows in frame.groupby(["preset", "protocol_hash"], sort=True)}

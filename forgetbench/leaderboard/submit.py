@@ -174,7 +174,7 @@ def _describe(row) -> str:
 def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> dict:
     """Re-check a bundle from its own raw material; returns its manifest, or raises BundleError
     naming the first problem."""
-    from forgetbench.results import metric_row, protocol
+    from forgetbench.results import protocol
 
     bundle = read_bundle(path)
     manifest = _check_hashes(bundle)
