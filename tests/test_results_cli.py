@@ -183,3 +183,26 @@ def test_rate_views_show_the_wilson_interval_that_does_not_collapse_at_one(cli, 
     low, high = wilson_interval(50, 50)
     assert round(low, 2) == 0.93
     assert f"| 1 | {low:.4g} | 1 | 50 |" in result.stdout
+
+
+def test_before_after_pairs_each_judge_separately_and_shows_wilson():
+    """Two judges reporting the same metric of one eval stay two pairs (keyed with the judge);
+    a rate's interval is Wilson's, a continuous metric's the bootstrap."""
+    from forgetbench.results import before_after, metric_row, wilson_interval
+
+    rows = []
+    for judge, hits in (("refusal", 50), ("llamaguard", 40)):
+        for phase, step, k in (("before", 0, hits), ("during", 1, hits - 10), ("after", 2, 0)):
+            rows.append({"method": "grpo", "attack": "alpaca", "seed": 0, "phase": phase,
+                         "step": step, "eval": "harmbench", "judge": judge,
+                         "metric": "refusal_rate", "direction": "higher",
+                         **metric_row([{"value": 1.0}] * k + [{"value": 0.0}] * (50 - k),
+                                      "mean", True)})
+    pairs = before_after(pd.DataFrame(rows)).set_index("judge")
+    assert sorted(pairs.index) == ["llamaguard", "refusal"]
+    assert pairs.loc["refusal", "before"] == 1.0 and pairs.loc["llamaguard", "before"] == 0.8
+    assert (pairs.loc["refusal", "before_low"], pairs.loc["refusal", "before_high"]) == \
+        wilson_interval(50, 50)
+    assert (pairs.loc["refusal", "after_low"], pairs.loc["refusal", "after_high"]) == \
+        wilson_interval(0, 50)
+    assert pairs.loc["refusal", "change"] == -1.0 and pairs.loc["refusal", "during_steps"] == 1
