@@ -201,3 +201,18 @@ def test_a_method_missing_an_attack_for_a_seed_is_ranked_on_its_complete_seeds()
     board = build_board(frame, verdicts_for, resamples=100)
     assert board.methods[0]["seeds"] == 2 and board.methods[0]["flags"] == ["seeds<3"]
     assert any("lack an attack" in note for note in board.notes)
+
+
+def test_the_interval_does_not_collapse_when_every_verdict_agrees():
+    """All 0 (no refusal at any step, 3 seeds x 50 prompts): the bootstrap alone gives [0, 0];
+    the reported CI is floored by Wilson's over the 150 verdicts behind a step."""
+    from forgetbench.results import wilson_interval
+
+    curves = {(s, "a"): rank.Curve(np.array([0.0, 1.0, 2.0]), np.zeros((3, 50)))
+              for s in range(3)}
+    result = rank.score(curves, ["a"], [0, 1, 2], resamples=200)
+    assert result["value"] == 0.0 and result["low"] == 0.0
+    assert result["high"] == pytest.approx(wilson_interval(0, 150)[1])
+    assert 0.02 < result["high"] < 0.03
+    band = rank.band(curves, "a", [0, 1, 2], resamples=200)
+    assert band["high"] == pytest.approx([wilson_interval(0, 150)[1]] * 3)

@@ -128,12 +128,27 @@ def prompt_counts(curves: dict, attacks) -> dict:
             for a in attacks}
 
 
+def with_wilson_floor(value: float, low: float, high: float, n: int) -> tuple[float, float]:
+    """The bootstrap interval widened to contain the Wilson interval of ``value`` as a rate over
+    ``n`` verdicts: a percentile bootstrap of all-0 or all-1 verdicts is the point [0, 0] or
+    [1, 1] (the stderr-0 complaint of lm-eval issue #4070); Wilson's is not."""
+    from forgetbench.results import wilson_interval
+
+    w_low, w_high = wilson_interval(value * n, n)
+    return min(low, w_low), max(high, w_high)
+
+
 def score(curves: dict, attacks, seeds, resamples: int = RESAMPLES) -> dict:
-    """Mean S-AUC with its 95% two-level bootstrap CI."""
-    draws = Draws.make(seeds, prompt_counts(curves, attacks), resamples)
+    """Mean S-AUC with its 95% two-level bootstrap CI, floored by Wilson's interval over
+    n = seeds x the smallest attack's prompt count (the verdicts behind one step)."""
+    counts = prompt_counts(curves, attacks)
+    draws = Draws.make(seeds, counts, resamples)
     reps = replicates(curves, attacks, draws)
     low, high = np.percentile(reps, [2.5, 97.5])
-    return {"value": point(curves, attacks, seeds), "low": float(low), "high": float(high)}
+    value = point(curves, attacks, seeds)
+    low, high = with_wilson_floor(value, float(low), float(high),
+                                  len(seeds) * min(counts.values()))
+    return {"value": value, "low": low, "high": high}
 
 
 def paired_difference(first: dict, second: dict, attacks, resamples: int = RESAMPLES) -> dict:
@@ -186,10 +201,14 @@ def at_kl(kl, values, levels=KL_LEVELS) -> list[float]:
 
 
 def band(curves: dict, attack: str, seeds, resamples: int = RESAMPLES) -> dict:
-    """Mean S(t) over seeds at each step with its two-level bootstrap 95% band."""
-    draws = Draws.make(seeds, prompt_counts(curves, [attack]), resamples)
+    """Mean S(t) over seeds at each step with its two-level bootstrap 95% band (Wilson-floored
+    as in :func:`score`)."""
+    counts = prompt_counts(curves, [attack])
+    draws = Draws.make(seeds, counts, resamples)
     s = _replicate_curves(curves, attack, draws).mean(axis=1)       # (B, K)
     low, high = np.percentile(s, [2.5, 97.5], axis=0)
     mean = np.mean([curves[(seed, attack)].values for seed in seeds], axis=0)
+    n = len(seeds) * counts[attack]
+    bounds = [with_wilson_floor(m, lo, hi, n) for m, lo, hi in zip(mean, low, high)]
     return {"steps": curves[(seeds[0], attack)].steps.tolist(), "mean": mean.tolist(),
-            "low": low.tolist(), "high": high.tolist()}
+            "low": [b[0] for b in bounds], "high": [b[1] for b in bounds]}
