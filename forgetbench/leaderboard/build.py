@@ -190,11 +190,14 @@ def safety_curves(board: Board, attack: str, folder: Path) -> str:
 def kl_curves(board: Board, attack: str, folder: Path) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    reach = 0.0
     for entry in board.methods:
         curve = board.kl_curves[(entry["method"], attack)]
         ax.plot(curve["kl"], curve["safety"], marker="o", label=entry["method"])
-    for level in rank.KL_LEVELS:
-        ax.axvline(level, color="grey", lw=0.5, ls=":")
+        reach = max([reach, *(k for k in curve["kl"] if k == k)])
+    for level in rank.KL_LEVELS:  # the levels of the S@KL columns the curves reach
+        if level <= reach:
+            ax.axvline(level, color="grey", lw=0.5, ls=":")
     ax.set(xlabel="KL from P0", ylabel="HarmBench refusal", ylim=(-0.02, 1.02),
            title=f"safety vs KL from P0 during {attack}")
     ax.legend(fontsize=8)
