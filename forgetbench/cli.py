@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("--out", type=Path, default=None, help="write to this file")
     results.add_argument("--columns", default=None, help="comma-separated columns, or `all` "
                          "(default: a summary on screen and in markdown, all in csv/parquet)")
+    results.add_argument("--all", dest="all_rows", action="store_true",
+                         help="also the stale rows of cells re-run since with another config")
 
     lmeval = commands.add_parser(
         "lmeval", help="run lm-evaluation-harness tasks on a policy (lm-eval's own API)",
@@ -103,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="generation settings for generate_until tasks, e.g. max_gen_toks=64")
     lmeval.add_argument("--out", type=Path, default=None, help="write every column to FILE "
                         "(.csv, .parquet or .md)")
+
+    from forgetbench.leaderboard.commands import add_parsers
+
+    add_parsers(commands)  # `submit` and `leaderboard build|check|add`
 
     listing = commands.add_parser("list", help="list plugins with a one-line description")
     listing.add_argument("kind", nargs="?", help="method, attack, eval, judge, reward, backend")
@@ -204,11 +210,9 @@ def cmd_matrix(args, console) -> None:
 
 
 def cmd_results(args, console) -> None:
-    from rich.table import Table
-
     from forgetbench.errors import UsageError
-    from forgetbench.results import (SUFFIXES, export, filter_results, load_results,
-                                     select_columns)
+    from forgetbench.results import (SUFFIXES, current, export, filter_results, load_results,
+                                     print_table, select_columns, with_interval)
 
     fmt = args.format
     if fmt is None:
@@ -220,8 +224,15 @@ def cmd_results(args, console) -> None:
         raise UsageError("--format table is for the screen; use csv, parquet or markdown with "
                          "--out")
     root = _output_dir(args.output_dir)
-    frame = filter_results(load_results(root), args.filters)
-    frame = select_columns(frame, args.columns, default_summary=fmt in ("table", "markdown"))
+    frame = load_results(root)
+    if not args.all_rows:
+        frame, note = current(frame)
+        if note:
+            print(f"forgetbench: {note}", file=sys.stderr)
+    frame = filter_results(frame, args.filters)
+    summary = fmt in ("table", "markdown") and args.columns is None
+    frame = select_columns(with_interval(frame) if summary else frame, args.columns,
+                           default_summary=fmt in ("table", "markdown"))
     if fmt != "table":
         text = export(frame, fmt, args.out)
         if text is not None:
@@ -229,20 +240,8 @@ def cmd_results(args, console) -> None:
         else:
             print(f"{len(frame)} rows -> {args.out}", file=sys.stderr)
         return
-    from rich.console import Console
-
-    from forgetbench.results import _cell
-
-    cells = [[_cell(v).replace("\\|", "|") for v in row] for row in frame.itertuples(index=False)]
-    table = Table(title=f"{len(frame)} rows from {root / 'results'}")
-    for column in frame.columns:
-        table.add_column(str(column), no_wrap=True)
-    for row in cells:
-        table.add_row(*row)
-    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in
-              enumerate(frame.columns)]
-    needed = sum(widths) + 3 * len(widths) + 1
-    (console if console.is_terminal else Console(width=max(needed, 80))).print(table)
+    title = f"{len(frame)} rows from {root / 'results'}"
+    print_table(frame, title + (" (95% CI: Wilson for rates)" if summary else ""), console)
 
 
 def _limit(text: str):
@@ -301,6 +300,8 @@ def cmd_list(args, console) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
+    from forgetbench.leaderboard.commands import cmd_leaderboard, cmd_submit
+
     args = _parser().parse_args(argv)
     console = Console(highlight=False, width=max(Console().width, 100), soft_wrap=True)
     try:
@@ -308,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
         environment.check()  # a bad FORGETBENCH_* value is one line here, not a failed stage
         {"run": cmd_run, "matrix": cmd_matrix, "results": cmd_results, "lmeval": cmd_lmeval,
-         "list": cmd_list}[args.command](args, console)
+         "list": cmd_list, "submit": cmd_submit,
+         "leaderboard": cmd_leaderboard}[args.command](args, console)
     except ForgetbenchError as error:
         print(f"forgetbench: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code

@@ -25,7 +25,7 @@ from forgetbench.executors import Executor
 from forgetbench.matrix import MatrixPlan
 from forgetbench.pipeline import CellPlan
 from forgetbench.results import cell_rows, write_table
-from forgetbench.stages.executor import Interrupted, Outcome, prepare, stage_meta
+from forgetbench.stages.executor import Interrupted, Outcome, prepare
 from forgetbench.stages.plan import Stage
 
 
@@ -219,26 +219,30 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
     return tables
 
 
-def _fmt(row: dict | None) -> str:
-    if row is None:
+def _fmt(value: float, low: float, high: float) -> str:
+    if value != value:  # NaN: no such row
         return "-"
-    return f"{row['value']:.2f} [{row['ci_low']:.2f},{row['ci_high']:.2f}]"
+    return f"{value:.2f} [{low:.2f},{high:.2f}]"
 
 
 def before_after_table(rows: list[dict]) -> Table:
+    import pandas as pd
+
+    from forgetbench.results import before_after
+
     first = rows[0]
-    table = Table(title=f"{first['method']} attacked by {first['attack']} (seed {first['seed']})")
-    for column in ("eval", "metric", "better", "before (P0)", "after (P1)", "change", "n"):
-        table.add_column(column, justify="right" if column not in ("eval", "metric") else "left",
-                         no_wrap=True)
-    by_key = {(r["eval"], r["metric"], r["phase"]): r for r in rows}
-    for (eval_name, metric, phase), row in by_key.items():
-        if phase != "before":
-            continue
-        after = by_key.get((eval_name, metric, "after"))
-        table.add_row(eval_name, metric, row["direction"], _fmt(row), _fmt(after),
-                      f"{after['value'] - row['value']:+.2f}" if after else "-",
-                      f"{row['n']}/{after['n'] if after else '-'}")
+    table = Table(title=f"{first['method']} attacked by {first['attack']} (seed {first['seed']}): "
+                  "95% CI, Wilson for rates")
+    for column in ("eval", "judge", "metric", "better", "before (P0)", "after (P1)", "change",
+                   "n"):
+        table.add_column(column, justify="left" if column in ("eval", "judge", "metric")
+                         else "right", no_wrap=True)
+    for pair in before_after(pd.DataFrame(rows)).to_dict("records"):
+        table.add_row(pair["eval"], pair["judge"], pair["metric"], pair["direction"],
+                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
+                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
+                      "-" if pair["change"] != pair["change"] else f"{pair['change']:+.2f}",
+                      f"{pair['n_before']}/{pair['n_after'] if pair['n_after'] else '-'}")
     return table
 
 
@@ -258,22 +262,24 @@ def steps_table(rows: list[dict]) -> Table:
 
 
 def matrix_table(rows: list[dict]) -> Table:
-    """One line per (method, attack, seed, eval, metric): before, after, change."""
-    table = Table(title="before (P0) and after (P1) the attack, 95% CI")
-    for column in ("method", "attack", "seed", "eval", "metric", "better", "before", "after",
-                   "change"):
+    """One line per (method, attack, seed, eval, judge, metric): before, after, change."""
+    import pandas as pd
+
+    from forgetbench.results import before_after, sort_rows
+
+    table = Table(title="before (P0) and after (P1) the attack, 95% CI (Wilson for rates)")
+    for column in ("method", "attack", "seed", "eval", "judge", "metric", "better", "before",
+                   "after", "change"):
         table.add_column(column, no_wrap=True,
                          justify="right" if column in ("seed", "before", "after", "change")
                          else "left")
-    by_key = {(r["method"], r["attack"], r["seed"], r["eval"], r["metric"], r["phase"]): r
-              for r in rows}
-    for key, row in sorted(by_key.items(), key=lambda item: tuple(map(str, item[0]))):
-        if key[-1] != "before":
-            continue
-        after = by_key.get((*key[:-1], "after"))
-        table.add_row(*(str(k) for k in key[:-1]), row["direction"], _fmt(row), _fmt(after),
-                      f"{after['value'] - row['value']:+.2f}" if after else "-")
+    for pair in before_after(sort_rows(pd.DataFrame(rows))).to_dict("records"):
+        table.add_row(*(str(pair[k]) for k in ("method", "attack", "seed", "eval", "judge",
+                                               "metric")), pair["direction"],
+                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
+                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
+                      "-" if pair["change"] != pair["change"] else f"{pair['change']:+.2f}")
     return table
 
 
-__all__ = ["before_after_table", "matrix_table", "steps_table", "run_matrix", "run_stages", "stage_meta"]
+__all__ = ["before_after_table", "matrix_table", "steps_table", "run_matrix", "run_stages"]

