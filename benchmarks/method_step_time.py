@@ -3,7 +3,7 @@
     python benchmarks/method_step_time.py [--methods grpo,frpo,baselines/sam_grpo] [--steps 4]
         [--repeats 2] [--set method.num_generations=8]
 
-The paper claims FRPO costs no extra compute over GRPO (methods.md §1.3); the baselines cost more
+The paper claims FRPO costs no extra compute over GRPO (docs/methods.md §1.3); the baselines cost more
 (SAM and Vaccine two passes, Booster three). Every method runs the preset's method settings
 through its real loop on the embedded model; the first method is the reference of the ratios.
 GRPO-family completions are forced to the full ``max_completion_length`` (the config's

@@ -3,7 +3,7 @@
 Rows come in groups of ``num_generations`` consecutive completions of one prompt (TRL's
 ``RepeatSampler`` order). Each function returns one advantage per row, in the same order.
 
-FRPO follows ``shared/reference/methods.md`` §1.2-1.3 (the official FRPO code, checked there
+FRPO follows ``docs/methods.md`` §1.2-1.3 (the official FRPO code, checked there
 numerically): with A_i = r_i - mean(r), w_i = exp(-A_i / lam), u = mean(w),
 
     plain + baseline      adv_i = 1 - w_i / u
@@ -67,7 +67,7 @@ def frpo_prefactor(lam: float) -> float:
 
 def frpo_advantages(rewards: torch.Tensor, num_generations: int, lam: float,
                     baseline: bool = True, jackknife: bool = True) -> torch.Tensor:
-    """FRPO's entropic-risk advantage (methods.md §1.2), including the c_lam prefactor."""
+    """FRPO's entropic-risk advantage (docs/methods.md §1.2), including the c_lam prefactor."""
     if not lam > 0:
         raise AdvantageError(f"FRPO needs lambda > 0, got {lam}")
     if jackknife and num_generations < 2:

@@ -2,7 +2,7 @@
 
 Xu et al., "The Perfect Blend: Redefining RLHF with Mixture of Judges", arXiv 2409.20370 (cited
 below as [P]); TRL's unmerged ``CGPOTrainer`` (huggingface/trl PR #2190, cited as [PR]); the spec
-is ``shared/reference/methods.md`` §3 and ``leaderboard-baselines-cgpo.md`` §D. Rows come in
+is ``docs/methods.md`` §3 and ``docs/leaderboards-and-baselines.md`` §D. Rows come in
 groups of ``num_generations`` (G) consecutive completions of one prompt (TRL's order); "judgement"
 is the mixture of judges' per-row outcome in {1 pass, 0 violated, -1 a judge failed}; only 1
 passes. Where [PR] treats -1 otherwise (CRPG multiplies by the raw judgement, so -1 flips the

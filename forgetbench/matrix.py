@@ -1,5 +1,5 @@
 """The matrix: methods x attacks x seeds, planned as one stage graph in which shared stages appear
-once (DESIGN §2): the warm-up once per seed, each (method, seed) policy once for every attack, each
+once (docs/design.md §2): the warm-up once per seed, each (method, seed) policy once for every attack, each
 policy's before-attack evaluation once. ``forgetbench run`` is the one-cell matrix.
 
 A matrix file (YAML; unknown keys are errors)::

@@ -1,4 +1,4 @@
-"""The long results table (DESIGN §6): one row per (method, attack, seed, phase, step, eval,
+"""The long results table (docs/design.md §6): one row per (method, attack, seed, phase, step, eval,
 judge, metric) with its confidence interval, n, direction and provenance."""
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def protocol(resolved: dict, prompt_hashes: dict[str, str]) -> dict:
 
 
 def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dict]:
-    """The rows of one cell (DESIGN §6): its metrics at every scored step (P0 at step 0, each
+    """The rows of one cell (docs/design.md §6): its metrics at every scored step (P0 at step 0, each
     attack checkpoint, the final policy) and the KL from P0 there, with their CIs; and their
     provenance: the hashes of every config part and the key of every stage a row comes from, the
     base model, back-end, the protocol (track) hash, and the package versions, git revision and

@@ -1,5 +1,5 @@
 """The advantage estimators against hand-computed values, their defining identities, and the
-gradient of the FRPO objective (methods.md §1.2-1.3)."""
+gradient of the FRPO objective (docs/methods.md §1.2-1.3)."""
 
 import math
 
@@ -114,7 +114,7 @@ def test_empty_and_split_groups_are_errors():
 def test_surrogate_gradient_matches_finite_difference_of_frpo_objective(lam, jackknife):
     """A toy categorical policy over 6 answers; 3 prompts with their own logits, G=4 samples each.
 
-    The FRPO objective as the reference code writes it (methods.md §1.3):
+    The FRPO objective as the reference code writes it (docs/methods.md §1.3):
         L = c_lam * mean_g [ logZ_g(s) - mean_i b_i ],  s_i = w_i * b_i,  b_i = pi(y_i) / pi_old(y_i)
     with logZ the plain or jackknife log-mean. Our implementation instead hands frpo_advantages to
     GRPO's clipped surrogate -mean_i min(rho_i A_i, clip(rho_i) A_i). At pi_old = pi (one step per

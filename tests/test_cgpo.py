@@ -1,5 +1,5 @@
 """CGPO's numerical core (forgetbench.cgpo) against hand computations of the formulas in
-shared/reference/methods.md §3 / leaderboard-baselines-cgpo.md §D, and the unmerged TRL PR #2190's
+docs/methods.md §3 / docs/leaderboards-and-baselines.md §D, and the unmerged TRL PR #2190's
 own trainer checks (all judges violated: the parameters do not move; all pass: they do) on a tiny
 torch policy. Pure torch, no model or data: a few seconds."""
 

@@ -4,7 +4,7 @@ P0 is the embedded model, the policy a LoRA adapter over it with random non-zero
 stored generations are the policy's own (real hf back-end), chosen to include a response that
 ended on the end-of-sequence token, one cut at max_new_tokens, and one whose prompt was
 truncated to fit the context. The reference value is a Python loop over response tokens, one
-unpadded sequence at a time: sum of e^d - d - 1 with d = log P0 - log policy (methods.md §1.7),
+unpadded sequence at a time: sum of e^d - d - 1 with d = log P0 - log policy (docs/methods.md §1.7),
 the end-of-sequence token included when the response stopped on it, the prompt being the user
 message the back-end says it sent.
 """

@@ -1,4 +1,4 @@
-"""The FRPO paper's reward stack (methods.md §1.4): the combination rule, its components' real code
+"""The FRPO paper's reward stack (docs/methods.md §1.4): the combination rule, its components' real code
 paths with SmolLM2-135M-Instruct standing in for the hub weights (the StrongREJECT judge and the
 8B reward model cannot be downloaded here), and the paper preset selecting it."""
 

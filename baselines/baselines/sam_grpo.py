@@ -12,7 +12,7 @@ Sources: SAM's step is ``davda54/sam: sam.py`` (``first_step``: e_w = rho * g / 
 w += e_w; ``second_step``: restore w, ``base_optimizer.step()``; default rho = 0.05). The HF-Trainer
 pattern (override ``training_step``) follows ``OPTML-Group/Unlearn-Smooth:
 MUSE/baselines/baselines/sam_iterative.py`` (rho = 0.01 there). There is no official SAM-GRPO; the
-rollouts-fixed recipe is shared/reference/leaderboard-baselines-cgpo.md §C2. With gradient
+rollouts-fixed recipe is docs/leaderboards-and-baselines.md §C2. With gradient
 accumulation each micro-batch is perturbed by its own gradient ("m-sharpness", Foret et al. 2021);
 on several processes ||g|| is each process's own.
 """

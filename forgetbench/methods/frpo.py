@@ -5,7 +5,7 @@
 GRPO's loop with the entropic-risk advantage of ``forgetbench.advantages.frpo_advantages``:
 rewards are not std-normalised, the baseline and the jackknife are on by default, the lam factor
 is kept only for lam > 1, and beta defaults to the paper's (lam, beta) table. The loss aggregation
-is fixed to per-sequence token means (methods.md §1.9 item 7), one optimiser step per generation
+is fixed to per-sequence token means (docs/methods.md §1.9 item 7), one optimiser step per generation
 batch (item 8), groups are identified by prompt index (item 4).
 """
 
@@ -22,7 +22,7 @@ from forgetbench.methods.rl import train_with_advantage
 from forgetbench.registry import method
 from forgetbench.training.grpo import GRPOFamilyConfig
 
-# The paper's safety sweep pairs each lam with its beta (methods.md §1.2).
+# The paper's safety sweep pairs each lam with its beta (docs/methods.md §1.2).
 PAPER_BETA = {5.0: 2e-4, 2.0: 5e-4, 1.0: 1e-3, 0.5: 2e-3, 0.2: 5e-3, 0.1: 0.1}
 
 

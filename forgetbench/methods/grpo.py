@@ -1,4 +1,4 @@
-"""GRPO (DeepSeekMath, Shao et al. 2024) with the switches of methods.md §2.
+"""GRPO (DeepSeekMath, Shao et al. 2024) with the switches of docs/methods.md §2.
 
     forgetbench run --method grpo --attack alpaca --set method.adv_norm=none
 

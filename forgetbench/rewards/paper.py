@@ -1,4 +1,4 @@
-"""The FRPO paper's safety reward stack (``reference/methods.md`` §1.4; the official code is
+"""The FRPO paper's safety reward stack (``docs/methods.md`` §1.4; the official code is
 ``Helloworld10011/FRPO: training/safety_training/{FRPO_training_mistral.py, utils.py}``).
 
 Both rewards lie in [0, 1], higher is better:

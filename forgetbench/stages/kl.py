@@ -1,4 +1,4 @@
-"""KL from the pre-attack policy P0 to a policy, on that policy's own rollouts (methods.md §1.7).
+"""KL from the pre-attack policy P0 to a policy, on that policy's own rollouts (docs/methods.md §1.7).
 
 The rollouts are the generation stage's stored responses to an eval's prompts (greedy by default,
 so exactly the paper's "greedy rollouts of the current model"). For each response y to prompt x,
