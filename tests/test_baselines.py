@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgetbench.errors import UsageError
 from forgetbench.pipeline import resolve
 
 BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",

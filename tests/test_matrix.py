@@ -2,17 +2,14 @@
 (no model is loaded; stage processes that run here fail or finish in seconds)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from conftest import ROOT
 from forgetbench.errors import UsageError
 from forgetbench.executors import ExecutorConfig
 from forgetbench.executors.local import LocalExecutor
