@@ -390,7 +390,7 @@ def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path
     import json
     import shutil
 
-    import pandas as pd
+    from forgetbench.results import load_results
 
     out = tmp_path / "out"
     # No intermediate checkpoint (P0 and P1 only): the point is each method's loop, not the attack.
@@ -399,8 +399,7 @@ def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path
                  "--output-dir", str(out), env=installed, timeout=3000)
     try:
         assert result.returncode == 0, result.stderr[-3000:]
-        [parquet] = (out / "results").glob("*.parquet")
-        table = pd.read_parquet(parquet)
+        table = load_results(out)  # the matrix writes one table per cell
         refusal = table[(table["eval"] == "harmbench") & (table["metric"] == "refusal_rate")]
         for name in BASELINES:
             rows = refusal[refusal["method"] == name]
