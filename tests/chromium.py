@@ -27,6 +27,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--remote-debugging-port=0", "--window-size=1400,1000"]
 
 
+def artefact(tmp_path_factory, name: str) -> Path:
+    """Where a screenshot is kept after a passing test (pytest removes a passing test's
+    tmp_path): beside the numbered pytest folders, under the pytest temp root."""
+    folder = tmp_path_factory.getbasetemp().parent / "forgetbench-artefacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
 def chromium_or_skip() -> str:
     """The browser binary; a skip, or a failure when FORGETBENCH_REQUIRE_CHROMIUM=1 (CI installs
     it: `apt-get install -y chromium chromium-driver`)."""

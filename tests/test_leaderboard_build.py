@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chromium import BOARD, inspect_page
+from chromium import BOARD, artefact, inspect_page
 from forgetbench.results import write_table
 from test_leaderboard_rank import rows_for
 
@@ -93,9 +93,9 @@ def test_rows_of_another_protocol_form_their_own_track(tmp_path, cli):
     assert list(lone["method"]) == ["grpo"]
 
 
-def test_the_site_loads_in_headless_chromium(built, tmp_path):
+def test_the_site_loads_in_headless_chromium(built, tmp_path, tmp_path_factory):
     out, _ = built
-    shot = tmp_path / "index.png"
+    shot = artefact(tmp_path_factory, "leaderboard-constructed.png")
     seen = inspect_page((out / "index.html").as_uri(), BOARD, shot, tmp_path / "profile")
     print(f"\nscreenshot: {shot}")
     assert sorted(seen["value"]["methods"]) == ["frpo", "grpo"]

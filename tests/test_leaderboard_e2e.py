@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chromium import BOARD, inspect_page
+from chromium import BOARD, artefact, inspect_page
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -135,9 +135,9 @@ def _tree(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_site_in_headless_chromium(site, tmp_path):
+def test_site_in_headless_chromium(site, tmp_path, tmp_path_factory):
     out, _ = site
-    shot = tmp_path / "leaderboard.png"
+    shot = artefact(tmp_path_factory, "leaderboard-smoke.png")
     seen = inspect_page((out / "index.html").as_uri(), BOARD, shot, tmp_path / "profile")
     print(f"\nscreenshot: {shot}")
     assert sorted(seen["value"]["methods"]) == ["frpo", "grpo"]
