@@ -78,13 +78,13 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from forgetbench.models import load_tokenizer
 
     records = [json.loads(line) for line in open(inputs["generations"] / GENERATIONS_FILE)]
+    request = json.loads((inputs["generations"] / REQUEST_FILE).read_text())
+    check_own_rollouts(request, inputs, config.get("checkpoint"))  # before loading any weights
     reference_path = policy_path(inputs["reference"])
     policy_folder = policy_path(inputs["policy"], config.get("checkpoint"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = resolve_policy(policy_folder)
     tokenizer = load_tokenizer(policy.tokenizer)
-    request = json.loads((inputs["generations"] / REQUEST_FILE).read_text())
-    check_own_rollouts(request, inputs, config.get("checkpoint"))
     generation = GenerationConfig(**request["config"]["backend"]["config"])
     _, budget = prompt_budget(generation, policy.model)
     pairs = rollout_ids(tokenizer, records, budget)
