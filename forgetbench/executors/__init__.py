@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from forgetbench import environment
 from forgetbench.config import Field, StrictModel
@@ -42,6 +42,10 @@ class ExecutorConfig(StrictModel):
     name: str = Field("local", description="local: one process per stage on this machine; ray: "
                       "each stage a Ray task.")
     jobs: int = Field(1, ge=1, description="local: stages run at once (default 1: sequential).")
+    start: Literal["fork", "fresh"] = Field(
+        "fork", description="local: how each stage's process starts: `fork` of a fork server "
+        "that imported torch/transformers/TRL once per run, or a `fresh` interpreter per stage "
+        "(what Ray tasks do). Either way a stage is its own process.")
     address: Optional[str] = Field(None, description="ray: address of an existing cluster "
                                    "(`auto`, `ray://host:10001`, host:port); default: "
                                    "$RAY_ADDRESS, else start a local cluster.")
@@ -110,7 +114,8 @@ def make_executor(config: ExecutorConfig) -> Executor:
     if config.name == "local":
         from forgetbench.executors.local import LocalExecutor
 
-        return LocalExecutor(jobs=config.jobs, threads=local_threads(config.jobs))
+        return LocalExecutor(jobs=config.jobs, threads=local_threads(config.jobs),
+                             forked=config.start == "fork")
     if config.name == "ray":
         from forgetbench.executors.ray import RayExecutor
 

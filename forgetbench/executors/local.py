@@ -23,8 +23,9 @@ RECLAIM_SECONDS = 1.0  # how often a stage held by another runner is looked at a
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, jobs: int = 1, threads: Optional[int] = None) -> None:
+    def __init__(self, jobs: int = 1, threads: Optional[int] = None, forked: bool = True) -> None:
         self.jobs = jobs
+        self.forked = forked
         # Several stages at once share the cores instead of each taking them all.
         self.env = None if threads is None else {**os.environ, environment.THREADS: str(threads)}
         self.running: dict[Stage, StageRun] = {}
@@ -51,7 +52,7 @@ class LocalExecutor(Executor):
             self.waiting.pop(stage, None)
             self.running[stage] = claimed
             try:
-                claimed.start(env=self.env, forked=True)
+                claimed.start(env=self.env, forked=self.forked)
             except BaseException:
                 del self.running[stage]
                 claimed.abort()
