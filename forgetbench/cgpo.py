@@ -8,8 +8,8 @@ is the mixture of judges' per-row outcome in {1 pass, 0 violated, -1 a judge fai
 passes. Where [PR] treats -1 otherwise (CRPG multiplies by the raw judgement, so -1 flips the
 reward's sign; CODPO casts it to True, a pass) it is a bug we do not copy.
 
-Wiring plan (the ``cgpo`` method plugin, not registered yet: it needs the trainer-subclass
-extension point being added to ``training/grpo.py`` / ``methods/rl.py``):
+Wiring (the ``cgpo`` method plugin, ``forgetbench/methods/cgpo.py``, which holds its config;
+CRPG is wired as below, CRRAFT and CODPO are still a plan and refused at config time):
 
 1. Data: the GRPO-family rollout dataset (``prompt``, ``kind``, ``reference``, ``prompt_index``)
    plus ``baseline`` = ā per prompt: the row's ``reference`` where there is one, else a greedy

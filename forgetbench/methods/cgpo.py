@@ -193,14 +193,16 @@ def baseline_answers(config: CGPOConfig, rows: list[dict], model_path: str,
 class ScoredBatch(NamedTuple):
     tasks: dict  # task -> row indices (torch.long)
     judgement: "object"  # (N,) mixture of judges, 1 / 0 / -1
+    rewards: "object"  # (N,) r(s, a)
+    baseline_rewards: "object"  # (N,) r(s, ā) of each row's prompt
     calibrated: "object"  # (N,) R_calib
+    completions: list  # (N,) the completions' text
 
 
 class CRPGStep(NamedTuple):
-    judgement: "object"
-    calibrated: "object"
-    kl_seq: "object"
-    advantages: "object"
+    batch: ScoredBatch
+    kl_seq: "object"  # (N,) sum over the completion of log pi - log pi_ref
+    advantages: "object"  # (N,) what TRL's loss gets
     skipped: bool
 
 
@@ -226,6 +228,7 @@ class CRPGScorer:
         import torch
 
         from forgetbench.cgpo import calibrated_rewards, stratify
+        from forgetbench.rewards import completion_text
 
         group = self.config.num_generations
         columns = {k: v for k, v in columns.items()
@@ -233,7 +236,7 @@ class CRPGScorer:
         tasks = stratify(columns["kind"], group, known=list(self.scorers))
         rows = len(completions)
         judgement = torch.zeros(rows, dtype=torch.long)
-        calibrated = torch.zeros(rows, dtype=torch.float64)
+        rewards, baselines, calibrated = (torch.zeros(rows, dtype=torch.float64) for _ in range(3))
         self.metrics = {}
         for name, index in tasks.items():
             scorer, picked = self.scorers[name], index.tolist()
@@ -241,17 +244,18 @@ class CRPGScorer:
             task_prompts = [prompts[i] for i in picked]
             before = [dict(c.counts) for c in scorer.constraints]
             judgement[index] = scorer.judge(task_prompts, [completions[i] for i in picked], **part)
-            rewards = scorer.rewards(task_prompts, [completions[i] for i in picked], **part)
-            baseline = self._baseline(name, scorer, task_prompts[::group],
-                                      {k: v[::group] for k, v in part.items()})
-            calibrated[index] = calibrated_rewards(rewards, baseline, group)
+            rewards[index] = scorer.rewards(task_prompts, [completions[i] for i in picked], **part)
+            baselines[index] = self._baseline(name, scorer, task_prompts[::group], {
+                k: v[::group] for k, v in part.items()}).repeat_interleave(group)
+            calibrated[index] = calibrated_rewards(rewards[index], baselines[index], group)
             for constraint, counts in zip(scorer.constraints, before):
                 now = {k: constraint.counts[k] - counts.get(k, 0) for k in ("pass", "violated",
                                                                            "failed")}
                 key = f"cgpo/{name}/{constraint.judge.name}"
                 self.metrics[f"{key}/rejected"] = (now["violated"] + now["failed"]) / len(picked)
                 self.metrics[f"{key}/failed"] = float(now["failed"])
-        self.batch = ScoredBatch(tasks, judgement, calibrated)
+        self.batch = ScoredBatch(tasks, judgement, rewards, baselines, calibrated,
+                                 [completion_text(c) for c in completions])
         self.metrics["cgpo/pass_rate"] = float((judgement == 1).double().mean())
         return calibrated.tolist()
 
@@ -281,8 +285,7 @@ class CRPGScorer:
             raise CGPOError("cgpo: the trainer's KL_seq does not belong to the scored batch")
         result = crpg_multitask_advantages(batch.tasks, batch.judgement, batch.calibrated, kl_seq,
                                            self.config.kl_max, self.config.num_generations)
-        self.step = CRPGStep(batch.judgement, batch.calibrated, kl_seq.double(), result.advantages,
-                             result.skipped)
+        self.step = CRPGStep(batch, kl_seq.double(), result.advantages, result.skipped)
         self.steps.append(self.step)
         self.metrics["cgpo/kl_seq_mean"] = float(kl_seq.double().mean())
         self.metrics["cgpo/constrained_reward_mean"] = float(result.constrained_rewards.mean())
@@ -296,7 +299,7 @@ class CRPGScorer:
         from forgetbench.cgpo import CGPOError
 
         step = self.step
-        if step is None or not torch.allclose(rewards.double(), step.calibrated, atol=1e-5):
+        if step is None or not torch.allclose(rewards.double(), step.batch.calibrated, atol=1e-5):
             raise CGPOError("cgpo: TRL's rewards are not the batch the CRPG step was computed on")
         self.step = None
         return step.advantages
