@@ -316,6 +316,7 @@ def cgpo_trainer_class():
     import torch
     from accelerate.utils import is_peft_model
     from trl import GRPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
     from forgetbench.cgpo import CGPOError, sequence_logps
@@ -336,7 +337,9 @@ def cgpo_trainer_class():
         def _token_logps(self, model, output, context=None):
             ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-            with torch.no_grad(), context or nullcontext():
+            # as TRL's own no-grad passes: checkpointing off (it only warns without gradients)
+            with torch.no_grad(), disable_gradient_checkpointing(
+                    self.model, self.args.gradient_checkpointing_kwargs), context or nullcontext():
                 return self._get_per_token_logps_and_entropies(
                     model, ids, mask, output["completion_ids"].size(1),
                     batch_size=self.args.per_device_train_batch_size)[0]
