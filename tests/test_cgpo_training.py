@@ -118,7 +118,9 @@ def test_every_judge_violated_or_failing_a_real_step_does_not_move_the_weights(
 
 
 def test_every_judge_passing_a_real_step_moves_the_weights(model_path, tmp_path, monkeypatch):
-    settings = dict(HARMLESS_ONLY, tasks={"harmless": {
+    # kl_max out of reach: at lr 1e-3 the first step takes the policy beyond KL_seq = 5, and the
+    # KL gate alone would then zero (and skip) the second step
+    settings = dict(HARMLESS_ONLY, kl_max=1e9, tasks={"harmless": {
         "judges": [{"judge": "refusal", "passes_if": "below", "threshold": 2.0}],
         "reward": [{"name": "helpfulness"}]}})
     seen = train_recording(settings, model_path, tmp_path / "cgpo", monkeypatch)
