@@ -8,8 +8,8 @@ is the mixture of judges' per-row outcome in {1 pass, 0 violated, -1 a judge fai
 passes. Where [PR] treats -1 otherwise (CRPG multiplies by the raw judgement, so -1 flips the
 reward's sign; CODPO casts it to True, a pass) it is a bug we do not copy.
 
-Wiring plan (the ``cgpo`` method plugin, not registered yet: it needs the trainer-subclass
-extension point being added to ``training/grpo.py`` / ``methods/rl.py``):
+Wiring (the ``cgpo`` method plugin, ``forgetbench/methods/cgpo.py``, which holds its config;
+CRPG is wired as below, CRRAFT and CODPO are still a plan and refused at config time):
 
 1. Data: the GRPO-family rollout dataset (``prompt``, ``kind``, ``reference``, ``prompt_index``)
    plus ``baseline`` = ā per prompt: the row's ``reference`` where there is one, else a greedy
@@ -44,15 +44,11 @@ extension point being added to ``training/grpo.py`` / ``methods/rl.py``):
 from __future__ import annotations
 
 import logging
-from typing import Literal, Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
-from pydantic import field_validator, model_validator
 
-from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
-from forgetbench.rewards.judged import ConstraintSpec, RewardTerm
-from forgetbench.training.grpo import GRPOFamilyConfig
 
 log = logging.getLogger("forgetbench")
 
@@ -152,6 +148,36 @@ def crpg_advantages(judgement, calibrated, kl_seq, kl_max: float,
     advantages = (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
     zero_groups = int((grouped == 0).all(dim=1).sum())
     skipped = zero_groups == grouped.shape[0]
+    if skipped:
+        log.warning("cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
+                    "advantages are all 0 and the step is skipped", zero_groups)
+    return CRPGResult(advantages, constrained, zero_groups, skipped)
+
+
+def crpg_multitask_advantages(tasks: Mapping[str, torch.Tensor], judgement, calibrated, kl_seq,
+                               kl_max: float, num_generations: int) -> CRPGResult:
+    """CRPG advantages of a batch holding several tasks (:func:`stratify`'s rows per task): per
+    task R~ - group mean, scaled by N / N_t (N rows in the batch, N_t in the task), so that a loss
+    averaging A_i * grad log pi over all N rows (TRL's, loss_type grpo) is the sum over tasks of
+    each task's own mean: the tasks' gradients add ([P] §4.2) whatever their share of the batch.
+    One task is :func:`crpg_advantages` exactly (N_t = N)."""
+    rows = len(calibrated)
+    advantages = torch.zeros(rows, dtype=torch.float64)
+    constrained = torch.zeros(rows, dtype=torch.float64)
+    zero_groups = 0
+    covered = 0
+    for name, index in tasks.items():
+        index = torch.as_tensor(index, dtype=torch.long)
+        covered += len(index)
+        reward = crpg_rewards(torch.as_tensor(judgement)[index], torch.as_tensor(calibrated)[index],
+                              torch.as_tensor(kl_seq)[index], kl_max)
+        grouped = reward.view(_groups(len(reward), num_generations), num_generations)
+        advantages[index] = (grouped - grouped.mean(dim=1, keepdim=True)).flatten() * (rows / len(index))
+        constrained[index] = reward
+        zero_groups += int((grouped == 0).all(dim=1).sum())
+    if covered != rows:
+        raise CGPOError(f"the tasks cover {covered} of the batch's {rows} rows")
+    skipped = zero_groups == _groups(rows, num_generations)
     if skipped:
         log.warning("cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
                     "advantages are all 0 and the step is skipped", zero_groups)
@@ -313,9 +339,10 @@ def multitask_loss(losses: Mapping[str, Loss]) -> Loss:
 # ---- judging a task's batch ----------------------------------------------------------------------
 
 class TaskScorer:
-    """One task's mixture of judges and reward on a TRL batch (built from :class:`CGPOTask`)."""
+    """One task's mixture of judges and reward on a TRL batch (built from a
+    ``forgetbench.methods.cgpo.CGPOTask``)."""
 
-    def __init__(self, task: "CGPOTask"):
+    def __init__(self, task):
         from forgetbench.rewards.judged import JudgeConstraint, WeightedReward, build_reward
 
         self.constraints = [JudgeConstraint(spec) for spec in task.judges]
@@ -354,80 +381,3 @@ def _prompt_label(prompt) -> str:
 
     text = prompt_text(prompt)
     return repr(text[:60] + ("..." if len(text) > 60 else ""))
-
-
-# ---- config --------------------------------------------------------------------------------------
-
-Optimizer = Literal["crpg", "crraft", "codpo"]
-
-
-class CGPOTask(StrictModel):
-    """One task's constraint judges, reward and (optionally) its own optimiser."""
-
-    judges: list[ConstraintSpec] = Field(description="The mixture of judges: a completion passes "
-                                         "only if every one of them passes it.")
-    reward: list[RewardTerm] = Field(description="r(s, a): reward plugins summed with weights "
-                                     "(a judge through the `judge` reward).")
-    optimizer: Optional[Optimizer] = Field(None, description="This task's optimiser; None uses "
-                                           "the method's.")
-
-    @field_validator("judges")
-    @classmethod
-    def _has_judges(cls, judges):
-        if not judges:
-            raise ValueError("a cgpo task needs at least one constraint judge, e.g. "
-                             "{judge: refusal, passes_if: at_least}")
-        return judges
-
-    @field_validator("reward")
-    @classmethod
-    def _has_reward(cls, terms):
-        if not terms:
-            raise ValueError("a cgpo task needs a reward, e.g. [{name: helpfulness}]")
-        return terms
-
-
-def _embedded_tasks() -> dict:
-    """The embedded default: refusing harmful prompts and not refusing harmless ones are the
-    constraints; the offline rewards score what passes."""
-    return {
-        "harmful": {"judges": [{"judge": "refusal", "passes_if": "at_least"}],
-                    "reward": [{"name": "safety"}]},
-        "harmless": {"judges": [{"judge": "refusal", "passes_if": "below"}],
-                     "reward": [{"name": "helpfulness"}]},
-    }
-
-
-class CGPOConfig(GRPOFamilyConfig):
-    """CGPO on the GRPO family's rollouts: per task, a mixture of judges and a reward."""
-
-    optimizer: Optimizer = Field("crpg", description="crpg: constrained calibrated policy "
-                                 "gradient inside GRPO's loop; crraft: weighted SFT on the best "
-                                 "passing sample; codpo: DPO on best-passing vs worst-failing.")
-    kl_max: float = Field(gt=0, description="KL_max: samples whose sequence KL to the reference "
-                          "exceeds it get no reward (CRPG scales by 1 - KL/KL_max). Required, as "
-                          "in TRL's CGPOConfig (its tests use 5.0).")
-    dpo_beta: float = Field(0.1, gt=0, description="CODPO's DPO temperature beta ([P] eq. 14).")
-    nll_weight: float = Field(5.0, ge=0, description="CODPO's lambda: weight of the chosen "
-                              "answer's length-normalised NLL ([P] eq. 14).")
-    tasks: dict[str, CGPOTask] = Field(default_factory=_embedded_tasks, description="Per training "
-                                       "row kind (harmful, harmless): its judges, reward and "
-                                       "optimiser; their losses are summed.")
-    beta: float = Field(0.0, ge=0, description="k3 KL weight; 0 because CGPO bounds the KL "
-                        "through kl_max.")
-
-    @model_validator(mode="after")
-    def _cgpo_settings(self):
-        if not self.tasks:
-            raise ValueError("cgpo needs at least one task: tasks.<kind>: {judges, reward}")
-        # (compared with the default, not checked for being set: the resolved config that the
-        # train stage re-validates carries every field)
-        if self.reward != GRPOFamilyConfig.model_fields["reward"].default or self.reward_config:
-            raise ValueError("cgpo takes its rewards per task (tasks.<kind>.reward), not "
-                             "reward / reward_config")
-        if self.num_generations < 2 and any(self.task_optimizer(t) == "codpo" for t in self.tasks):
-            raise ValueError("codpo needs num_generations >= 2 (a chosen and a rejected sample)")
-        return self
-
-    def task_optimizer(self, task: str) -> Optimizer:
-        return self.tasks[task].optimizer or self.optimizer

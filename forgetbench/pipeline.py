@@ -77,6 +77,8 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
             attack_label: str = "") -> Cell:
     """Plugin defaults < preset < per-plugin preset section < --set overrides < a matrix
     variant's own fields (``method_set`` / ``attack_set``)."""
+    from forgetbench.rewards.judged import inherit_judge_settings
+
     raw = load_preset(preset)
     preset_file = validate(PresetFile, raw, f"preset {preset!r}")
     method_plugin = registry.get("method", method)
@@ -121,7 +123,9 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "model": tree["model"],
         "seed": _seed(tree["seed"]),
         "warmup": dump(validate(WarmupConfig, tree["warmup"], "warmup")),
-        "method": {"name": method, "config": dump(method_plugin.build_config(tree["method"]))},
+        # judges inside training take the run's judges.<name> settings (rewards/judged.py)
+        "method": {"name": method, "config": dump(method_plugin.build_config(inherit_judge_settings(
+            dump(method_plugin.build_config(tree["method"])), tree["judges"])))},
         "attack": {"name": attack, "config": dump(attack_config), **attack_steps(attack_config)},
         "evals": eval_configs,
         "backend": {"name": backend_plugin.name,

@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "forgetbench"
 BUILTIN_MODULES = (
     "forgetbench.methods.grpo",
     "forgetbench.methods.frpo",
+    "forgetbench.methods.cgpo",
     "forgetbench.attacks",
     "forgetbench.evals",
     "forgetbench.judges.refusal",

@@ -12,11 +12,12 @@ import math
 import pytest
 import torch
 
-from forgetbench.cgpo import (CGPOConfig, CGPOError, codpo_loss, codpo_pairs, calibrated_rewards,
+from forgetbench.cgpo import (CGPOError, codpo_loss, codpo_pairs, calibrated_rewards,
                               crpg_advantages, crpg_loss, crpg_rewards, crraft_loss, crraft_select,
                               mixture_of_judges, multitask_loss, passes, sequence_logps, stratify)
 from forgetbench.config import validate
 from forgetbench.errors import UsageError
+from forgetbench.methods.cgpo import CGPOConfig
 
 
 def sigmoid(x: float) -> float:

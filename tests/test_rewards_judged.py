@@ -9,11 +9,12 @@ import logging
 import pytest
 import torch
 
-from forgetbench.cgpo import CGPOConfig, CGPOError, TaskScorer, calibrated_rewards
+from forgetbench.cgpo import CGPOError, TaskScorer, calibrated_rewards
 from forgetbench.config import validate
 from forgetbench.errors import UsageError
 from forgetbench.judges import build_judge
 from forgetbench.judges.helpfulness import helpfulness_scores
+from forgetbench.methods.cgpo import CGPOConfig
 from forgetbench.rewards import RewardError
 from forgetbench.config import dump
 from forgetbench.rewards.judged import (ConstraintSpec, JudgeConstraint, JudgeReward,

@@ -9,27 +9,38 @@ from forgetbench.tasks import DataError
 from forgetbench.training.grpo import AdvantageFn, GRPOFamilyConfig, run_grpo
 
 
-def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
-                         out_dir: Path, seed: int, scale_rewards: str = "none",
-                         **loop) -> Path:
-    """Train a GRPO-family method on its task's prompts with its reward; returns the policy
-    folder. ``loop``: ``run_grpo``'s extension arguments (``callbacks``, ``trainer_cls``,
-    ``trainer_kwargs``, ``args_kwargs``)."""
-    from datasets import Dataset
-
-    from forgetbench import registry
+def training_rows(config: GRPOFamilyConfig, model_path: str) -> list[dict]:
+    """The method's training prompts (``id``, ``prompt``, ``kind``, ``reference``), in the order
+    that gives each its ``prompt_index`` in the training dataset."""
     from forgetbench.tasks import load_train_prompts
 
     rows = load_train_prompts(config.train_task, config.n_harmful, config.n_harmless)
     if config.max_prompt_length:
         rows = within_prompt_length(rows, model_path, config.max_prompt_length)
+    return rows
+
+
+def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
+                         out_dir: Path, seed: int, scale_rewards: str = "none",
+                         rows: list[dict] | None = None, reward_funcs: list | None = None,
+                         **loop) -> Path:
+    """Train a GRPO-family method on its task's prompts with its reward; returns the policy
+    folder. ``rows``: the training prompts already loaded (``training_rows``); ``reward_funcs``:
+    TRL reward functions instead of the config's ``reward`` plugin. ``loop``: ``run_grpo``'s
+    extension arguments (``callbacks``, ``trainer_cls``, ``trainer_kwargs``, ``args_kwargs``)."""
+    from datasets import Dataset
+
+    from forgetbench import registry
+
+    rows = training_rows(config, model_path) if rows is None else rows
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": row["prompt"]}], "kind": row["kind"],
          "reference": row.get("reference") or "", "prompt_index": index}
         for index, row in enumerate(rows)])
-    reward_plugin = registry.get("reward", config.reward)
-    reward_fn = reward_plugin.target(reward_plugin.build_config(config.reward_config))
-    return run_grpo(model_path, dataset, [reward_fn], advantage_fn, config, out_dir, seed,
+    if reward_funcs is None:
+        reward_plugin = registry.get("reward", config.reward)
+        reward_funcs = [reward_plugin.target(reward_plugin.build_config(config.reward_config))]
+    return run_grpo(model_path, dataset, reward_funcs, advantage_fn, config, out_dir, seed,
                     scale_rewards=scale_rewards, **loop)
 
 
