@@ -53,6 +53,10 @@ class LocalExecutor(Executor):
             self.running[stage] = claimed
             try:
                 claimed.start(env=self.env, forked=self.forked)
+            except KeyboardInterrupt:
+                # Ctrl-C while the stage starts (the fork server's first start takes seconds):
+                # it stays in flight, so the runner names it and its abort cleans it up.
+                raise
             except BaseException:
                 del self.running[stage]
                 claimed.abort()

@@ -234,6 +234,8 @@ class StageRun:
         self.worker = FreshWorker(self.tmp, env)
 
     def poll(self) -> Optional[Outcome]:
+        if self.worker is None:  # interrupted while starting; abort() is on its way
+            return None
         code = self.worker.poll()
         return None if code is None else self._finish(code)
 
