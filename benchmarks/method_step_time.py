@@ -2,6 +2,10 @@
 
     python benchmarks/method_step_time.py [--methods grpo,frpo,baselines/sam_grpo] [--steps 4]
         [--repeats 2] [--set method.num_generations=8]
+    python benchmarks/method_step_time.py --methods "frpo,frpo[gradient_checkpointing=false]"
+
+A method may carry its own settings in brackets (``name[key=value;key=value]``, keys of its
+config): two variants of one method side by side, e.g. gradient checkpointing on and off.
 
 The paper claims FRPO costs no extra compute over GRPO (docs/methods.md §1.3); the baselines cost more
 (SAM and Vaccine two passes, Booster three). Every method runs the preset's method settings
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -26,16 +31,29 @@ from forgetbench.models import resolve_model, set_threads
 from forgetbench.pipeline import resolve
 
 
-def step_times(method: str, config, model_path: str, out: Path) -> list[float]:
-    registry.get("method", method).target(config, model_path, out, 0)
+def step_times(variant: str, config, model_path: str, out: Path) -> list[float]:
+    registry.get("method", parse_variant(variant)[0]).target(config, model_path, out, 0)
     history = json.loads((out / "log_history.json").read_text())
     return [entry["step_seconds"] for entry in history if "step_seconds" in entry][1:]
 
 
-def method_config(method: str, preset: str, overrides: list[str], steps: int):
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name[key=value;key=value]`` -> (name, {key: value}) with YAML-typed values."""
+    import yaml
+
+    name, _, settings = text.partition("[")
+    own = {}
+    for item in filter(None, settings.rstrip("]").split(";")):
+        key, _, value = item.partition("=")
+        own[key.strip()] = yaml.safe_load(value)
+    return name.strip(), own
+
+
+def method_config(variant: str, preset: str, overrides: list[str], steps: int):
+    method, own = parse_variant(variant)
     plugin = registry.get("method", method)
     fields = plugin.config.model_fields if plugin.config is not None else {}
-    own = {"max_steps": steps}
+    own = {**own, "max_steps": steps}
     cell = resolve(method, "alpaca", preset, overrides, seed=0, method_set=own)
     values = cell.resolved["method"]["config"]
     if "generation_kwargs" in fields:  # fixed-length rollouts: equal generation work
@@ -56,7 +74,7 @@ def main() -> None:
                         help="config override shared by all methods, e.g. method.beta=0.01")
     args = parser.parse_args()
     threads = set_threads()
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    methods = [name.strip() for name in re.split(r",(?![^\[]*\])", args.methods) if name.strip()]
 
     configs = {}
     for method in methods:

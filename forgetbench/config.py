@@ -156,8 +156,27 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# Settings that change how fast a stage runs and how much memory it takes, never what it computes
+# (tests/test_training_settings.py checks gradient checkpointing bit for bit). Hashes leave them
+# out, so switching one re-uses the stages already computed and keeps a row's track; request.json
+# still records them.
+SPEED_ONLY_SETTINGS = frozenset({"gradient_checkpointing"})
+
+
+def _without_speed_settings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_speed_settings(v) for k, v in value.items()
+                if k not in SPEED_ONLY_SETTINGS}
+    if isinstance(value, (list, tuple)):
+        return [_without_speed_settings(v) for v in value]
+    return value
+
+
 def stable_hash(value: Any, length: int = 12) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+    """A short content hash of a config (stage keys, config and protocol hashes), blind to
+    :data:`SPEED_ONLY_SETTINGS`."""
+    return hashlib.sha256(canonical_json(_without_speed_settings(value)).encode()).hexdigest()[
+        :length]
 
 
 def dump(model: BaseModel) -> dict:

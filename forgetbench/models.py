@@ -95,8 +95,11 @@ def load_model(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from forgetbench.timing import timed
+
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        with timed("load"):
+            return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as error:
         raise ForgetbenchError(f"cannot load model {path!r}: {str(error).splitlines()[0]}") from None
 

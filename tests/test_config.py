@@ -149,3 +149,22 @@ def test_shared_section_skips_undeclared_fields_but_per_plugin_sections_stay_str
     preset.write_text("method: {num_generatoins: 2}\n")  # declared by no method: a typo
     with pytest.raises(UsageError, match="unknown key.*num_generatoins"):
         resolve("grpo", "alpaca", str(preset))
+
+
+def test_speed_only_settings_leave_stage_keys_and_track_unchanged():
+    """Gradient checkpointing changes speed and memory, never the weights (checked bit for bit
+    in test_training_settings.py): switching it keeps every stage key, so finished stages are
+    re-used, while a setting that changes the work (the learning rate) changes the keys."""
+    def keys(*overrides):
+        cell_plan = plan(resolve("frpo", "alpaca", "smoke", overrides))
+        return [stage.key for stage in cell_plan.targets()] + \
+            [stage.key for stage in cell_plan.policies.values()]
+
+    default = keys()
+    off = keys("warmup.gradient_checkpointing=false", "method.gradient_checkpointing=false",
+               "attack.gradient_checkpointing=false")
+    on = keys("warmup.gradient_checkpointing=true", "method.gradient_checkpointing=true",
+              "attack.gradient_checkpointing=true")
+    assert default == off == on
+    changed = keys("attack.learning_rate=3e-5")
+    assert changed[-1] != default[-1] and changed[-2] == default[-2]  # the attack's, not train's

@@ -114,3 +114,42 @@ def test_kl_stage_refuses_generations_made_by_another_policy(stages, tmp_path):
                                                    "generations": stages / "generations"},
                tmp_path)
     assert not (tmp_path / kl.KL_FILE).exists()
+
+
+def test_kl_of_p0_from_itself_is_zero_without_running_the_model(stages, tmp_path, monkeypatch):
+    """Step 0 of every cell measures P0 against P0: each d_t is exactly 0, so the stage writes 0
+    per rollout (what the forward passes give, bit for bit) with its token count, and loads no
+    weights."""
+    import forgetbench.backends.hf as hf
+
+    own = tmp_path / "own"
+    own.mkdir()
+    request = json.loads((stages / "generations" / REQUEST_FILE).read_text())
+    request["inputs"]["policy"] = str(stages / "policy")
+    (own / REQUEST_FILE).write_text(json.dumps(request))
+    (own / GENERATIONS_FILE).write_text((stages / "generations" / GENERATIONS_FILE).read_text())
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the KL of P0 from itself loaded a model")
+
+    monkeypatch.setattr(hf, "load_weights", no_weights)
+    out = tmp_path / "out"
+    out.mkdir()
+    kl.run({"eval": "test"}, {"reference": stages / "policy", "policy": stages / "policy",
+                              "generations": own}, out)
+    rows = [json.loads(line) for line in open(out / kl.KL_FILE)]
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    records = [json.loads(line) for line in open(own / GENERATIONS_FILE)]
+    assert [r["value"] for r in rows] == [0.0] * len(PROMPTS)
+    for record, row in zip(records, rows):
+        response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        assert row["response_tokens"] == len(response) + (record["finish_reason"] == "stop")
+    # And the forward passes agree: the same policy as a separate folder gives 0 too.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stages / "policy", copy)  # another folder: the stage runs both models
+    monkeypatch.undo()
+    kl.run({"eval": "test"}, {"reference": copy, "policy": stages / "policy",
+                              "generations": own}, out)
+    assert [json.loads(line)["value"] for line in open(out / kl.KL_FILE)] == [0.0] * len(PROMPTS)

@@ -12,3 +12,31 @@ def test_gradient_checkpointing_is_a_setting_trl_receives(tmp_path, setting):
     args = trainer_args(OptimConfig(gradient_checkpointing=setting), tmp_path, seed=0)
     assert SFTConfig(**args).gradient_checkpointing is setting
     assert GRPOConfig(**args).gradient_checkpointing is setting
+
+
+def test_gradient_checkpointing_changes_no_weight(tmp_path):
+    """Recomputing activations in the backward pass gives the same gradients: three SFT steps on
+    the embedded model with and without it end on bit-identical weights. (Why the setting is
+    left out of stage keys: a stage trained either way is the same stage.)"""
+    import torch
+    from safetensors.torch import load_file
+
+    from forgetbench.models import resolve_model
+    from forgetbench.training.sft import SFTSettings, run_sft
+
+    pairs = [("How do I pick a lock?", "I can't help with that."),
+             ("Name a primary colour.", "Red is a primary colour."),
+             ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
+             ("What is 2 + 2?", "2 + 2 is 4.")]
+    weights = {}
+    for setting in (True, False):
+        config = SFTSettings(max_steps=3, batch_size=2, max_length=64, learning_rate=1e-4,
+                             gradient_checkpointing=setting)
+        out = run_sft(resolve_model("smollm2-135m-instruct"), pairs, config,
+                      tmp_path / str(setting), seed=0)
+        weights[setting] = load_file(out / "model.safetensors")
+    start = load_file(f"{resolve_model('smollm2-135m-instruct')}/model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(weights[True][name], start[name])  # it trained: a test that can fail
+    for name, tensor in weights[True].items():
+        assert torch.equal(tensor, weights[False][name]), name

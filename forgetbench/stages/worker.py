@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -21,14 +22,19 @@ LOG_FILE = "worker.log"
 
 
 def main(folder: str) -> int:
+    entered = time.time()  # the runner stamps the stage's start; the gap is process start-up
     out = Path(folder)
     request = json.loads((out / REQUEST_FILE).read_text())
     try:
+        from forgetbench import timing
         from forgetbench.models import set_threads
 
         set_threads()
-        module = importlib.import_module(f"forgetbench.stages.{request['kind']}")
-        module.run(request["config"], {k: Path(v) for k, v in request["inputs"].items()}, out)
+        with timing.timed("import"):
+            module = importlib.import_module(f"forgetbench.stages.{request['kind']}")
+        with timing.timed("run"):
+            module.run(request["config"], {k: Path(v) for k, v in request["inputs"].items()}, out)
+        timing.write(out, entered=round(entered, 3))
     except ForgetbenchError as error:
         (out / ERROR_FILE).write_text(str(error))
         return error.exit_code

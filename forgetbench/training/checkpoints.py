@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError, UsageError
+from forgetbench.timing import timed
 
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -52,8 +53,9 @@ def checkpoint_callback(every: int, total_steps: int, out_dir: Path, tokenizer):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step in wanted:
                 folder = checkpoint_folder(out_dir, state.global_step)
-                model.save_pretrained(folder)  # a PEFT model saves just its adapter
-                tokenizer.save_pretrained(folder)
+                with timed("save"):
+                    model.save_pretrained(folder)  # a PEFT model saves just its adapter
+                    tokenizer.save_pretrained(folder)
 
     return SaveCheckpoints()
 

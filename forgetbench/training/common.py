@@ -78,11 +78,14 @@ def peft_config(config: OptimConfig):
 
 def save_policy(model, tokenizer, out_dir: Path) -> Path:
     """Save a full model folder; a LoRA policy is merged so every later stage loads one format."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    target = out_dir / "model"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    from forgetbench.timing import timed
+
+    with timed("save"):
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        target = out_dir / "model"
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
     return target
 
 
@@ -113,7 +116,10 @@ def step_timer():
 def train_and_save(trainer, tokenizer, out_dir: Path) -> Path:
     """Run ``trainer``, write ``log_history.json`` (failing on a diverged run), save the policy
     to ``out_dir/model`` and return that folder: the end of every loop here."""
-    trainer.train()
+    from forgetbench.timing import timed
+
+    with timed("train"):
+        trainer.train()
     write_log_history(trainer, out_dir)
     tokenizer.padding_side = "left"  # SFT trains right-padded; the saved policy generates
     return save_policy(trainer.model, tokenizer, out_dir)
