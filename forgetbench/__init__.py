@@ -5,7 +5,8 @@ run_grpo``); a plugin needs nothing else. They are imported on first use, so imp
 (and ``forgetbench list``) stays free of torch and TRL.
 
 - registering: ``method``, ``attack``, ``eval_``, ``judge``, ``reward``, ``backend`` (decorators),
-  ``register``;
+  ``register``; ``register_task_dir`` (a package's folder of eval, attack and training-task
+  YAMLs with their data, laid out like ``tasks/``, registered under the package's namespace);
 - configs: ``Field``, ``StrictModel``, ``OptimConfig`` (optimiser + LoRA), ``SFTSettings``,
   ``GRPOFamilyConfig``, ``GRPOMethodConfig``;
 - training loops, each returning the saved policy folder ``out_dir/model`` (the method contract):
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "forgetbench.registry": ("method", "attack", "eval_", "judge", "reward", "backend",
                              "register"),
+    "forgetbench.task_sources": ("register_task_dir",),
     "forgetbench.config": ("Field", "StrictModel"),
     "forgetbench.training.common": ("OptimConfig", "save_policy", "train_and_save"),
     "forgetbench.training.sft": ("SFTSettings", "run_sft", "sft_dataset"),

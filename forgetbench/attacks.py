@@ -24,7 +24,8 @@ from forgetbench.training.common import OptimConfig
 from forgetbench.training.sft import SFTSettings
 
 # GRPO settings an RL attack may set under `rl:` (the optimiser settings are the attack's own).
-RL_FIELDS_NOT_ALLOWED = {"train_task", "n_harmful", "n_harmless"} | set(OptimConfig.model_fields)
+RL_FIELDS_NOT_ALLOWED = ({"train_task", "n_harmful", "n_harmless", "n_prompts"}
+                         | set(OptimConfig.model_fields))
 
 
 class AttackTask(SFTSettings):
@@ -187,4 +188,4 @@ def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, se
                     scale_rewards=settings.adv_norm, callbacks=callbacks)
 
 
-register_yaml_tasks("attack", "attacks", AttackTask)
+register_yaml_tasks("attack")

@@ -161,12 +161,16 @@ def canonical_json(value: Any) -> str:
 # out, so switching one re-uses the stages already computed and keeps a row's track; request.json
 # still records them.
 SPEED_ONLY_SETTINGS = frozenset({"gradient_checkpointing"})
+# Where a machine keeps a task's files, never what they hold (that is the data's `sha256`, which
+# is hashed): forgetbench.task_sources. Left out so stage keys are the same on every machine.
+LOCATION_ONLY_SETTINGS = frozenset({"path_root"})
+_HASH_BLIND = SPEED_ONLY_SETTINGS | LOCATION_ONLY_SETTINGS
 
 
 def _without_speed_settings(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_speed_settings(v) for k, v in value.items()
-                if k not in SPEED_ONLY_SETTINGS}
+                if k not in _HASH_BLIND}
     if isinstance(value, (list, tuple)):
         return [_without_speed_settings(v) for v in value]
     return value
@@ -174,7 +178,7 @@ def _without_speed_settings(value: Any) -> Any:
 
 def stable_hash(value: Any, length: int = 12) -> str:
     """A short content hash of a config (stage keys, config and protocol hashes), blind to
-    :data:`SPEED_ONLY_SETTINGS`."""
+    :data:`SPEED_ONLY_SETTINGS` and :data:`LOCATION_ONLY_SETTINGS`."""
     return hashlib.sha256(canonical_json(_without_speed_settings(value)).encode()).hexdigest()[
         :length]
 

@@ -7,7 +7,10 @@ read them through the same functions.
 - ``FORGETBENCH_THREADS``: torch threads per stage process (a positive integer; default: all cores).
 - ``FORGETBENCH_OUTPUT``: the default output folder (default ``./runs``).
 - ``FORGETBENCH_CACHE``: where converted models are cached (default ``~/.cache/forgetbench``).
-- ``FORGETBENCH_TASKS``: a folder laid out like ``tasks/`` used instead of the built-in one.
+- ``FORGETBENCH_TASKS``: folders laid out like ``tasks/`` (``os.pathsep``-separated) whose tasks
+  are added to the built-in ones (``forgetbench.task_sources``).
+- ``FORGETBENCH_TASK_FILES``: set by forgetbench itself for its stage processes (the task YAML
+  files named on the command line); not a user setting.
 """
 
 from __future__ import annotations
@@ -69,17 +72,23 @@ def cache_dir() -> Path:
     return path
 
 
-def tasks_override() -> Optional[Path]:
-    """``$FORGETBENCH_TASKS`` when set: an existing folder, or a one-line error naming it."""
+def task_folders() -> list[Path]:
+    """``$FORGETBENCH_TASKS``'s folders (``os.pathsep``-separated), each an existing folder, or a
+    one-line error naming the one that is not."""
     value = _set(TASKS)
     if value is None:
-        return None
-    path = Path(value)
-    if not path.is_dir():
-        what = "is a file, not a folder" if path.exists() else "does not exist"
-        raise UsageError(f"{TASKS}={value!r} {what}; point it at a folder laid out like tasks/ "
-                         "(evals/, attacks/, train/) or unset it to use the built-in tasks")
-    return path
+        return []
+    folders = []
+    for part in value.split(os.pathsep):
+        path = Path(part)
+        if not part.strip() or not path.is_dir():
+            what = "is a file, not a folder" if path.exists() and part.strip() else \
+                "does not exist"
+            raise UsageError(f"{TASKS}: {part!r} {what}; point it at folders laid out like tasks/ "
+                             f"(evals/, attacks/, train/), separated by {os.pathsep!r}, or unset "
+                             "it")
+        folders.append(path)
+    return folders
 
 
 def check() -> None:
@@ -87,4 +96,4 @@ def check() -> None:
     threads()
     output_dir()
     cache_dir()
-    tasks_override()
+    task_folders()

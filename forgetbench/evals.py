@@ -39,4 +39,4 @@ class EvalTask(StrictModel):
         return sorted({metric.judge for metric in self.metrics})
 
 
-register_yaml_tasks("eval", "evals", EvalTask)
+register_yaml_tasks("eval")

@@ -80,7 +80,8 @@ def _variants(entries: list, what: str) -> list[Variant]:
     variants = []
     for number, entry in enumerate(entries, start=1):
         if isinstance(entry, str):
-            entry = {"label": entry}
+            # a task YAML's path: the entry is named by the task's name (task_sources)
+            entry = {"label": _task_label(entry, what), "plugin": entry}
         if not isinstance(entry, dict):
             raise UsageError(f"{what} entry {number} must be a name or a mapping with label, "
                              f"plugin, set; got {entry!r}")
@@ -95,6 +96,12 @@ def _variants(entries: list, what: str) -> list[Variant]:
         raise UsageError(f"{what} {', '.join(repr(t) for t in twice)} listed twice; give each "
                          "entry its own label")
     return variants
+
+
+def _task_label(name: str, what: str) -> str:
+    from forgetbench.task_sources import canonical_name, is_task_file
+
+    return canonical_name("attack", name) if what == "attacks" and is_task_file(name) else name
 
 
 def parse_names(text: str, what: str) -> list[str]:

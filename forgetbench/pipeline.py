@@ -83,6 +83,9 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
     preset_file = validate(PresetFile, raw, f"preset {preset!r}")
     method_plugin = registry.get("method", method)
     attack_plugin = registry.get("attack", attack)
+    # A task named by its YAML file is known by its name from here on (stage keys, results).
+    attack_label = attack_plugin.name if attack_label in ("", attack) else attack_label
+    attack = attack_plugin.name
     tree = {
         "model": preset_file.model,
         "seed": preset_file.seed if seed is None else seed,
@@ -109,14 +112,15 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
             apply_override(tree, path, value)
     tree["method"] = deep_merge(tree["method"], method_set or {})
     tree["attack"] = deep_merge(tree["attack"], attack_set or {})
+    canonical_task_names(tree)
     attack_config = attack_plugin.build_config(tree["attack"])
     # The attack's own task evals are scored beside the preset's, at every step.
     eval_names = list(dict.fromkeys([*tree["evals"], *getattr(attack_config, "task_evals", [])]))
     eval_configs = {}
     for name in eval_names:
         plugin = registry.get("eval", name)
-        eval_configs[name] = dump(plugin.build_config(deep_merge(plugin.target,
-                                                                 tree["eval"].get(name, {}))))
+        eval_configs[plugin.name] = dump(plugin.build_config(deep_merge(
+            plugin.target, tree["eval"].get(plugin.name, {}))))
     judge_names = sorted({m["judge"] for config in eval_configs.values() for m in config["metrics"]})
     backend_plugin = registry.get("backend", tree["backend"])
     resolved = {
@@ -135,6 +139,20 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
     }
     _check_disjoint(resolved)
     return Cell(preset, resolved, method_label, attack_label)
+
+
+def canonical_task_names(tree: dict) -> None:
+    """Training tasks and evals named by a YAML file's path, replaced by their names (registered
+    by now, for this process and, through $FORGETBENCH_TASK_FILES, its stage processes)."""
+    from forgetbench.task_sources import canonical_name
+
+    tree["evals"] = [canonical_name("eval", name) for name in tree["evals"]]
+    if isinstance(tree["attack"].get("task_evals"), list):
+        tree["attack"]["task_evals"] = [canonical_name("eval", name)
+                                        for name in tree["attack"]["task_evals"]]
+    for section, key in (("method", "train_task"), ("warmup", "task")):
+        if isinstance(tree[section], dict) and key in tree[section]:
+            tree[section][key] = canonical_name("train_task", tree[section][key])
 
 
 def _check_disjoint(resolved: dict) -> None:
@@ -206,9 +224,14 @@ def _task_version(train_task: Optional[str]) -> dict:
     data changed) makes them run again instead of reusing stale ones."""
     if train_task is None:  # a third-party method without a training task
         return {}
+    from forgetbench.task_sources import is_builtin
     from forgetbench.tasks import load_train_task
 
-    return {"train_task_version": load_train_task(train_task).version}
+    task = load_train_task(train_task)
+    if is_builtin("train_task", train_task):
+        return {"train_task_version": task.version}
+    # A task from elsewhere is keyed by its whole content, its data's SHA-256 included.
+    return {"train_task_version": task.version, "train_task": stable_hash(dump(task))}
 
 
 @dataclass

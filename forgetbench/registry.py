@@ -23,11 +23,12 @@ from pydantic import BaseModel
 
 from forgetbench.errors import UsageError
 
-KINDS = ("method", "attack", "eval", "judge", "reward", "backend")
+KINDS = ("method", "attack", "eval", "judge", "reward", "backend", "train_task")
 ENTRY_POINT_GROUP = "forgetbench"
 
-# In-tree modules whose decorators populate the registry. Task YAMLs (evals, attacks) are
-# registered by forgetbench.tasks when it is imported.
+# In-tree modules whose decorators populate the registry. Task YAMLs (evals, attacks, training
+# tasks) are registered by forgetbench.evals, forgetbench.attacks and forgetbench.tasks when
+# imported (forgetbench.task_sources: from which folders).
 BUILTIN_MODULES = (
     "forgetbench.methods.grpo",
     "forgetbench.methods.frpo",
@@ -44,6 +45,7 @@ BUILTIN_MODULES = (
     "forgetbench.rewards",
     "forgetbench.rewards.paper",
     "forgetbench.backends",
+    "forgetbench.tasks",
 )
 
 
@@ -71,6 +73,11 @@ _broken: dict[str, str] = {}  # entry-point name -> why it failed to import
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+def current_namespace() -> str | None:
+    """The plugin package whose entry-point module is being imported (its names' prefix)."""
+    return _namespace.get()
 
 
 def register(kind: str, name: str, target: Any, *, description: str = "",
@@ -175,6 +182,10 @@ def plugins(kind: str) -> list[Plugin]:
 def get(kind: str, name: str) -> Plugin:
     """The plugin ``name`` of ``kind``; an unknown name raises a UsageError listing the known ones."""
     _load_builtins()
+    from forgetbench import task_sources
+
+    if kind in task_sources.FOLDERS and task_sources.is_task_file(name):
+        return task_sources.register_file_by_name(kind, name)
     if "/" in name:
         _load_entry_point(name.split("/", 1)[0])
     found = _plugins.get((kind, name))

@@ -2,6 +2,8 @@
 
 A task YAML names its dataset (a shipped file or a hub id), how rows become prompts, and its
 settings; ``version`` is bumped whenever the task changes, and is part of every stage hash.
+Tasks may also come from other folders, plugin packages and single files
+(:mod:`forgetbench.task_sources`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-from forgetbench import environment
-from forgetbench.config import Field, StrictModel, load_yaml
+from pydantic import model_serializer, model_validator
+
+from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError, UsageError
 
 
@@ -23,17 +26,16 @@ class DataError(ForgetbenchError):
 
 
 def tasks_dir() -> Path:
-    """``$FORGETBENCH_TASKS``, else the copy inside an installed wheel, else the repo's tasks/."""
-    override = environment.tasks_override()
-    if override is not None:
-        return override
+    """The built-in tasks: the copy inside an installed wheel, else the repo's tasks/ (extra
+    folders, ``$FORGETBENCH_TASKS``, add to these: :mod:`forgetbench.task_sources`)."""
     bundled = Path(__file__).parent / "_tasks"
     return bundled if bundled.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
 class DatasetSpec(StrictModel):
-    path: Optional[str] = Field(None, description="A shipped file, relative to tasks/ (csv, json, "
-                                "jsonl, optionally .gz).")
+    path: Optional[str] = Field(None, description="A data file (csv, json, jsonl, optionally .gz), "
+                                "relative to the task's folder (tasks/ for built-in tasks; see "
+                                "forgetbench.task_sources).")
     hub: Optional[str] = Field(None, description="A Hugging Face dataset id, loaded with "
                                "`datasets` when `path` is not given (needs network).")
     hub_config: Optional[str] = Field(None, description="The hub dataset's configuration name.")
@@ -49,6 +51,30 @@ class DatasetSpec(StrictModel):
     id_prefix: Optional[str] = Field(None, description="For files without an id column: each row's "
                                      "`id` is this prefix + its 0-based position in the file, "
                                      "so ids survive filter, sample and head.")
+    # Set by forgetbench for a task outside the built-in folder (task_sources.locate_data), not
+    # written in a YAML: where `path` resolves (left out of hashes) and what it holds (hashed).
+    path_root: Optional[str] = Field(None, description="Set by forgetbench: the task's folder.")
+    sha256: Optional[str] = Field(None, description="Set by forgetbench: the data file's SHA-256.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_location(self, handler):
+        # Built-in tasks have neither: their dumped configs (and stage keys) stay as they were.
+        values = handler(self)
+        for key in ("path_root", "sha256"):
+            if values.get(key) is None:
+                values.pop(key, None)
+        return values
+
+    def file(self) -> Path:
+        """The data file ``path`` names, checked against ``sha256`` when set."""
+        from forgetbench.task_sources import data_file, file_sha256
+
+        root = Path(self.path_root) if self.path_root else tasks_dir()
+        where = data_file(root, self.path, "dataset")
+        if self.sha256 and where.is_file() and file_sha256(where) != self.sha256:
+            raise DataError(f"data file {where} changed since this run was planned (its SHA-256 "
+                            "differs); re-run the command to plan with the new data")
+        return where
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -85,7 +111,7 @@ def _read_hub(spec: DatasetSpec) -> list[dict]:
 def load_rows(spec: DatasetSpec) -> list[dict]:
     """Rows of the dataset, filtered, renamed to ``spec.fields`` and schema-checked."""
     if spec.path:
-        where = tasks_dir() / spec.path
+        where = spec.file()
         rows = _read_file(where)
     elif spec.hub:
         where, rows = spec.hub, _read_hub(spec)
@@ -117,40 +143,51 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
     return rows
 
 
-def task_files(kind: str) -> list[Path]:
-    return sorted((tasks_dir() / kind).glob("*.yaml"))
+def register_yaml_tasks(kind: str) -> None:
+    """Register every task YAML of ``kind`` (eval, attack, train_task) from the built-in folder
+    and the extra ones, as a plugin whose config is the YAML (forgetbench.task_sources)."""
+    from forgetbench.task_sources import register_all
 
-
-def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -> None:
-    """Register every ``tasks/<folder>/*.yaml`` as a ``kind`` plugin whose config is the YAML."""
-    from forgetbench.registry import register
-
-    for path in task_files(folder):
-        values = load_yaml(path, "task file")
-        if "name" not in values:
-            raise UsageError(f"task file {path} must have a `name`")
-        register(kind, values["name"], values, description=values.get("description", ""),
-                 config=config_cls)
+    register_all(kind)
 
 
 class TrainTask(StrictModel):
+    """A training task: the RL prompts a method trains on, the reward that scores them, and,
+    optionally, their groups (kinds) with how many of each to take, and the demonstrations of the
+    refusal warm-up."""
+
     name: str = Field(description="The task's name (file stem).")
     version: int = Field(description="Bumped whenever the task's data or format changes.")
     description: str = Field("", description="One line for `forgetbench list`.")
-    warmup: DatasetSpec = Field(description="Demonstrations for the refusal SFT warm-up: fields "
-                                "prompt, response, kind.")
-    prompts: DatasetSpec = Field(description="RL prompts: fields prompt, kind, reference.")
+    warmup: Optional[DatasetSpec] = Field(None, description="Demonstrations for the refusal SFT "
+                                          "warm-up (fields prompt, response, kind); a task "
+                                          "without them cannot be the warm-up's task.")
+    prompts: DatasetSpec = Field(description="RL prompts: field prompt, plus the columns the "
+                                 "reward reads (kind, reference, answer, ...).")
+    system_prompt: Optional[str] = Field(None, description="A system turn before every prompt.")
+    reward: str = Field("safety", description="The reward plugin scoring completions, unless the "
+                        "method names its own `reward`.")
+    reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward's "
+                                          "settings (the method's reward_config overrides them).")
+    groups: Optional[dict[str, int]] = Field(
+        None, description="Kind -> how many prompts of that kind to take (the rows' `kind` "
+        "column; a method setting n_<kind>, e.g. n_harmful, overrides the count). None: no "
+        "groups, the first n_prompts rows (every row by default), in the file's order.")
+
+    @model_validator(mode="after")
+    def _groups_are_counts(self):
+        bad = {kind: n for kind, n in (self.groups or {}).items() if n < 0}
+        if bad:
+            raise ValueError(f"groups: counts must be >= 0, got {bad}")
+        return self
 
 
 def load_train_task(name: str) -> TrainTask:
-    path = tasks_dir() / "train" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in task_files("train"))
-        raise UsageError(f"unknown training task {name!r}; known: {known}")
-    from forgetbench.config import validate
+    """Training task ``name`` (built-in, a plugin's ``lab/name``, or a YAML file's path)."""
+    from forgetbench import registry
 
-    return validate(TrainTask, load_yaml(path, "training task file"),
-                    f"training task {name!r}")
+    plugin = registry.get("train_task", name)
+    return plugin.build_config(plugin.target)
 
 
 def take_by_kind(rows: list[dict], n_harmful: int, n_harmless: int) -> list[dict]:
@@ -166,8 +203,39 @@ def take_by_kind(rows: list[dict], n_harmful: int, n_harmless: int) -> list[dict
 
 
 def load_train_prompts(name: str, n_harmful: int, n_harmless: int) -> list[dict]:
+    """The safety task's kinds: ``n_harmful`` harmful and ``n_harmless`` harmless rows."""
     task = load_train_task(name)
     return take_by_kind(load_rows(task.prompts), n_harmful, n_harmless)
+
+
+def prompt_counts(task: TrainTask, settings) -> dict[str, int] | int | None:
+    """How many prompts of each group to take: a group ``X`` takes ``settings.n_X`` when the
+    settings (a method's config) declare it, else the task's count; a task without groups takes
+    ``settings.n_prompts`` rows (None: all)."""
+    if task.groups is None:
+        return getattr(settings, "n_prompts", None)
+    return {kind: getattr(settings, f"n_{kind}", count) for kind, count in task.groups.items()}
+
+
+def take_rows(task: TrainTask, rows: list[dict], counts: dict[str, int] | int | None) -> list[dict]:
+    """A task's training rows: per-group counts (the safety task's harmful / harmless, mixed as
+    ``take_by_kind`` mixes them), or the first ``counts`` rows of a task without groups."""
+    if isinstance(counts, dict):
+        if set(counts) == {"harmful", "harmless"}:  # the safety task's order, kept as it was
+            return take_by_kind(rows, counts["harmful"], counts["harmless"])
+        taken = []
+        for kind, count in counts.items():
+            chosen = [row for row in rows if row.get("kind") == kind][:count]
+            if len(chosen) < count:
+                raise DataError(f"training task {task.name!r}: asked for {count} {kind!r} rows, "
+                                f"it has {len(chosen)}; lower n_{kind} or the group's count")
+            taken += chosen
+        random.Random(0).shuffle(taken)
+        return taken
+    if counts is not None and counts > len(rows):
+        raise DataError(f"training task {task.name!r}: asked for {counts} prompts, it has "
+                        f"{len(rows)}; lower n_prompts")
+    return rows[:counts] if counts is not None else rows
 
 
 def normalize_prompt(text: str) -> str:
@@ -186,6 +254,8 @@ def check_disjoint(train_task: str, evals: dict[str, list[str]]) -> None:
     with its reference as the target, would inflate that eval."""
     task = load_train_task(train_task)
     for part, spec in (("warmup", task.warmup), ("prompts", task.prompts)):
+        if spec is None:
+            continue
         keys = {row["id"]: normalize_prompt(row["prompt"]) for row in load_rows(spec)}
         for name, prompts in evals.items():
             scored = {normalize_prompt(prompt) for prompt in prompts}
@@ -196,3 +266,6 @@ def check_disjoint(train_task: str, evals: dict[str, list[str]]) -> None:
                                 f"has {len(rows)} row(s) whose prompt is a prompt of eval "
                                 f"{name!r}: {shown}; remove them from the task's data and bump "
                                 "its version")
+
+
+register_yaml_tasks("train_task")

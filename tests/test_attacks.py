@@ -109,8 +109,7 @@ def test_bad_attack_data_names_the_file_and_row(tmp_path, monkeypatch):
     bad = tmp_path / "data" / "bad.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"question": "q1", "answer": "a #### 1"}\n{"question": "q2"}\n')
-    monkeypatch.setenv("FORGETBENCH_TASKS", str(tmp_path))
-    task = attack_task("gsm8k", dataset={"path": "data/bad.jsonl",
+    task = attack_task("gsm8k", dataset={"path": "data/bad.jsonl", "path_root": str(tmp_path),
                                          "fields": {"question": "question", "answer": "answer"}})
     with pytest.raises(DataError, match=r"bad.jsonl row 2 lacks required field\(s\) \['answer'\]"):
         load_rows(task.dataset)
@@ -118,7 +117,8 @@ def test_bad_attack_data_names_the_file_and_row(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="empty prompt or response"):
         format_pairs(task, load_rows(task.dataset))
     empty = attack_task("ultrafeedback-rl", dataset={
-        "path": "data/bad.jsonl", "filter": {"question": "none"}, "fields": {"prompt": "question"}})
+        "path": "data/bad.jsonl", "path_root": str(tmp_path), "filter": {"question": "none"},
+        "fields": {"prompt": "question"}})
     with pytest.raises(DataError, match="no rows left after filtering"):
         load_rows(empty.dataset)
 

@@ -71,6 +71,8 @@ def test_third_party_package_registers_through_entry_point(cli, installed_plugin
     listing = cli("list", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "fbtest/grpo_large_beta" in listing.stdout and "fbtest/keyword_judge" in listing.stdout
+    for task in ("fbtest/arith", "fbtest/arith_sft", "fbtest/chores"):  # its task folder
+        assert task in listing.stdout, task
     plan = cli("run", "--preset", "smoke", "--method", "fbtest/grpo_large_beta",
                "--print-config", env=env)
     assert plan.returncode == 0, plan.stderr
@@ -107,3 +109,31 @@ def test_third_party_method_trains_and_its_judge_scores_on_smoke(cli, installed_
     [before] = [p for p in (out / "stages" / "generate").glob("harmbench-before-*")]
     responses = [json.loads(line)["response"] for line in open(before / "generations.jsonl")]
     assert scored.loc[0, "value"] == pytest.approx(sum("I" in r for r in responses) / 4)
+
+
+@pytest.mark.slow
+def test_third_party_tasks_run_on_smoke(cli, installed_plugin, tmp_path):
+    """The package's task folder (register_task_dir): its training task trains the policy, its
+    attack fine-tunes it, its eval scores every step, each reading the package's own data."""
+    import pandas as pd
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(installed_plugin),
+                                                       os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out"
+    result = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "fbtest/arith_sft",
+                 "--set", "warmup.enabled=false", "--set", "evals=[fbtest/arith]",
+                 "--set", "method.train_task=fbtest/chores", "--output-dir", str(out),
+                 env=env, timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [train] = (out / "stages" / "train").glob("grpo-*")
+    request = json.loads((train / "request.json").read_text())
+    assert request["config"]["method"]["config"]["train_task"] == "fbtest/chores"
+    assert (train / "model" / "config.json").is_file()
+    [table] = [pd.read_parquet(p) for p in (out / "results").glob("*.parquet")]
+    scored = table[table["eval"] == "fbtest/arith"].set_index("step")
+    assert sorted(scored.index) == [0, 1, 2] and scored["n"].eq(6).all()
+    assert set(table["attack"]) == {"fbtest/arith_sft"}
+    # The plugin's eval prompts came from its own data file, in the installed package.
+    [before] = (out / "stages" / "generate").glob("fbtest-arith-before-*")
+    prompts = [json.loads(line)["prompt"] for line in open(before / "generations.jsonl")]
+    assert prompts[0] == "What is 7 + 5? Give the final number."

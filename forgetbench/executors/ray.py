@@ -18,7 +18,8 @@ from forgetbench.stages.executor import Outcome
 from forgetbench.stages.plan import Stage
 
 # Environment a stage process needs to behave as it would locally (thread count, caches, data).
-PASSED_ENV = ("FORGETBENCH_THREADS", "FORGETBENCH_CACHE", "FORGETBENCH_TASKS", "HF_HOME",
+PASSED_ENV = ("FORGETBENCH_THREADS", "FORGETBENCH_CACHE", "FORGETBENCH_TASKS",
+              "FORGETBENCH_TASK_FILES", "HF_HOME",
               "HF_HUB_OFFLINE", "HF_TOKEN", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
 
 

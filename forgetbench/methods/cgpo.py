@@ -124,7 +124,8 @@ class CGPOConfig(GRPOFamilyConfig):
             raise ValueError("cgpo needs at least one task: tasks.<kind>: {judges, reward}")
         # (compared with the default, not checked for being set: the resolved config that the
         # train stage re-validates carries every field)
-        if self.reward != GRPOFamilyConfig.model_fields["reward"].default or self.reward_config:
+        # (the family's validator has filled an unset reward with the training task's)
+        if self.reward not in (None, "safety") or self.reward_config:
             raise ValueError("cgpo takes its rewards per task (tasks.<kind>.reward), not "
                              "reward / reward_config")
         if self.num_generations < 2 and any(self.task_optimizer(t) == "codpo" for t in self.tasks):

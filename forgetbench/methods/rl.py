@@ -12,12 +12,21 @@ from forgetbench.training.grpo import AdvantageFn, GRPOFamilyConfig, run_grpo
 def training_rows(config: GRPOFamilyConfig, model_path: str) -> list[dict]:
     """The method's training prompts (``id``, ``prompt``, ``kind``, ``reference``), in the order
     that gives each its ``prompt_index`` in the training dataset."""
-    from forgetbench.tasks import load_train_prompts
+    from forgetbench.tasks import load_rows, load_train_task, prompt_counts, take_rows
 
-    rows = load_train_prompts(config.train_task, config.n_harmful, config.n_harmless)
+    task = load_train_task(config.train_task)
+    rows = take_rows(task, load_rows(task.prompts), prompt_counts(task, config))
+    if task.system_prompt:
+        rows = [{**row, "system": task.system_prompt} for row in rows]
     if config.max_prompt_length:
         rows = within_prompt_length(rows, model_path, config.max_prompt_length)
     return rows
+
+
+def chat_prompt(row: dict) -> list[dict]:
+    """The conversation a training row starts: its task's system turn, if any, then the prompt."""
+    system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return [*system, {"role": "user", "content": row["prompt"]}]
 
 
 def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
@@ -33,9 +42,13 @@ def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, mo
     from forgetbench import registry
 
     rows = training_rows(config, model_path) if rows is None else rows
+    # Every column of the task's rows reaches the reward (TRL passes them as keyword arguments):
+    # the safety reward reads kind and reference, the math reward the answer.
     dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": row["prompt"]}], "kind": row["kind"],
-         "reference": row.get("reference") or "", "prompt_index": index}
+        {"prompt": chat_prompt(row), "kind": row.get("kind") or config.train_task,
+         "reference": row.get("reference") or "", "prompt_index": index,
+         **{k: v for k, v in row.items() if k not in ("id", "prompt", "system", "kind",
+                                                     "reference")}}
         for index, row in enumerate(rows)])
     if reward_funcs is None:
         reward_plugin = registry.get("reward", config.reward)
@@ -50,9 +63,8 @@ def within_prompt_length(rows: list[dict], model_path: str, limit: int) -> list[
     from forgetbench.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                           tokenize=False, add_generation_prompt=True)
-             for row in rows]
+    texts = [tokenizer.apply_chat_template(chat_prompt(row), tokenize=False,
+                                           add_generation_prompt=True) for row in rows]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kept = [row for row, length in zip(rows, lengths) if length <= limit]
     if not kept:

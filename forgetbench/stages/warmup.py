@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from forgetbench.config import Field
 from forgetbench.training.sft import SFTSettings
 
@@ -16,6 +18,15 @@ class WarmupConfig(SFTSettings):
                       "`warmup` dataset holds the demonstrations.")
     n_harmful: int = Field(100, ge=0, description="Refusal demonstrations (harmful prompts).")
     n_harmless: int = Field(300, ge=0, description="Helpful demonstrations (harmless prompts).")
+
+    @model_validator(mode="after")
+    def _task_has_demonstrations(self):
+        from forgetbench.tasks import load_train_task
+
+        if self.enabled and load_train_task(self.task).warmup is None:
+            raise ValueError(f"training task {self.task!r} has no warm-up demonstrations; set "
+                             "warmup.enabled=false or warmup.task=safety")
+        return self
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:

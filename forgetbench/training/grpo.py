@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from pydantic import model_validator
+from pydantic import model_serializer, model_validator
 
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError, UsageError
@@ -47,22 +47,42 @@ class GRPOFamilyConfig(OptimConfig):
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = Field(
         "grpo", description="Token aggregation: grpo = per-sequence mean then batch mean; bnpo = "
         "token mean over the batch; dr_grpo = token sum / (batch * max_completion_length).")
-    train_task: str = Field("safety", description="The training prompts: tasks/train/<name>.yaml.")
-    reward: str = Field("safety", description="Reward plugin scoring each completion "
-                        "(`forgetbench list reward`).")
+    train_task: str = Field("safety", description="The training task (`forgetbench list "
+                            "train_task`, a plugin's lab/name, or a YAML file's path).")
+    reward: Optional[str] = Field(None, description="Reward plugin scoring each completion "
+                                  "(`forgetbench list reward`); unset: the training task's.")
     reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward plugin's "
-                                          "own settings, validated by its config class.")
+                                          "own settings, validated by its config class (over the "
+                                          "training task's when its reward is the task's).")
     generation_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() "
                                               "arguments for rollouts, e.g. {min_new_tokens: 32} "
                                               "to force full-length completions when timing.")
     n_harmful: int = Field(64, ge=0, description="Harmful training prompts taken from the task.")
     n_harmless: int = Field(64, ge=0, description="Harmless training prompts taken from the task.")
+    n_prompts: Optional[int] = Field(None, ge=1, description="For a task without groups (kinds): "
+                                     "its first n_prompts prompts; None takes them all.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_n_prompts(self, handler):
+        # Unset, it is left out of the dump, so the configs (and stage keys) of the runs made
+        # before it existed are unchanged.
+        values = handler(self)
+        if values.get("n_prompts") is None:
+            values.pop("n_prompts", None)
+        return values
 
     @model_validator(mode="after")
     def _reward_config_is_valid(self):
         # Checked when the config is resolved, so a bad reward key fails before any training.
         from forgetbench import registry
 
+        if self.reward is None:  # the training task's reward (the safety task's: `safety`)
+            from forgetbench.config import deep_merge
+            from forgetbench.tasks import load_train_task
+
+            task = load_train_task(self.train_task)
+            self.reward = task.reward
+            self.reward_config = deep_merge(task.reward_config, self.reward_config)
         registry.get("reward", self.reward).build_config(self.reward_config)
         return self
 

@@ -1,8 +1,12 @@
 """Registers a method, a judge and a GRPO variant through forgetbench's entry point: the README's
 "Adding a method" example (a custom advantage through ``train_with_advantage``), a keyword judge,
-and GRPO with a larger KL weight. tests/test_registry.py installs it, lists and plans it, and runs
-the method and the judge end to end on the smoke preset."""
+and GRPO with a larger KL weight; and its task folder (an eval, an attack and a training task
+with their own data) with one call. tests/test_registry.py installs it, lists and plans it, and
+runs the method, the judge and the tasks end to end on the smoke preset."""
 
+from pathlib import Path
+
+from forgetbench import register_task_dir
 from forgetbench.config import Field, StrictModel
 from forgetbench.judges import Verdict
 from forgetbench.methods.grpo import GRPOMethodConfig, grpo
@@ -42,3 +46,8 @@ class LargeBetaConfig(GRPOMethodConfig):
 def grpo_large_beta(config, model_path, out_dir, seed):
     """GRPO with a large KL weight: the 'just stay close to the reference' control."""
     return grpo(config, model_path, out_dir, seed)
+
+
+# evals/arith.yaml -> fbtest/arith, attacks/arith_sft.yaml -> fbtest/arith_sft,
+# train/chores.yaml -> fbtest/chores; their data paths are relative to this folder.
+register_task_dir(Path(__file__).parent / "tasks")
