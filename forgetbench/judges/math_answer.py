@@ -24,7 +24,6 @@ missing: the policy failed the task, and leaving it out would raise the accuracy
 from __future__ import annotations
 
 import re
-import threading
 from decimal import Decimal, InvalidOperation
 from typing import Optional, Sequence
 
@@ -134,8 +133,9 @@ class MathVerifyConfig(StrictModel):
     """Answer equivalence with the math-verify package (HF's grader, as in open-r1/lighteval)."""
 
     timeout_s: int = Field(5, ge=1, description="Seconds math-verify may spend parsing or "
-                           "comparing one answer (its own signal-based timeout; applied only in "
-                           "the main thread, as math-verify requires).")
+                           "comparing one answer (its own timeout, in a child process that is "
+                           "killed after 3 x timeout_s + 2 s: forgetbench.judges.verify_worker); "
+                           "a timed-out answer is wrong (0), with the reason.")
     float_rounding: int = Field(6, ge=0, description="Decimal places floats are rounded to "
                                 "before comparing (math_verify.verify's float_rounding).")
 
@@ -153,13 +153,10 @@ def _math_verify():
 @judge("math_verify", config=MathVerifyConfig)
 def math_verify_judge(config: MathVerifyConfig):
     """Last \\boxed{} answer vs the reference, equivalence by math-verify (parse + verify): 1/0."""
-    math_verify = _math_verify()
+    from forgetbench.judges.verify_worker import Verifier
 
-    def timeout() -> Optional[int]:
-        return config.timeout_s if threading.current_thread() is threading.main_thread() else None
-
-    def parse(latex: str):
-        return math_verify.parse("\\boxed{" + latex + "}", parsing_timeout=timeout())
+    _math_verify()  # a missing package is one line now, not a dead child process later
+    verifier = Verifier(config.timeout_s, config.float_rounding)
 
     def score(prompts: Sequence[str], responses: Sequence[str],
               rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
@@ -174,15 +171,13 @@ def math_verify_judge(config: MathVerifyConfig):
             if not boxed:
                 verdicts.append(Verdict(0.0, "no \\boxed{} answer in the response"))
                 continue
-            gold = parse(answer)
-            if not gold:
-                verdicts.append(Verdict(None, f"math-verify cannot parse the reference "
-                                              f"{answer!r}"))
+            correct, problem = verifier.check(answer, boxed)
+            if correct is None:
+                verdicts.append(Verdict(None, problem))
                 continue
-            correct = math_verify.verify(gold, parse(boxed), float_rounding=config.float_rounding,
-                                         timeout_seconds=timeout())
+            reason = f"boxed {boxed[:200]!r}, reference {answer[:200]!r}"
             verdicts.append(Verdict(1.0 if correct else 0.0,
-                                    f"boxed {boxed[:200]!r}, reference {answer[:200]!r}"))
+                                    f"{problem}: {reason}" if problem else reason))
         return verdicts
 
     return score

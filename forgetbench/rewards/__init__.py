@@ -105,6 +105,7 @@ def helpfulness_reward(config: HelpfulnessRewardConfig):
     return score
 
 
-# The judge adapter and the weighted sum register the `judge` and `weighted` rewards; imported
-# here (after the names they use) so that loading the built-in rewards loads them too.
-from forgetbench.rewards import judged  # noqa: E402,F401
+# The judge adapter and the weighted sum register the `judge` and `weighted` rewards, and
+# math_boxed the math setting's; imported here (after the names they use) so that loading the
+# built-in rewards loads them too.
+from forgetbench.rewards import judged, math_boxed  # noqa: E402,F401
