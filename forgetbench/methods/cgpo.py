@@ -125,7 +125,10 @@ class CGPOConfig(GRPOFamilyConfig):
         # (compared with the default, not checked for being set: the resolved config that the
         # train stage re-validates carries every field)
         # (the family's validator has filled an unset reward with the training task's)
-        if self.reward not in (None, "safety") or self.reward_config:
+        from forgetbench.tasks import load_train_task
+
+        if self.reward not in (None, load_train_task(self.train_task).reward) \
+                or self.reward_config:
             raise ValueError("cgpo takes its rewards per task (tasks.<kind>.reward), not "
                              "reward / reward_config")
         if self.num_generations < 2 and any(self.task_optimizer(t) == "codpo" for t in self.tasks):
