@@ -26,9 +26,9 @@ from forgetbench.errors import UsageError
 KINDS = ("method", "attack", "eval", "judge", "reward", "backend", "train_task")
 ENTRY_POINT_GROUP = "forgetbench"
 
-# In-tree modules whose decorators populate the registry. Task YAMLs (evals, attacks, training
-# tasks) are registered by forgetbench.evals, forgetbench.attacks and forgetbench.tasks when
-# imported (forgetbench.task_sources: from which folders).
+# In-tree modules whose decorators populate the registry. Task YAMLs are registered by the
+# modules of their kind (forgetbench.attacks, forgetbench.evals; training tasks by
+# _load_builtins), from the folders forgetbench.task_sources lists.
 BUILTIN_MODULES = (
     "forgetbench.methods.grpo",
     "forgetbench.methods.frpo",
@@ -45,7 +45,6 @@ BUILTIN_MODULES = (
     "forgetbench.rewards",
     "forgetbench.rewards.paper",
     "forgetbench.backends",
-    "forgetbench.tasks",
 )
 
 
@@ -135,6 +134,9 @@ def _load_builtins() -> None:
         _loaded_builtins = True
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
+        from forgetbench.tasks import register_yaml_tasks
+
+        register_yaml_tasks("train_task")
 
 
 def _load_entry_point(package: str) -> None:

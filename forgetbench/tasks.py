@@ -267,5 +267,3 @@ def check_disjoint(train_task: str, evals: dict[str, list[str]]) -> None:
                                 f"{name!r}: {shown}; remove them from the task's data and bump "
                                 "its version")
 
-
-register_yaml_tasks("train_task")
