@@ -130,7 +130,8 @@ def test_third_party_tasks_run_on_smoke(cli, installed_plugin, tmp_path):
     assert request["config"]["method"]["config"]["train_task"] == "fbtest/chores"
     assert (train / "model" / "config.json").is_file()
     [table] = [pd.read_parquet(p) for p in (out / "results").glob("*.parquet")]
-    scored = table[table["eval"] == "fbtest/arith"].set_index("step")
+    scored = table[(table["eval"] == "fbtest/arith") & (table["judge"] == "gsm8k_answer")] \
+        .set_index("step")
     assert sorted(scored.index) == [0, 1, 2] and scored["n"].eq(6).all()
     assert set(table["attack"]) == {"fbtest/arith_sft"}
     # The plugin's eval prompts came from its own data file, in the installed package.

@@ -30,7 +30,9 @@ def print_config(cli, *args, cwd_env=None):
 
 
 def stage_keys(stdout: str) -> list[str]:
-    return [line.split()[-1] for line in stdout.splitlines() if "generate" in line]
+    """The stage folders of the user's eval in a --print-config plan."""
+    return [line.split()[-1] for line in stdout.splitlines()
+            if line.startswith("todo") and "my_arith" in line]
 
 
 def test_a_yaml_path_works_where_an_eval_or_attack_name_does(cli, tmp_path):
