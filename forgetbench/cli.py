@@ -142,7 +142,7 @@ def print_plan(matrix, root: Path, console) -> None:
 def _execute(matrix, root: Path, console) -> None:
     from forgetbench.executors import make_executor
     from forgetbench.runner import run_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.stages.store import check_layout
 
     check_layout(root)
     _check_code_sandbox(matrix, root)
@@ -169,7 +169,7 @@ def cmd_run(args, console) -> None:
     import json
 
     from forgetbench.matrix import make_spec, plan_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.stages.store import check_layout
 
     spec = make_spec(methods=[args.method], attacks=[args.attack],
                      seeds=None if args.seed is None else [args.seed], preset=args.preset,
@@ -190,7 +190,7 @@ def cmd_run(args, console) -> None:
 
 def cmd_matrix(args, console) -> None:
     from forgetbench.matrix import describe, make_spec, parse_names, parse_seeds, plan_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.stages.store import check_layout
 
     spec = make_spec(
         file=args.file,

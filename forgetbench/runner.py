@@ -25,7 +25,7 @@ from forgetbench.executors import Executor
 from forgetbench.matrix import MatrixPlan
 from forgetbench.pipeline import CellPlan
 from forgetbench.results import cell_rows, write_table
-from forgetbench.stages.executor import Interrupted, Outcome, prepare
+from forgetbench.stages.store import Interrupted, Outcome, prepare
 from forgetbench.stages.plan import Stage
 
 

@@ -16,8 +16,8 @@ from forgetbench.executors.local import LocalExecutor
 from forgetbench.matrix import MatrixPlan, make_spec, parse_seeds, plan_matrix
 from forgetbench.pipeline import plan, resolve
 from forgetbench.runner import run_stages
-from forgetbench.stages.executor import (LAYOUT_FILE, check_layout, claim, lock_path, prepare,
-                                         remove_stale_temporaries)
+from forgetbench.stages.store import (LAYOUT_FILE, Claim, StageRun, check_layout, claim,
+                                      lock_path, prepare, remove_stale_temporaries)
 from forgetbench.stages.plan import Stage, ordered
 
 HOT = {"label": "alpaca-hot", "plugin": "alpaca", "set": {"learning_rate": 1.0e-4}}
@@ -243,11 +243,11 @@ def test_a_stage_held_by_another_runner_is_not_claimed(tmp_path, holder):
     stage = _stage()
     lock_path(tmp_path, stage.kind, stage.key).parent.mkdir(parents=True)
     process = holder(lock_path(tmp_path, stage.kind, stage.key))
-    assert claim(stage, tmp_path) is None
+    assert claim(stage, tmp_path) is Claim.HELD
     process.kill()
     process.wait()
     run = claim(stage, tmp_path)
-    assert run is not None and run != "done"
+    assert isinstance(run, StageRun)
     run.lock.release()
 
 

@@ -23,7 +23,7 @@ from filelock import FileLock
 from conftest import ROOT
 from forgetbench.matrix import make_spec, plan_matrix
 from forgetbench.results import load_results
-from forgetbench.stages.executor import lock_path
+from forgetbench.stages.store import lock_path
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from filelock import FileLock, Timeout
 
@@ -166,9 +167,10 @@ def prepare(root: Path, write: bool = True) -> None:
 
 @dataclass
 class Outcome:
-    """How a stage ended for this runner."""
+    """How a stage ended for this runner: computed here (``ran``), found complete (``reused``),
+    ``failed``, or ``skipped`` by the runner because an input failed."""
 
-    status: str  # "ran" | "reused" | "failed"
+    status: Literal["ran", "reused", "failed", "skipped"]
     seconds: float = 0.0
     peak_rss_mib: float = 0.0
     error: str = ""
@@ -291,19 +293,26 @@ class StageRun:
                 self.lock.release()
 
 
-def claim(stage: Stage, root: Path, block: bool = False) -> "StageRun | str | None":
-    """Take ``stage`` for this process: a StageRun to start, ``"done"`` if it is already
-    complete, or None if another runner holds it (only when ``block`` is False)."""
+class Claim(Enum):
+    """Why :func:`claim` gave no :class:`StageRun` to start."""
+
+    DONE = "done"  # the stage is complete: re-use it
+    HELD = "held"  # another runner (or Ray task) is computing it now
+
+
+def claim(stage: Stage, root: Path, block: bool = False) -> "StageRun | Claim":
+    """Take ``stage`` for this process: a StageRun to start, ``Claim.DONE`` if it is already
+    complete, or ``Claim.HELD`` if another runner holds it (only when ``block`` is False)."""
     if stage.is_done(root):
-        return "done"
+        return Claim.DONE
     lock = _lock(root, stage.kind, stage.key)
     try:
         lock.acquire(timeout=-1 if block else 0)
     except Timeout:
-        return None
+        return Claim.HELD
     if stage.is_done(root):  # finished by another runner while we waited
         lock.release()
-        return "done"
+        return Claim.DONE
     return StageRun(stage, root, lock)
 
 
@@ -311,7 +320,7 @@ def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
     """Compute ``stage`` in this process's child unless it is complete (blocking); a Ray task
     runs exactly this."""
     claimed = claim(stage, root, block=True)
-    if claimed == "done":
+    if claimed is Claim.DONE:
         return Outcome("reused")
     try:
         claimed.start(env)
@@ -320,6 +329,3 @@ def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
         claimed.abort()
         raise
 
-
-def stage_meta(stage: Stage, root: Path) -> dict:
-    return json.loads((stage.folder(root) / DONE_FILE).read_text())
