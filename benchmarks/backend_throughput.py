@@ -29,7 +29,7 @@ import time
 
 def suite_prompts(preset: str) -> tuple[list[str], dict, list[str]]:
     """(prompts, generation settings, eval names) of the preset's evaluation suite."""
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
     from forgetbench.stages.generate import eval_prompts
 
     cell = resolve("grpo", "alpaca", preset)

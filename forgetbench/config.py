@@ -7,7 +7,7 @@ where they are defined. A run's config is resolved in layers, later layers winni
     <  `--set section.field=value` on the command line
 
 A preset's shared `method:` / `attack:` fields apply only to plugins whose config declares them
-(``pipeline.declared_fields``); every other layer rejects a key the plugin does not declare.
+(``cell.declared_fields``); every other layer rejects a key the plugin does not declare.
 
 The fully resolved config is saved beside every stage output, and ``stable_hash`` of it names the
 stage's folder.

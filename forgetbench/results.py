@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from forgetbench.config import stable_hash
-
-from forgetbench.stages.judge import JUDGE_PROVENANCE, PROVENANCE_FILE, VERDICTS_FILE
-from forgetbench.stages.kl import KL_FILE
+from forgetbench.stages import (DONE_FILE, GENERATIONS_FILE, JUDGE_PROVENANCE, KL_FILE,
+                                PROVENANCE_FILE, STAGE_FORMAT, VERDICTS_FILE)
 
 Z95 = 1.959963984540054
 
@@ -94,8 +93,6 @@ def git_revision() -> str | None:
 def backend_used(generations_folder: Path) -> dict:
     """The back-end that really generated (``auto`` resolves per machine), from the stored
     generations: ``backend_used`` and its package version."""
-    from forgetbench.stages.generate import GENERATIONS_FILE
-
     with open(generations_folder / GENERATIONS_FILE) as handle:
         first = json.loads(handle.readline() or "{}")
     return {"backend_used": first.get("backend"),
@@ -121,8 +118,6 @@ def stage_provenance(folder: Path) -> dict:
     """What a finished stage's own ``stage.json`` says about how it was computed: the package
     versions and git revision of the process that ran it and when it finished. Read, never
     stamped: re-using a stage keeps the labels of the run that computed it."""
-    from forgetbench.stages.plan import DONE_FILE
-
     meta = json.loads((folder / DONE_FILE).read_text())
     versions = meta.get("versions") or {}
     return {**{f"version_{name.replace('-', '_')}": versions.get(name) for name in PACKAGES},
@@ -134,8 +129,6 @@ def prompts_sha256(generations_folder: Path) -> str:
     """A hash of the eval's prompts as generated (ids and texts, in order): two runs with the
     same hash scored the same questions (the lm-eval ``task_hashes`` idea)."""
     import hashlib
-
-    from forgetbench.stages.generate import GENERATIONS_FILE
 
     digest = hashlib.sha256()
     for line in open(generations_folder / GENERATIONS_FILE):
@@ -162,8 +155,6 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
     provenance: the hashes of every config part and the key of every stage a row comes from, the
     base model, back-end, the protocol (track) hash, and the package versions, git revision and
     dates read from the row's own stages' ``stage.json``."""
-    from forgetbench.stages import STAGE_FORMAT
-
     cell = cell_plan.cell
     resolved = cell.resolved
     train = stage_provenance(cell_plan.policies["before"].folder(root))

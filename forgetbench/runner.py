@@ -22,11 +22,10 @@ from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executors import Executor
-from forgetbench.matrix import MatrixPlan
-from forgetbench.pipeline import CellPlan
+from forgetbench.planner import CellPlan, MatrixPlan
 from forgetbench.results import cell_rows, write_table
 from forgetbench.stages.store import Interrupted, Outcome, prepare
-from forgetbench.stages.plan import Stage
+from forgetbench.stages import Stage
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from typing import Literal, Optional
 from forgetbench import environment
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import UsageError
+from forgetbench.stages import Stage
 from forgetbench.stages.store import Outcome
-from forgetbench.stages.plan import Stage
 
 EXECUTORS = ("local", "ray")
 # Stages that load a model for training or generation; the others (judge) are light by default.

@@ -14,8 +14,8 @@ from typing import Optional
 
 from forgetbench import environment
 from forgetbench.executors import Executor
+from forgetbench.stages import Stage
 from forgetbench.stages.store import Claim, Outcome, StageRun, claim
-from forgetbench.stages.plan import Stage
 
 RECLAIM_SECONDS = 1.0  # how often a stage held by another runner is looked at again
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executors import HEAVY_KINDS, Executor, ExecutorConfig, StageResources
+from forgetbench.stages import Stage
 from forgetbench.stages.store import Outcome
-from forgetbench.stages.plan import Stage
 
 # Environment a stage process needs to behave as it would locally (thread count, caches, data).
 PASSED_ENV = ("FORGETBENCH_THREADS", "FORGETBENCH_CACHE", "FORGETBENCH_TASKS", "HF_HOME",

@@ -68,9 +68,7 @@ def pack(runs: Path, out: Path, method: str | None = None,
     import pyarrow.parquet as pq
 
     from forgetbench.results import check_frame, current, load_results
-    from forgetbench.stages.generate import GENERATIONS_FILE
-    from forgetbench.stages.judge import VERDICTS_FILE
-    from forgetbench.stages.kl import KL_FILE
+    from forgetbench.stages import GENERATIONS_FILE, KL_FILE, VERDICTS_FILE
 
     runs = Path(runs).resolve()
     frame, _ = current(load_results(runs))

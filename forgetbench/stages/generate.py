@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError
-from forgetbench.stages.plan import policy_path
-
-GENERATIONS_FILE = "generations.jsonl"
+from forgetbench.stages import GENERATIONS_FILE
+from forgetbench.stages.policy import policy_path
 
 
 def eval_prompts(config: dict) -> list[dict]:

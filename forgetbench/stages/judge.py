@@ -20,14 +20,8 @@ from pathlib import Path
 
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError
-from forgetbench.stages.generate import GENERATIONS_FILE
+from forgetbench.stages import GENERATIONS_FILE, PROVENANCE_FILE, VERDICTS_FILE
 from forgetbench.stages.worker import REQUEST_FILE  # the request every stage folder keeps
-
-VERDICTS_FILE = "verdicts.jsonl"
-# How the verdicts were scored, where the judge says (``score.provenance``: code_exec's sandbox);
-# the results table copies it into each row of this judge stage (columns JUDGE_PROVENANCE).
-PROVENANCE_FILE = "judge_provenance.json"
-JUDGE_PROVENANCE = ("sandbox",)
 
 
 class JudgeMissingError(ForgetbenchError):

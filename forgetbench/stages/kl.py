@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetbench.stages.generate import GENERATIONS_FILE
-from forgetbench.stages.plan import policy_path
+from forgetbench.stages import GENERATIONS_FILE, KL_FILE
+from forgetbench.stages.policy import policy_path
 from forgetbench.stages.worker import REQUEST_FILE
 
-KL_FILE = "kl.jsonl"
 BATCH_SIZE = 8
 
 

@@ -33,9 +33,8 @@ from typing import Literal, Optional
 from filelock import FileLock, Timeout
 
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.stages import STAGE_FORMAT, STAGE_KINDS
+from forgetbench.stages import DONE_FILE, STAGE_FORMAT, STAGE_KINDS, Stage
 from forgetbench.stages.launch import ForkedWorker, FreshWorker
-from forgetbench.stages.plan import DONE_FILE, Stage
 from forgetbench.stages.worker import ERROR_FILE, LOG_FILE, REQUEST_FILE
 
 # Bumped when the output folder's layout (folder names, marker, lock places) changes shape.
