@@ -230,15 +230,3 @@ def finish(tokenizer, token_ids, stop_ids: set[int], unstopped: str = "length"
         ids = ids[:cut]
     reason = "stop" if cut is not None else unstopped
     return tokenizer.decode(ids, skip_special_tokens=True).strip(), reason, len(ids)
-
-
-def package_version(*names: str) -> tuple[str, str]:
-    """(distribution, version) of the first installed of ``names``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    for name in names:
-        try:
-            return name, version(name)
-        except PackageNotFoundError:
-            continue
-    return names[0], ""

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
+from forgetbench.atomic import atomic_path
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.leaderboard import rank
@@ -346,10 +346,8 @@ def add(path: Path, leaderboard: Path, min_seeds: int | None = None,
     submissions = leaderboard / "submissions"
     digest = sha256(Path(path).read_bytes())[:12]
     target = submissions / f"{info['method']}-{info['track']}-{digest}.tar.gz"
-    submissions.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
     try:
         results = [Path(r) for r in sources.get("results") or [] if Path(r).is_dir()]
         build(results, submissions, site, resamples=sources.get("resamples", resamples),

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from forgetbench.atomic import write_atomic
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError
 from forgetbench.stages import GENERATIONS_FILE, PROVENANCE_FILE, VERDICTS_FILE
@@ -82,13 +82,6 @@ def _load_partial(path: Path, rows: list[dict]) -> dict[int, dict]:
     return found
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-
-
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from forgetbench.judges import Verdict, build_judge, score_verdicts
 
@@ -109,10 +102,10 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     retry = [i for i, v in enumerate(verdicts) if v.value is None and v.retryable]
     if retry and not getattr(judge.config, "allow_missing", False):
         scored = [i for i, v in enumerate(verdicts) if v.value is not None]
-        _write_atomic(partial, [json.dumps({"id": str(rows[i]["id"]), "fingerprint":
-                                            _fingerprint(rows[i]), "value": verdicts[i].value,
-                                            "reason": verdicts[i].reason}) + "\n"
-                                for i in scored])
+        write_atomic(partial, "".join(json.dumps({"id": str(rows[i]["id"]), "fingerprint":
+                                                  _fingerprint(rows[i]), "value": verdicts[i].value,
+                                                  "reason": verdicts[i].reason}) + "\n"
+                                      for i in scored))
         raise JudgeMissingError(
             f"judge {judge.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
             f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "
