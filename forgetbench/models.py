@@ -88,6 +88,12 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def user_turn_text(tokenizer, message: str) -> str:
+    """``message`` as one user turn in the tokenizer's chat template, ready for the reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def load_model(path: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
