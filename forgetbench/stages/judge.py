@@ -21,6 +21,7 @@ from forgetbench.atomic import write_atomic
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError
 from forgetbench.stages import GENERATIONS_FILE, PROVENANCE_FILE, VERDICTS_FILE
+from forgetbench.stages.generate import eval_task
 from forgetbench.stages.worker import REQUEST_FILE  # the request every stage folder keeps
 
 
@@ -35,12 +36,11 @@ def _fingerprint(row: dict) -> str:
 
 def eval_rows(generations_folder: Path, ids: list[str]) -> list[dict]:
     """The eval dataset row of each id, from the eval config the generation stage ran with."""
-    from forgetbench import registry
     from forgetbench.tasks import load_rows
 
     request = json.loads((generations_folder / REQUEST_FILE).read_text())
     spec = request["config"]["eval"]
-    task = registry.get("eval", spec["name"]).build_config(spec["config"])
+    task = eval_task(spec)
     by_id = {str(row["id"]): row for row in load_rows(task.dataset) if "id" in row}
     missing = [i for i in ids if i not in by_id]
     if missing:

@@ -72,7 +72,8 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     import torch
     from rich.progress import Progress
 
-    from forgetbench.backends.base import GenerationConfig, prompt_budget, resolve_policy
+    from forgetbench import registry
+    from forgetbench.backends.base import prompt_budget, resolve_policy
     from forgetbench.backends.hf import load_weights
     from forgetbench.models import load_tokenizer
 
@@ -84,7 +85,9 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = resolve_policy(policy_folder)
     tokenizer = load_tokenizer(policy.tokenizer)
-    generation = GenerationConfig(**request["config"]["backend"]["config"])
+    # the settings the rollouts were generated with, read as their back-end reads them
+    backend = request["config"]["backend"]
+    generation = registry.get("backend", backend["name"]).build_config(backend["config"])
     _, budget = prompt_budget(generation, policy.model)
     pairs = rollout_ids(tokenizer, records, budget)
     current = load_weights(policy).to(device)
