@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgetbench.pipeline import resolve
+from forgetbench.cell import resolve
 
 BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
              "baselines/vaccine", "baselines/booster", "baselines/deep_align")

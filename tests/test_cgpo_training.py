@@ -172,7 +172,7 @@ def test_other_optimisers_are_refused_until_wired():
 
 
 def test_method_judges_take_the_runs_judge_settings():
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
 
     cell = resolve("cgpo", "alpaca", "smoke", overrides=("judges.refusal.max_chars=60",))
     tasks = cell.resolved["method"]["config"]["tasks"]
