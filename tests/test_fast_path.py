@@ -36,7 +36,9 @@ def matrix(tiny_model, tmp_path_factory):
         """))
     out = root / "out"
     started = time.monotonic()
-    result = run_cli("matrix", str(spec), "--output-dir", str(out))
+    # two stages at once, one thread each: the local executor's parallel path, and half the time
+    result = run_cli("matrix", str(spec), "--output-dir", str(out), "--jobs", "2",
+                     env={"FORGETBENCH_THREADS": "1"})
     seconds = time.monotonic() - started
     print(f"\nthe 2 x 2 matrix on the tiny model ran in {seconds:.0f} s")
     yield spec, out, result
