@@ -21,14 +21,18 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from forgetbench.config import StrictModel, validate
 from forgetbench.errors import UsageError
+from forgetbench.tasks import TrainTask
 
 KINDS = ("method", "attack", "eval", "judge", "reward", "backend", "train_task")
 ENTRY_POINT_GROUP = "forgetbench"
 
 # In-tree modules whose decorators populate the registry. Task YAMLs are registered by the
+# In-tree modules whose decorators populate the registry. Task YAMLs are registered by the
 # modules of their kind (forgetbench.attacks, forgetbench.evals; training tasks by
-# _load_builtins), from the folders forgetbench.task_sources lists.
+# _load_builtins) through register_yaml_tasks below, from the folders forgetbench.task_sources
+# lists.
 BUILTIN_MODULES = (
     "forgetbench.methods.grpo",
     "forgetbench.methods.frpo",
@@ -57,10 +61,15 @@ class Plugin:
     config: type[BaseModel] | None = None
 
     def build_config(self, values: dict | None = None) -> BaseModel:
-        """Validate ``values`` against the plugin's config class (unknown keys are rejected)."""
-        from forgetbench.config import validate_plugin_config
-
-        return validate_plugin_config(self, values or {})
+        """Validate ``values`` against the plugin's config class (unknown keys are rejected); a
+        plugin without one takes no settings."""
+        values = values or {}
+        if self.config is None:
+            if values:
+                raise UsageError(f"{self.kind} {self.name!r} takes no config, got "
+                                 f"{sorted(values)}")
+            return StrictModel()
+        return validate(self.config, values, f"{self.kind} {self.name!r}")
 
 
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("namespace", default=None)
@@ -92,6 +101,16 @@ def register(kind: str, name: str, target: Any, *, description: str = "",
                     config)
     _plugins[(kind, full_name)] = plugin
     return plugin
+
+
+def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -> None:
+    """Register every ``<folder>/*.yaml`` of the built-in tasks and the extra task folders as a
+    ``kind`` plugin whose config (``config_cls``) is the YAML (forgetbench.task_sources)."""
+    from forgetbench.task_sources import FOLDERS, register_all
+
+    if FOLDERS.get(kind) != folder:
+        raise ValueError(f"{kind} tasks live in {FOLDERS.get(kind)}/, not {folder}/")
+    register_all(kind)
 
 
 # What a plugin of each kind must do, shown by help(forgetbench.method) etc.
@@ -134,9 +153,7 @@ def _load_builtins() -> None:
         _loaded_builtins = True
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
-        from forgetbench.tasks import register_yaml_tasks
-
-        register_yaml_tasks("train_task")
+        register_yaml_tasks("train_task", "train", TrainTask)
 
 
 def _load_entry_point(package: str) -> None:

@@ -143,14 +143,6 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
     return rows
 
 
-def register_yaml_tasks(kind: str) -> None:
-    """Register every task YAML of ``kind`` (eval, attack, train_task) from the built-in folder
-    and the extra ones, as a plugin whose config is the YAML (forgetbench.task_sources)."""
-    from forgetbench.task_sources import register_all
-
-    register_all(kind)
-
-
 class TrainTask(StrictModel):
     """A training task: the RL prompts a method trains on, the reward that scores them, and,
     optionally, their groups (kinds) with how many of each to take, and the demonstrations of the

@@ -113,7 +113,7 @@ def test_math_build_is_deterministic(tmp_path):
 # ----------------------------------------------------------------------------- presets and sweep
 
 def test_paper_math_preset_has_the_papers_settings():
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
 
     cell = resolve("frpo", "code", "paper-math")
     method = cell.resolved["method"]["config"]
@@ -133,7 +133,8 @@ def test_paper_math_preset_has_the_papers_settings():
 
 def test_the_lambda_sweep_is_the_papers():
     """§1.5: lambda in {10, 4, 2, 1, 0.5, 0.2, 0.1}, lr 6e-6 for lambda >= 1 and 5e-6 below."""
-    from forgetbench.matrix import load_matrix_file, make_spec, plan_matrix
+    from forgetbench.matrix import load_matrix_file, make_spec
+    from forgetbench.planner import plan_matrix
 
     path = ROOT / "forgetbench" / "presets" / "sweeps" / "paper-math-lambda.yaml"
     load_matrix_file(path)

@@ -4,7 +4,7 @@ its groups (kinds) with their counts; the safety task's selection is what it was
 import pytest
 
 from forgetbench.errors import ForgetbenchError
-from forgetbench.pipeline import resolve
+from forgetbench.cell import resolve
 from forgetbench.tasks import (DataError, TrainTask, load_rows, load_train_prompts,
                                load_train_task, prompt_counts, take_rows)
 from forgetbench.training.grpo import GRPOFamilyConfig

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import model_serializer, model_validator
 
+from forgetbench import registry
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.training.common import (OptimConfig, peft_config, step_timer, train_and_save,
@@ -74,8 +75,6 @@ class GRPOFamilyConfig(OptimConfig):
     @model_validator(mode="after")
     def _reward_config_is_valid(self):
         # Checked when the config is resolved, so a bad reward key fails before any training.
-        from forgetbench import registry
-
         if self.reward is None:  # the training task's reward (the safety task's: `safety`)
             from forgetbench.config import deep_merge
             from forgetbench.tasks import load_train_task
