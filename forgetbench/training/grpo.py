@@ -204,9 +204,23 @@ def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: Advanta
         "mask_truncated_completions": False, "log_completions": False, "shuffle_dataset": True,
         "generation_kwargs": dict(config.generation_kwargs) or None, **rollout_args(config),
         **(args_kwargs or {})})
-    trainer = make_advantage_trainer(trainer_cls)(
-        model=load_model(model_path, load_dtype(config)), args=args, train_dataset=dataset,
-        reward_funcs=reward_funcs, processing_class=tokenizer, peft_config=peft_config(config),
-        advantage_fn=advantage_fn, callbacks=[step_timer(), *(callbacks or [])],
-        **(trainer_kwargs or {}))
-    return train_and_save(trainer, tokenizer, out_dir)
+    with _rollout_environment(config):
+        trainer = make_advantage_trainer(trainer_cls)(
+            model=load_model(model_path, load_dtype(config)), args=args, train_dataset=dataset,
+            reward_funcs=reward_funcs, processing_class=tokenizer,
+            peft_config=peft_config(config), advantage_fn=advantage_fn,
+            callbacks=[step_timer(), *(callbacks or [])], **(trainer_kwargs or {}))
+        return train_and_save(trainer, tokenizer, out_dir)
+
+
+def _rollout_environment(config: GRPOFamilyConfig):
+    """A colocated vLLM engine on the CPU build reads its KV-cache size and threads from the
+    environment, as the vllm back-end's engines do (``vllm_backend._engine_environment``)."""
+    from contextlib import nullcontext
+
+    if config.rollouts != "vllm-colocate":
+        return nullcontext()
+    from forgetbench.backends.base import GenerationConfig
+    from forgetbench.backends.vllm_backend import _engine_environment, _is_cpu_build
+
+    return _engine_environment(GenerationConfig(), _is_cpu_build())
