@@ -209,14 +209,16 @@ def main() -> None:
     parser.add_argument("--analyse", type=Path, default=None,
                         help="analyse this finished run's folder instead of running the job")
     parser.add_argument("--peak-repeats", type=int, default=5)
+    parser.add_argument("--peak", type=float, default=None, help="GFLOP/s measured earlier on a "
+                        "quiet machine (skips the measurement: with --analyse on a busy one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
-    peaks = peak_gflops(args.peak_repeats)
+    peaks = [args.peak] if args.peak else peak_gflops(args.peak_repeats)
     peak = max(peaks)
     print(f"peak fp32 matmul on {os.environ.get('FORGETBENCH_THREADS', 'all')} threads: "
           f"{peak:.0f} GFLOP/s (best of {len(peaks)}; median {statistics.median(peaks):.0f}, "
-          f"min {min(peaks):.0f})", flush=True)
+          f"min {min(peaks):.0f}{', given' if args.peak else ''})", flush=True)
     job_wall = None
     root = args.analyse
     if root is None:
