@@ -29,7 +29,7 @@ import time
 
 def suite_prompts(preset: str) -> tuple[list[str], dict, list[str]]:
     """(prompts, generation settings, eval names) of the preset's evaluation suite."""
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
     from forgetbench.stages.generate import eval_prompts
 
     cell = resolve("grpo", "alpaca", preset)
@@ -111,7 +111,7 @@ def main() -> int:
     rate = {name: statistics.median(tokens / seconds for seconds, tokens in runs)
             for name, runs in timings.items()}
     same = sum(a.token_ids == b.token_ids for a, b in zip(outputs["hf"], outputs["vllm"]))
-    from forgetbench.backends.base import package_version
+    from forgetbench.provenance import package_version
 
     figures = {
         "prompts": len(prompts), "evals": evals, "model": model,

@@ -42,7 +42,8 @@ def prices(cell: dict) -> dict[str, float]:
 def main() -> None:
     import sys
 
-    from forgetbench.matrix import make_spec, parse_names, parse_seeds, plan_matrix
+    from forgetbench.matrix import make_spec, parse_names, parse_seeds
+    from forgetbench.planner import plan_matrix
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", type=Path, required=True)

@@ -61,8 +61,8 @@ def main() -> int:
                         help="extra --set for every cell")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from forgetbench.matrix import make_spec, plan_matrix
-    from forgetbench.pipeline import plan
+    from forgetbench.matrix import make_spec
+    from forgetbench.planner import ordered, plan_cell, plan_matrix
 
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="fb-matrix-reuse-"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,9 +72,7 @@ def main() -> int:
     planned = matrix.counts()
     unshared: dict[str, int] = {}
     for cell_plan in matrix.cells:  # the same cells, each planned on its own
-        alone = plan(cell_plan.cell)
-        from forgetbench.stages.plan import ordered
-
+        alone = plan_cell(cell_plan.cell)
         for stage in ordered(alone.targets()):
             unshared[stage.kind] = unshared.get(stage.kind, 0) + 1
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from forgetbench import registry
 from forgetbench.models import resolve_model, set_threads
-from forgetbench.pipeline import resolve
+from forgetbench.cell import resolve
 
 
 def step_times(variant: str, config, model_path: str, out: Path) -> list[float]:

@@ -25,7 +25,7 @@ from forgetbench.backends.hf import hf_backend
 from forgetbench.evals import EvalTask
 from forgetbench.judges.refusal import is_refusal
 from forgetbench.models import set_threads
-from forgetbench.pipeline import resolve
+from forgetbench.cell import resolve
 from forgetbench.results import metric_row
 from forgetbench.stages import warmup
 from forgetbench.tasks import load_rows

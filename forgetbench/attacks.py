@@ -16,11 +16,14 @@ from typing import Any, Literal, Optional
 
 from pydantic import model_validator
 
-from forgetbench.config import Field
-from forgetbench.tasks import DataError, DatasetSpec, load_rows, register_yaml_tasks
+from forgetbench.config import Field, validate
+from forgetbench.registry import register_yaml_tasks
+from forgetbench.tasks import DataError, DatasetSpec, load_rows
 from forgetbench.training.checkpoints import (check_checkpoints, checkpoint_callback,
                                               checkpoint_steps, sft_total_steps)
 from forgetbench.training.common import OptimConfig
+from forgetbench.training.grpo_inputs import (GRPOSettings, grpo_dataset, reward_function,
+                                              within_prompt_length)
 from forgetbench.training.sft import SFTSettings
 
 # GRPO settings an RL attack may set under `rl:` (the optimiser settings are the attack's own).
@@ -53,8 +56,9 @@ class AttackTask(SFTSettings):
                                   "the final policy. Larger than the run is an error.")
     task_evals: list[str] = Field(default_factory=list, description="Evals showing the attack "
                                   "did its job, scored with the preset's evals at every step.")
-    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: the "
-                               "`grpo` method's config fields other than the optimiser's (e.g. "
+    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: "
+                               "GRPOSettings fields (the `grpo` method's) other than the "
+                               "optimiser's (e.g. "
                                "num_generations, prompts_per_step, max_completion_length, beta "
                                "(default 0 here), adv_norm, reward, reward_config).")
 
@@ -67,19 +71,15 @@ class AttackTask(SFTSettings):
         return self
 
 
-def grpo_settings(task: AttackTask):
-    """The attack's GRPO settings, validated as the `grpo` method's config: its optimiser fields
-    plus ``rl``. beta defaults to 0 here: a user's downstream RL does not hold the model near the
-    aligned policy."""
-    from forgetbench.config import validate
-    from forgetbench.methods.grpo import GRPOMethodConfig
-
+def grpo_settings(task: AttackTask) -> GRPOSettings:
+    """The attack's GRPO settings: its optimiser fields plus ``rl``. beta is 0 unless ``rl`` sets
+    it: a user's downstream RL does not hold the model near the aligned policy."""
     bad = sorted(set(task.rl) & RL_FIELDS_NOT_ALLOWED)
     if bad:
         raise ValueError(f"rl: {bad} are not RL settings here (optimiser fields go at the "
                          "attack's top level; the prompts come from `dataset`)")
     optim = {name: getattr(task, name) for name in OptimConfig.model_fields}
-    return validate(GRPOMethodConfig, {"beta": 0.0, **optim, **task.rl}, "attack.rl")
+    return validate(GRPOSettings, {"beta": 0.0, **optim, **task.rl}, "attack.rl")
 
 
 def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
@@ -166,23 +166,16 @@ def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, se
                      callbacks: list) -> Path:
     from functools import partial
 
-    from datasets import Dataset
-
-    from forgetbench import registry
     from forgetbench.advantages import grpo_advantages
-    from forgetbench.methods.rl import within_prompt_length
     from forgetbench.training.grpo import run_grpo
 
     settings = grpo_settings(task)
-    rows = [{"prompt": prompt, "reference": reference} for prompt, reference in pairs]
+    # a user's downstream prompts: helpful requests, scored as harmless ones
+    rows = [{"prompt": prompt, "reference": reference, "kind": "harmless"}
+            for prompt, reference in pairs]
     if settings.max_prompt_length:
         rows = within_prompt_length(rows, model_path, settings.max_prompt_length)
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": row["prompt"]}], "reference": row["reference"],
-         "kind": "harmless", "prompt_index": index} for index, row in enumerate(rows)])
-    plugin = registry.get("reward", settings.reward)
-    reward_fn = plugin.target(plugin.build_config(settings.reward_config))
-    return run_grpo(model_path, dataset, [reward_fn],
+    return run_grpo(model_path, grpo_dataset(rows), [reward_function(settings)],
                     partial(grpo_advantages, scale=settings.adv_norm), settings, out_dir, seed,
                     scale_rewards=settings.adv_norm, callbacks=callbacks)
 

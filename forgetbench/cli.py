@@ -128,7 +128,7 @@ def _executor_values(args) -> dict:
 
 
 def print_plan(matrix, root: Path, console) -> None:
-    from forgetbench.matrix import summary
+    from forgetbench.planner import summary
 
     console.print(summary(matrix, root), highlight=False)
     for stage in matrix.stages:
@@ -142,7 +142,7 @@ def print_plan(matrix, root: Path, console) -> None:
 def _execute(matrix, root: Path, console) -> None:
     from forgetbench.executors import make_executor
     from forgetbench.runner import run_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.stages.store import check_layout
 
     check_layout(root)
     _check_code_sandbox(matrix, root)
@@ -181,8 +181,9 @@ def _check_code_sandbox(matrix, root: Path) -> None:
 def cmd_run(args, console) -> None:
     import json
 
-    from forgetbench.matrix import make_spec, plan_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.matrix import make_spec
+    from forgetbench.planner import plan_matrix
+    from forgetbench.stages.store import check_layout
 
     spec = make_spec(methods=[args.method], attacks=[args.attack],
                      seeds=None if args.seed is None else [args.seed], preset=args.preset,
@@ -205,8 +206,9 @@ def cmd_run(args, console) -> None:
 
 
 def cmd_matrix(args, console) -> None:
-    from forgetbench.matrix import describe, make_spec, parse_names, parse_seeds, plan_matrix
-    from forgetbench.stages.executor import check_layout
+    from forgetbench.matrix import make_spec, parse_names, parse_seeds
+    from forgetbench.planner import describe, plan_matrix
+    from forgetbench.stages.store import check_layout
 
     spec = make_spec(
         file=args.file,

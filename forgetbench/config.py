@@ -7,7 +7,7 @@ where they are defined. A run's config is resolved in layers, later layers winni
     <  `--set section.field=value` on the command line
 
 A preset's shared `method:` / `attack:` fields apply only to plugins whose config declares them
-(``pipeline.declared_fields``); every other layer rejects a key the plugin does not declare.
+(``cell.declared_fields``); every other layer rejects a key the plugin does not declare.
 
 The fully resolved config is saved beside every stage output, and ``stable_hash`` of it names the
 stage's folder.
@@ -18,15 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetbench.errors import UsageError
-
-if TYPE_CHECKING:
-    from forgetbench.registry import Plugin
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -54,14 +51,6 @@ def validate(model_cls: type[BaseModel], values: dict, where: str) -> BaseModel:
     except ValidationError as error:
         raise UsageError(format_validation_error(where, error) +
                          f". Fix the value or see the fields of {model_cls.__name__}.") from None
-
-
-def validate_plugin_config(plugin: "Plugin", values: dict) -> BaseModel:
-    if plugin.config is None:
-        if values:
-            raise UsageError(f"{plugin.kind} {plugin.name!r} takes no config, got {sorted(values)}")
-        return StrictModel()
-    return validate(plugin.config, values, f"{plugin.kind} {plugin.name!r}")
 
 
 def load_yaml(path: Path, what: str = "config file") -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 from forgetbench.config import Field, StrictModel
-from forgetbench.tasks import DatasetSpec, register_yaml_tasks
+from forgetbench.registry import register_yaml_tasks
+from forgetbench.tasks import DatasetSpec
 
 
 class MetricSpec(StrictModel):

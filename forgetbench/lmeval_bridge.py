@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 import platform
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.results import Z95, git_revision, metric_row, package_versions
+from forgetbench.provenance import (git_revision, installed_version, package_versions,
+                                    version_column)
+from forgetbench.results import Z95, metric_row
 from forgetbench.tasks import tasks_dir
 
 INSTALL_HINT = "pip install 'forgetbench[lmeval]' (lm-eval==0.4.13)"
@@ -137,7 +138,8 @@ def _is_number(value) -> bool:
 
 def result_rows(results: dict, model: str) -> list[dict]:
     """One row per (task, metric, filter) of an lm-eval results dict (see the module docstring)."""
-    common = {"model": model, "lm_eval_version": _version("lm_eval"), **package_versions(),
+    common = {"model": model, "lm_eval_version": installed_version("lm_eval"),
+              **{version_column(name): found for name, found in package_versions().items()},
               "python_version": platform.python_version(), "git_revision": git_revision(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
@@ -172,13 +174,6 @@ def result_rows(results: dict, model: str) -> list[dict]:
                          "direction": None if direction is None else
                          ("higher" if direction else "lower"), **common})
     return rows
-
-
-def _version(package: str) -> Optional[str]:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def run_lmeval(model: str, tasks: list[str], limit: Optional[float] = None,

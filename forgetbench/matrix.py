@@ -1,6 +1,6 @@
-"""The matrix: methods x attacks x seeds, planned as one stage graph in which shared stages appear
-once (docs/design.md §2): the warm-up once per seed, each (method, seed) policy once for every attack, each
-policy's before-attack evaluation once. ``forgetbench run`` is the one-cell matrix.
+"""The matrix spec: which methods x attacks x seeds to run, from a matrix file and the command
+line. The planner (``forgetbench.planner.plan_matrix``) turns it into one stage graph in which
+shared stages appear once. ``forgetbench run`` is the one-cell matrix.
 
 A matrix file (YAML; unknown keys are errors)::
 
@@ -32,8 +32,6 @@ from pydantic import StrictInt
 from forgetbench.config import Field, StrictModel, load_yaml, validate
 from forgetbench.errors import UsageError
 from forgetbench.executors import ExecutorConfig
-from forgetbench.pipeline import CellPlan, plan, resolve
-from forgetbench.stages.plan import Stage, ordered
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+/-]*$")
 
@@ -148,96 +146,3 @@ def make_spec(file: Optional[Path] = None, methods: Optional[list[str]] = None,
         preset=preset or matrix.preset or "tiny", overrides=tuple(matrix.set) + tuple(overrides),
         executor=validate(ExecutorConfig, executor_values, "executor"),
         output_dir=output_dir or file_output)
-
-
-@dataclass
-class MatrixPlan:
-    """Every cell's plan, with each stage shared by several cells being one and the same object."""
-
-    spec: MatrixSpec
-    cells: list[CellPlan]
-    stages: list[Stage]  # every stage once, inputs first
-    names: dict[Stage, str] = field(default_factory=dict)  # display name of each stage
-
-    def counts(self) -> dict[str, int]:
-        from forgetbench.stages import STAGE_KINDS
-
-        found = {kind: sum(s.kind == kind for s in self.stages) for kind in STAGE_KINDS}
-        return {kind: n for kind, n in found.items() if n}
-
-    def name(self, stage: Stage) -> str:
-        return self.names.get(stage, stage.label)
-
-
-def plan_matrix(spec: MatrixSpec) -> MatrixPlan:
-    """Resolve every cell (so any bad name or value fails here, before any work) and merge their
-    stage graphs: stages with the same key become one."""
-    seeds: list[Optional[int]] = list(spec.seeds) if spec.seeds else [None]
-    cells = []
-    for method in spec.methods:
-        for seed in seeds:
-            for attack in spec.attacks:
-                cell = resolve(method.plugin, attack.plugin, spec.preset, spec.overrides, seed,
-                               method_set=method.set, attack_set=attack.set,
-                               method_label=method.label, attack_label=attack.label)
-                cells.append(plan(cell))
-    canonical: dict[str, Stage] = {}
-
-    def canon(stage: Stage) -> Stage:
-        if stage.key in canonical:
-            return canonical[stage.key]
-        stage.inputs = {name: canon(dep) for name, dep in stage.inputs.items()}
-        canonical[stage.key] = stage
-        return stage
-
-    for cell_plan in cells:
-        cell_plan.policies = {phase: canon(stage) for phase, stage in cell_plan.policies.items()}
-        cell_plan.judged = [(*head, canon(stage)) for *head, stage in cell_plan.judged]
-        cell_plan.kl = [(*head, canon(stage)) for *head, stage in cell_plan.kl]
-    stages = ordered([stage for cell_plan in cells for stage in cell_plan.targets()])
-    matrix = MatrixPlan(spec, cells, stages)
-    matrix.names = _display_names(matrix)
-    return matrix
-
-
-def _display_names(matrix: MatrixPlan) -> dict[Stage, str]:
-    """A stage's label plus the matrix coordinates (method, attack, seed) that all cells using it
-    share and that the label does not already say: `train frpo · seed 1`."""
-    users: dict[Stage, list] = {}
-    for cell_plan in matrix.cells:
-        cell = cell_plan.cell
-        coords = (cell.method_label, cell.attack_label, f"seed {cell.resolved['seed']}")
-        for stage in ordered(cell_plan.targets()):
-            users.setdefault(stage, []).append(coords)
-    varying = [len({cell_coords[i] for cells in users.values() for cell_coords in cells}) > 1
-               for i in range(3)]
-    names = {}
-    for stage, cells in users.items():
-        words = set(re.split(r"[ +]", stage.label))
-        shown = [cells[0][i] for i in range(3) if varying[i] and
-                 len({c[i] for c in cells}) == 1 and cells[0][i] not in words]
-        names[stage] = f"{stage.label} · {' '.join(shown)}" if shown else stage.label
-    return names
-
-
-def describe(matrix: MatrixPlan) -> str:
-    """One line: the matrix's shape."""
-    spec = matrix.spec
-    seeds = sorted({cell_plan.cell.resolved["seed"] for cell_plan in matrix.cells})
-
-    def plural(n, word):
-        return f"{n} {word}{'' if n == 1 else 's'}"
-
-    return (f"{plural(len(spec.methods), 'method')} ({', '.join(v.label for v in spec.methods)}) "
-            f"x {plural(len(spec.attacks), 'attack')} "
-            f"({', '.join(v.label for v in spec.attacks)}) x {plural(len(seeds), 'seed')} "
-            f"({', '.join(map(str, seeds))}) = {plural(len(matrix.cells), 'cell')}, preset "
-            f"{spec.preset}")
-
-
-def summary(matrix: MatrixPlan, root: Path) -> str:
-    """`31 stages planned (warmup 1, train 2, ...): 5 done, 26 to run`."""
-    counts = ", ".join(f"{kind} {n}" for kind, n in matrix.counts().items())
-    done = sum(stage.is_done(root) for stage in matrix.stages)
-    return (f"{len(matrix.stages)} stages planned ({counts}): {done} done, "
-            f"{len(matrix.stages) - done} to run")

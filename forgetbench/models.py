@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
+from forgetbench.atomic import atomic_path
 from forgetbench.errors import ForgetbenchError
 
 # name -> (package carrying the file, GGUF file name). The package is installed with --no-deps:
@@ -46,8 +45,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():
             return
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                       dtype=torch.float32)
@@ -57,10 +54,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(tmp)
         tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
 
 def resolve_model(name: str) -> str:
@@ -89,6 +86,12 @@ def load_tokenizer(path: str):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # batched generation needs prompts aligned on the right
     return tokenizer
+
+
+def user_turn_text(tokenizer, message: str) -> str:
+    """``message`` as one user turn in the tokenizer's chat template, ready for the reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def load_model(path: str, dtype: str = "float32"):

@@ -21,13 +21,16 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from forgetbench.config import StrictModel, load_yaml, validate
 from forgetbench.errors import UsageError
+from forgetbench.tasks import task_files
 
 KINDS = ("method", "attack", "eval", "judge", "reward", "backend")
 ENTRY_POINT_GROUP = "forgetbench"
 
-# In-tree modules whose decorators populate the registry. Task YAMLs (evals, attacks) are
-# registered by forgetbench.tasks when it is imported.
+# In-tree modules whose decorators populate the registry. Task YAMLs are registered by the
+# modules of their kind (forgetbench.attacks, forgetbench.evals) through
+# register_yaml_tasks below.
 BUILTIN_MODULES = (
     "forgetbench.methods.grpo",
     "forgetbench.methods.frpo",
@@ -56,10 +59,15 @@ class Plugin:
     config: type[BaseModel] | None = None
 
     def build_config(self, values: dict | None = None) -> BaseModel:
-        """Validate ``values`` against the plugin's config class (unknown keys are rejected)."""
-        from forgetbench.config import validate_plugin_config
-
-        return validate_plugin_config(self, values or {})
+        """Validate ``values`` against the plugin's config class (unknown keys are rejected); a
+        plugin without one takes no settings."""
+        values = values or {}
+        if self.config is None:
+            if values:
+                raise UsageError(f"{self.kind} {self.name!r} takes no config, got "
+                                 f"{sorted(values)}")
+            return StrictModel()
+        return validate(self.config, values, f"{self.kind} {self.name!r}")
 
 
 _namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar("namespace", default=None)
@@ -86,6 +94,16 @@ def register(kind: str, name: str, target: Any, *, description: str = "",
                     config)
     _plugins[(kind, full_name)] = plugin
     return plugin
+
+
+def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -> None:
+    """Register every ``tasks/<folder>/*.yaml`` as a ``kind`` plugin whose config is the YAML."""
+    for path in task_files(folder):
+        values = load_yaml(path, "task file")
+        if "name" not in values:
+            raise UsageError(f"task file {path} must have a `name`")
+        register(kind, values["name"], values, description=values.get("description", ""),
+                 config=config_cls)
 
 
 # What a plugin of each kind must do, shown by help(forgetbench.method) etc.

@@ -1,4 +1,5 @@
-"""Run a planned matrix (one cell or many) on an executor, then write and print the results.
+"""Run a planned matrix (one cell or many) on an executor, then write and print the results
+(``forgetbench.results``: the rows and tables).
 
 The scheduler submits a stage once every input is complete and the executor has room, shows
 stages done / running / left with the elapsed time, and keeps going past a failed stage (skipping
@@ -8,8 +9,6 @@ on disk: re-running the same command resumes.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from contextlib import contextmanager
@@ -18,15 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executors import Executor
-from forgetbench.matrix import MatrixPlan
-from forgetbench.pipeline import CellPlan
-from forgetbench.results import cell_rows, write_table
-from forgetbench.stages.executor import Interrupted, Outcome, prepare
-from forgetbench.stages.plan import Stage
+from forgetbench.planner import MatrixPlan
+from forgetbench.results import print_run_tables, read_table, write_cell_table
+from forgetbench.stages.store import Interrupted, Outcome, prepare
+from forgetbench.stages import Stage
 
 
 @contextmanager
@@ -158,25 +155,6 @@ def _count(outcomes: dict, *statuses: str) -> int:
     return sum(o.status in statuses for o in outcomes.values())
 
 
-def table_name(cell_plan: CellPlan) -> str:
-    cell = cell_plan.cell
-    return (f"{cell.method_label.replace('/', '-')}__{cell.attack_label.replace('/', '-')}"
-            f"__seed{cell.resolved['seed']}__{cell.config_hash}")
-
-
-def write_cell_table(cell_plan: CellPlan, root: Path) -> Path:
-    """The cell's rows as Parquet and CSV, with its resolved config beside them."""
-    name = table_name(cell_plan)
-    folder = root / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / f"{name}.config.json"
-    tmp = config_path.with_name(f".{config_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cell_plan.cell.resolved, indent=1))
-    os.replace(tmp, config_path)
-    rows = cell_rows(cell_plan, root, config_file=config_path.name)
-    return write_table(rows, folder, name)
-
-
 def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Console) -> list[Path]:
     """Run every stage, then write one results table per complete cell and print a summary.
     Raises (after writing what it could) if a stage failed."""
@@ -187,18 +165,10 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
         if all(outcomes[stage].status in ("ran", "reused") for stage in cell_plan.targets()):
             path = write_cell_table(cell_plan, root)
             tables.append(path)
-            import pandas as pd
-
-            all_rows.extend(pd.read_parquet(path).to_dict("records"))
+            # read back: the table as written (typed by its schema) is what is shown
+            all_rows.extend(read_table(path).to_dict("records"))
     if all_rows:
-        table = before_after_table(all_rows) if len(matrix.cells) == 1 else \
-            matrix_table(all_rows)
-        # off a terminal (a log, a pipe) nothing needs to fit a screen: print the table whole
-        wide = console if console.is_terminal else \
-            Console(file=console.file, width=max(console.width, 240), highlight=False)
-        wide.print(table)
-        if len(matrix.cells) == 1 and any(row["phase"] == "during" for row in all_rows):
-            wide.print(steps_table(all_rows))
+        print_run_tables(all_rows, len(matrix.cells), console)
     if tables:
         where = tables[0] if len(tables) == 1 else root / "results"
         console.print(f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "
@@ -219,67 +189,4 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
     return tables
 
 
-def _fmt(value: float, low: float, high: float) -> str:
-    if value != value:  # NaN: no such row
-        return "-"
-    return f"{value:.2f} [{low:.2f},{high:.2f}]"
-
-
-def before_after_table(rows: list[dict]) -> Table:
-    import pandas as pd
-
-    from forgetbench.results import before_after
-
-    first = rows[0]
-    table = Table(title=f"{first['method']} attacked by {first['attack']} (seed {first['seed']}): "
-                  "95% CI, Wilson for rates")
-    for column in ("eval", "judge", "metric", "better", "before (P0)", "after (P1)", "change",
-                   "n"):
-        table.add_column(column, justify="left" if column in ("eval", "judge", "metric")
-                         else "right", no_wrap=True)
-    for pair in before_after(pd.DataFrame(rows)).to_dict("records"):
-        table.add_row(pair["eval"], pair["judge"], pair["metric"], pair["direction"],
-                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
-                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
-                      "-" if pair["change"] != pair["change"] else f"{pair['change']:+.2f}",
-                      f"{pair['n_before']}/{pair['n_after'] if pair['n_after'] else '-'}")
-    return table
-
-
-def steps_table(rows: list[dict]) -> Table:
-    """One line per (eval, metric), one column per scored attack step (step 0 = P0)."""
-    steps = sorted({row["step"] for row in rows})
-    table = Table(title="during the attack: value at each optimiser step")
-    for column in ("eval", "metric", *(f"step {step}" for step in steps)):
-        table.add_column(column, no_wrap=True, justify="left" if column in ("eval", "metric")
-                         else "right")
-    values = {(r["eval"], r["metric"], r["step"]): r["value"] for r in rows}
-    for eval_name, metric in dict.fromkeys((r["eval"], r["metric"]) for r in rows):
-        table.add_row(eval_name, metric, *(f"{values[(eval_name, metric, step)]:.3f}"
-                                           if (eval_name, metric, step) in values else "-"
-                                           for step in steps))
-    return table
-
-
-def matrix_table(rows: list[dict]) -> Table:
-    """One line per (method, attack, seed, eval, judge, metric): before, after, change."""
-    import pandas as pd
-
-    from forgetbench.results import before_after, sort_rows
-
-    table = Table(title="before (P0) and after (P1) the attack, 95% CI (Wilson for rates)")
-    for column in ("method", "attack", "seed", "eval", "judge", "metric", "better", "before",
-                   "after", "change"):
-        table.add_column(column, no_wrap=True,
-                         justify="right" if column in ("seed", "before", "after", "change")
-                         else "left")
-    for pair in before_after(sort_rows(pd.DataFrame(rows))).to_dict("records"):
-        table.add_row(*(str(pair[k]) for k in ("method", "attack", "seed", "eval", "judge",
-                                               "metric")), pair["direction"],
-                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
-                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
-                      "-" if pair["change"] != pair["change"] else f"{pair['change']:+.2f}")
-    return table
-
-
-__all__ = ["before_after_table", "matrix_table", "steps_table", "run_matrix", "run_stages"]
+__all__ = ["run_matrix", "run_stages"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from forgetbench import environment
-from forgetbench.config import Field, StrictModel, load_yaml
+from forgetbench.config import Field, StrictModel, load_yaml, validate
 from forgetbench.errors import ForgetbenchError, UsageError
 
 
@@ -121,18 +121,6 @@ def task_files(kind: str) -> list[Path]:
     return sorted((tasks_dir() / kind).glob("*.yaml"))
 
 
-def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -> None:
-    """Register every ``tasks/<folder>/*.yaml`` as a ``kind`` plugin whose config is the YAML."""
-    from forgetbench.registry import register
-
-    for path in task_files(folder):
-        values = load_yaml(path, "task file")
-        if "name" not in values:
-            raise UsageError(f"task file {path} must have a `name`")
-        register(kind, values["name"], values, description=values.get("description", ""),
-                 config=config_cls)
-
-
 class TrainTask(StrictModel):
     name: str = Field(description="The task's name (file stem).")
     version: int = Field(description="Bumped whenever the task's data or format changes.")
@@ -147,8 +135,6 @@ def load_train_task(name: str) -> TrainTask:
     if not path.is_file():
         known = ", ".join(p.stem for p in task_files("train"))
         raise UsageError(f"unknown training task {name!r}; known: {known}")
-    from forgetbench.config import validate
-
     return validate(TrainTask, load_yaml(path, "training task file"),
                     f"training task {name!r}")
 

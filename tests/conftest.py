@@ -55,6 +55,71 @@ def require_or_skip(module: str, switch: str, how: str):
     return pytest.importorskip(module, reason=f"{module} is not installed: {how}")
 
 
+# ----------------------------------------------------------------- the fast path (plumbing tests)
+
+EMBEDDED = "smollm2-135m-instruct"
+# The embedded model's architecture (Llama, tied embeddings) and tokenizer with a few small
+# layers: every stage runs for real on it in seconds. Its outputs are noise, so it serves tests
+# of plumbing (runner, planner, stage store, results, CLI), never claims about safety or cost.
+TINY_SHAPE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised model folder (``save_pretrained``), the embedded tokenizer beside."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from forgetbench.models import resolve_model
+
+    embedded = resolve_model(EMBEDDED)
+    config = AutoConfig.from_pretrained(embedded)
+    # Untied: with a random embedding tied to the output layer the model echoes its last input
+    # token (the template's newline), so every response would be empty.
+    config.tie_word_embeddings = False
+    for name, value in TINY_SHAPE.items():
+        setattr(config, name, value)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedded).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny model's folder, built once per session; pass it as ``--set model=<folder>``."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def grpo_passes(tiny_model, tmp_path_factory):
+    """GRPO's passes through the network on the tiny loop of tests/test_method_training.py, the
+    yardstick every method's pass counts are compared with: counted once per session."""
+    from test_method_training import train_counting
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return train_counting("grpo", tiny_model, tmp_path_factory.mktemp("grpo-passes"),
+                              monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def registry_snapshot():
+    """Plugins a test registers in this process are gone after it, so none leaks into another.
+    Built-ins and entry-point packages loaded meanwhile stay: their modules stay imported, and a
+    second import would not register them again."""
+    from forgetbench import registry
+
+    registry._load_builtins()
+    before = dict(registry._plugins)
+    packages = set(registry._loaded_entry_points)
+    yield
+    loaded = registry._loaded_entry_points - packages
+    for key in set(registry._plugins) - set(before):
+        if key[1].split("/", 1)[0] not in loaded or "/" not in key[1]:
+            del registry._plugins[key]
+    registry._plugins.update(before)  # a test that replaced a plugin gets the old one back
+
+
 @pytest.fixture(scope="session")
 def baselines_site(tmp_path_factory):
     """The baselines/ package installed (a wheel's copy, entry point included) into a private

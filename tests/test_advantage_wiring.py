@@ -1,11 +1,13 @@
-"""The advantage TRL's loss actually consumes, on real GRPO / FRPO steps of the embedded model.
+"""The advantage TRL's loss actually consumes, on real GRPO / FRPO steps.
 
 test_advantages.py checks the pure functions; this checks the wiring: the rows that enter TRL's
 ``GRPOTrainer._compute_loss`` carry ``frpo_advantages`` / ``grpo_advantages`` of the rewards TRL
 gathered (sign, order and this process's slice of the gathered batch), and a positive advantage
 makes the optimiser raise the log-probability of the sampled completions. Everything is recorded
 from outside, by wrapping TRL's methods, so a TRL change that ignored forgetbench's override, or
-an override that sliced the wrong rows, fails here.
+an override that sliced the wrong rows, fails here. Which rows enter the loss is the loop's
+doing, whatever the weights: those checks run on the tiny model of tests/conftest.py; the
+optimiser's effect on the sampled completions is measured on the embedded model.
 """
 
 from __future__ import annotations
@@ -91,12 +93,12 @@ def train(method: str, model_path, out_dir, **settings):
 
 
 @pytest.mark.parametrize("other", [False, True], ids=["one-process", "rank-1-of-2"])
-def test_frpo_loss_consumes_frpo_advantages_of_the_gathered_rewards(model_path, tmp_path,
+def test_frpo_loss_consumes_frpo_advantages_of_the_gathered_rewards(tiny_model, tmp_path,
                                                                     monkeypatch, other):
     # A made-up first rank whose rewards differ from ours: reading its slice would be caught.
     others = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.9, 0.1, 0.5, 0.3]) if other else None
     recorder = Recorder(monkeypatch, others)
-    train("frpo", model_path, tmp_path, lam=0.5)
+    train("frpo", tiny_model, tmp_path, lam=0.5)
     rewards = recorder.rewards[0].sum(dim=1)  # one reward function, weight 1
     local = len(rewards) - (0 if others is None else len(others))
     expected = frpo_advantages(rewards.double(), TINY["num_generations"], lam=0.5)[-local:]
@@ -111,9 +113,9 @@ def test_frpo_loss_consumes_frpo_advantages_of_the_gathered_rewards(model_path, 
     assert not torch.allclose(used, trl_own, atol=1e-4)
 
 
-def test_grpo_loss_consumes_group_normalised_advantages(model_path, tmp_path, monkeypatch):
+def test_grpo_loss_consumes_group_normalised_advantages(tiny_model, tmp_path, monkeypatch):
     recorder = Recorder(monkeypatch)
-    train("grpo", model_path, tmp_path, adv_norm="group")
+    train("grpo", tiny_model, tmp_path, adv_norm="group")
     rewards = recorder.rewards[0].sum(dim=1).double()
     expected = grpo_advantages(rewards, TINY["num_generations"], scale="group")
     torch.testing.assert_close(recorder.loss_advantages(), expected, rtol=1e-5, atol=1e-6)

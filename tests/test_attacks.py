@@ -13,7 +13,8 @@ import torch
 from forgetbench import registry
 from forgetbench.attacks import format_pairs, planned_checkpoints, total_steps
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.pipeline import plan, resolve
+from forgetbench.cell import resolve
+from forgetbench.planner import plan_cell
 from forgetbench.stages.kl import sequence_kl
 from forgetbench.tasks import DataError, load_rows
 from forgetbench.training.checkpoints import checkpoint_folder, sft_total_steps
@@ -87,7 +88,7 @@ def test_step_count_matches_transformers_rules():
 def test_plan_scores_step_0_each_checkpoint_and_the_end_with_kl():
     cell = resolve("grpo", "gsm8k", "smoke", ("attack.max_steps=4", "attack.checkpoint_every=2"))
     assert list(cell.resolved["evals"]) == ["harmbench", "xstest", "gsm8k"]
-    cell_plan = plan(cell)
+    cell_plan = plan_cell(cell)
     points = sorted({(phase, step) for phase, step, *_ in cell_plan.judged})
     assert points == [("after", 4), ("before", 0), ("during", 2)]
     assert {(phase, step, e) for phase, step, e, _ in cell_plan.kl} == \

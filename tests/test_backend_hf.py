@@ -204,7 +204,7 @@ def test_backend_is_chosen_automatically_and_can_be_forced(monkeypatch):
 
     from forgetbench import registry
     from forgetbench.backends import resolve_backend_name
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
 
     assert {"auto", "hf", "vllm"} <= set(registry.names("backend"))
     installed = importlib.util.find_spec("vllm") is not None

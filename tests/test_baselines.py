@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgetbench.pipeline import resolve
+from forgetbench.cell import resolve
 
 BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
              "baselines/vaccine", "baselines/booster", "baselines/deep_align")
@@ -340,16 +340,16 @@ def test_safety_sft_without_refusals_for_its_prompts_names_the_fix(monkeypatch):
 
 # ----------------------------------------------------------------- passes per optimiser step
 
-def test_passes_per_optimiser_step_next_to_grpo(installed, tmp_path, monkeypatch):
+def test_passes_per_optimiser_step_next_to_grpo(installed, tiny_model, grpo_passes, tmp_path,
+                                                monkeypatch):
     """SAM: twice GRPO's forward-with-gradient and backward passes on the same rollouts (no
     extra generation or reference pass); safety SFT: one of each per micro-batch, no generation.
-    Counted by wrapping the real passes during real runs (tests/test_method_training.py)."""
+    Counted by wrapping the real passes during real runs (tests/test_method_training.py) of the
+    tiny model (tests/conftest.py): the count is the loop's, whatever the weights."""
     from test_method_training import TINY_LOOP, train_counting
 
-    from forgetbench.models import resolve_model
-
-    model_path = resolve_model("smollm2-135m-instruct")
-    grpo = train_counting("grpo", model_path, tmp_path, monkeypatch)
+    model_path = tiny_model
+    grpo = grpo_passes
     sam = train_counting("baselines/sam_grpo", model_path, tmp_path, monkeypatch)
     sft = train_counting("baselines/safety_sft", model_path, tmp_path, monkeypatch, {
         "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,

@@ -132,14 +132,15 @@ def test_every_judge_passing_a_real_step_moves_the_weights(model_path, tmp_path,
     assert all(moved)
 
 
-def test_passes_per_optimiser_step_next_to_grpo(model_path, tmp_path, monkeypatch):
+def test_passes_per_optimiser_step_next_to_grpo(tiny_model, grpo_passes, tmp_path, monkeypatch):
     """Same generation and backward passes as GRPO; without gradient, the policy's own log-probs
     besides the reference's (GRPO with beta > 0 makes only the reference's); plus one greedy
-    generation of ā before training for the prompts without a reference."""
+    generation of ā before training for the prompts without a reference. Counted on the tiny
+    model (tests/conftest.py): the count is the loop's, whatever the weights."""
     from test_method_training import train_counting
 
-    grpo = train_counting("grpo", model_path, tmp_path, monkeypatch)
-    cgpo = train_counting("cgpo", model_path, tmp_path, monkeypatch, TINY_LOOP)
+    grpo = grpo_passes
+    cgpo = train_counting("cgpo", tiny_model, tmp_path, monkeypatch, TINY_LOOP)
     steps = TINY_LOOP["max_steps"]
     assert grpo["optimizer_step"] == cgpo["optimizer_step"] == steps
     per = {name: {k: v / steps for k, v in counts.items()}
@@ -172,7 +173,7 @@ def test_other_optimisers_are_refused_until_wired():
 
 
 def test_method_judges_take_the_runs_judge_settings():
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
 
     cell = resolve("cgpo", "alpaca", "smoke", overrides=("judges.refusal.max_chars=60",))
     tasks = cell.resolved["method"]["config"]["tasks"]

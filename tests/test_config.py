@@ -4,7 +4,8 @@ import pytest
 
 from forgetbench.config import parse_override, stable_hash
 from forgetbench.errors import UsageError
-from forgetbench.pipeline import plan, resolve
+from forgetbench.cell import resolve
+from forgetbench.planner import plan_cell
 
 
 def test_preset_and_method_layers_and_set_override():
@@ -77,13 +78,13 @@ def test_preset_with_unknown_key_is_rejected(tmp_path):
 
 def test_hashes_are_stable_and_sensitive():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
-    first = plan(resolve("frpo", "alpaca", "smoke"))
-    again = plan(resolve("frpo", "alpaca", "smoke"))
+    first = plan_cell(resolve("frpo", "alpaca", "smoke"))
+    again = plan_cell(resolve("frpo", "alpaca", "smoke"))
     assert [s.key for s in first.targets()] == [s.key for s in again.targets()]
-    changed = plan(resolve("frpo", "alpaca", "smoke", ("attack.learning_rate=2e-5",)))
+    changed = plan_cell(resolve("frpo", "alpaca", "smoke", ("attack.learning_rate=2e-5",)))
     assert changed.policies["before"].key == first.policies["before"].key  # P0 is shared
     assert changed.policies["after"].key != first.policies["after"].key
-    grpo = plan(resolve("grpo", "alpaca", "smoke"))
+    grpo = plan_cell(resolve("grpo", "alpaca", "smoke"))
     assert grpo.policies["before"].inputs["policy"].key == \
         first.policies["before"].inputs["policy"].key  # the warm-up is shared by every method
 
@@ -156,7 +157,7 @@ def test_speed_only_settings_leave_stage_keys_and_track_unchanged():
     in test_training_settings.py): switching it keeps every stage key, so finished stages are
     re-used, while a setting that changes the work (the learning rate) changes the keys."""
     def keys(*overrides):
-        cell_plan = plan(resolve("frpo", "alpaca", "smoke", overrides))
+        cell_plan = plan_cell(resolve("frpo", "alpaca", "smoke", overrides))
         return [stage.key for stage in cell_plan.targets()] + \
             [stage.key for stage in cell_plan.policies.values()]
 

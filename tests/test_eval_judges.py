@@ -87,7 +87,7 @@ def test_limit_keeps_the_first_rows_and_templates_render():
 
 
 def test_strongreject_rubric_and_finetuned_judges_via_overrides():
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
 
     metrics = ("eval.strongreject.metrics=[{name: refusal_rate, judge: refusal, direction: higher}"
                ", {name: harmfulness, judge: strongreject_rubric, direction: lower, "

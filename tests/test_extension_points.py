@@ -15,7 +15,7 @@ import pytest
 
 from forgetbench import registry
 from forgetbench.errors import ForgetbenchError
-from forgetbench.stages.plan import PluginOutputError, run_policy_plugin
+from forgetbench.stages.policy import PluginOutputError, run_policy_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 

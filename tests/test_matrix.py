@@ -13,12 +13,13 @@ from rich.console import Console
 from forgetbench.errors import UsageError
 from forgetbench.executors import ExecutorConfig
 from forgetbench.executors.local import LocalExecutor
-from forgetbench.matrix import MatrixPlan, make_spec, parse_seeds, plan_matrix
-from forgetbench.pipeline import plan, resolve
+from forgetbench.cell import resolve
+from forgetbench.matrix import make_spec, parse_seeds
+from forgetbench.planner import MatrixPlan, ordered, plan_cell, plan_matrix
 from forgetbench.runner import run_stages
-from forgetbench.stages.executor import (LAYOUT_FILE, check_layout, claim, lock_path, prepare,
-                                         remove_stale_temporaries)
-from forgetbench.stages.plan import Stage, ordered
+from forgetbench.stages.store import (LAYOUT_FILE, Claim, StageRun, check_layout, claim,
+                                      lock_path, prepare, remove_stale_temporaries)
+from forgetbench.stages import Stage
 
 HOT = {"label": "alpaca-hot", "plugin": "alpaca", "set": {"learning_rate": 1.0e-4}}
 
@@ -66,7 +67,7 @@ def test_run_is_the_one_cell_matrix():
     """`forgetbench run` plans through the matrix: same stages, same keys, same order."""
     matrix = plan_matrix(make_spec(methods=["frpo"], attacks=["alpaca"], preset="smoke",
                                    overrides=("attack.learning_rate=3e-5",)))
-    alone = plan(resolve("frpo", "alpaca", "smoke", ("attack.learning_rate=3e-5",)))
+    alone = plan_cell(resolve("frpo", "alpaca", "smoke", ("attack.learning_rate=3e-5",)))
     assert [s.key for s in matrix.stages] == [s.key for s in ordered(alone.targets())]
     assert [matrix.name(s) for s in matrix.stages] == [s.label for s in matrix.stages]
 
@@ -243,11 +244,11 @@ def test_a_stage_held_by_another_runner_is_not_claimed(tmp_path, holder):
     stage = _stage()
     lock_path(tmp_path, stage.kind, stage.key).parent.mkdir(parents=True)
     process = holder(lock_path(tmp_path, stage.kind, stage.key))
-    assert claim(stage, tmp_path) is None
+    assert claim(stage, tmp_path) is Claim.HELD
     process.kill()
     process.wait()
     run = claim(stage, tmp_path)
-    assert run is not None and run != "done"
+    assert isinstance(run, StageRun)
     run.lock.release()
 
 

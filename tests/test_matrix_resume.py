@@ -21,9 +21,10 @@ import pytest
 from filelock import FileLock
 
 from conftest import ROOT
-from forgetbench.matrix import make_spec, plan_matrix
+from forgetbench.matrix import make_spec
+from forgetbench.planner import plan_matrix
 from forgetbench.results import load_results
-from forgetbench.stages.executor import lock_path
+from forgetbench.stages.store import lock_path
 
 pytestmark = pytest.mark.slow
 

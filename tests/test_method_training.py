@@ -1,4 +1,6 @@
-"""The GRPO-family loop on the real embedded model and real TRL: compute parity and bad rewards."""
+"""The GRPO-family loop on real TRL: compute parity (passes through the network per optimiser step,
+counted on the tiny model of tests/conftest.py: the count is the loop's, whatever the weights) and
+bad rewards (on the real embedded model)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,6 @@ from forgetbench.training.grpo import (AdvantageCheckError, GRPOFamilyConfig, Re
 
 TINY_LOOP = dict(max_steps=2, num_generations=2, prompts_per_step=2, grad_accum=2,
                  max_completion_length=8, n_harmful=2, n_harmless=2)
-
-
-@pytest.fixture(scope="module")
-def model_path():
-    return resolve_model("smollm2-135m-instruct")
 
 
 class PassCounter:
@@ -77,9 +74,10 @@ def train_counting(method: str, model_path, tmp_path, monkeypatch, settings=None
     return counter.counts
 
 
-def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(model_path, tmp_path, monkeypatch):
-    frpo = train_counting("frpo", model_path, tmp_path, monkeypatch)
-    grpo = train_counting("grpo", model_path, tmp_path, monkeypatch)
+def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(tiny_model, grpo_passes, tmp_path,
+                                                             monkeypatch):
+    frpo = train_counting("frpo", tiny_model, tmp_path, monkeypatch)
+    grpo = grpo_passes
     steps = TINY_LOOP["max_steps"]
     assert frpo["optimizer_step"] == grpo["optimizer_step"] == steps
     per_step = {name: {k: v / steps for k, v in counts.items()}

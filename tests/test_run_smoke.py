@@ -1,4 +1,6 @@
-"""`forgetbench run --preset smoke` end to end on the real embedded model, TRL and the shipped data."""
+"""`forgetbench run --preset smoke` end to end: real stage processes, TRL and the shipped data, on
+the tiny model of tests/conftest.py (the runner, stage store and results are what is under test;
+the real model's runs are the slow tests': tests/test_attacks.py, tests/test_matrix_resume.py)."""
 
 import json
 import shutil
@@ -17,13 +19,18 @@ COLUMNS = {"method", "attack", "seed", "phase", "step", "eval", "eval_version", 
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def run_args(tiny_model):
+    return ("run", "--preset", "smoke", "--method", "frpo", "--attack", "alpaca",
+            "--set", f"model={tiny_model}")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, run_args):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("smoke")
     started = time.monotonic()
-    first = run_cli("run", "--preset", "smoke", "--method", "frpo", "--attack", "alpaca",
-                    "--output-dir", str(out))
+    first = run_cli(*run_args, "--output-dir", str(out))
     yield out, first, time.monotonic() - started
     shutil.rmtree(out, ignore_errors=True)  # checkpoints: disk a small CI machine needs back
 
@@ -88,12 +95,11 @@ def test_stage_folders_hold_config_and_outputs(smoke_run):
             "chat_template_sha256"} <= set(rows[0])
 
 
-def test_second_run_reuses_every_stage(smoke_run, cli):
+def test_second_run_reuses_every_stage(smoke_run, run_args, cli):
     out, first, _ = smoke_run
     assert first.returncode == 0
     started = time.monotonic()
-    second = cli("run", "--preset", "smoke", "--method", "frpo", "--attack", "alpaca",
-                 "--output-dir", str(out))
+    second = cli(*run_args, "--output-dir", str(out))
     elapsed = time.monotonic() - started
     assert second.returncode == 0, second.stderr
     lines = [line for line in second.stdout.splitlines() if line.startswith("[")]

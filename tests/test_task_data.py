@@ -263,7 +263,7 @@ def test_safety_frontier_dev_set_never_touches_a_reported_prompt():
     import importlib.util
 
     from forgetbench.evals import EvalTask
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
     from forgetbench.tasks import load_rows
 
     spec = importlib.util.spec_from_file_location("safety_frontier",
@@ -285,7 +285,7 @@ def test_an_eval_limit_takes_a_spread_of_the_set_not_its_first_category():
     """The evals list their whole set with `sample: N` (a seeded shuffle), so the tiny preset's
     `limit: 50` covers XSTest's ten safe-prompt types, not the file's first two."""
     from forgetbench.evals import EvalTask
-    from forgetbench.pipeline import resolve
+    from forgetbench.cell import resolve
     from forgetbench.tasks import load_rows
 
     evals = resolve("grpo", "alpaca", "tiny").resolved["evals"]

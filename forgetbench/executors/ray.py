@@ -1,7 +1,7 @@
 """The Ray executor: each stage a Ray task declaring its CPUs / GPUs, on an existing cluster
 (``address``, or ``$RAY_ADDRESS``) or on a local one it starts.
 
-A task runs exactly what the local executor runs (``forgetbench.stages.executor.run_stage``: the
+A task runs exactly what the local executor runs (``forgetbench.stages.store.run_stage``: the
 stage lock, a temporary folder, a worker process, an atomic rename), so every node must see the
 output folder at the same path (a shared file system) and have forgetbench installed. Ray is
 imported only when this executor is used.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executors import HEAVY_KINDS, Executor, ExecutorConfig, StageResources
-from forgetbench.stages.executor import Outcome
-from forgetbench.stages.plan import Stage
+from forgetbench.stages import Stage
+from forgetbench.stages.store import Outcome
 
 # Environment a stage process needs to behave as it would locally (thread count, caches, data).
 PASSED_ENV = ("FORGETBENCH_THREADS", "FORGETBENCH_CACHE", "FORGETBENCH_TASKS", "HF_HOME",
@@ -26,7 +26,7 @@ def _run_stage_task(stage: Stage, root: str, env: dict) -> dict:
     """Body of the Ray task (runs on a Ray worker)."""
     import dataclasses
 
-    from forgetbench.stages.executor import run_stage
+    from forgetbench.stages.store import run_stage
 
     full_env = {**os.environ, **env}
     try:

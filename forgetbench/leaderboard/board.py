@@ -14,6 +14,7 @@ import numpy as np
 
 from forgetbench.leaderboard import rank
 from forgetbench.leaderboard.rank import Curve
+from forgetbench.results import before_after
 
 
 @dataclass
@@ -159,10 +160,11 @@ def _task_of(frame, method, attack) -> tuple[float, float]:
     if rows.empty:
         return math.nan, math.nan
     first = rows.iloc[0]
-    rows = rows[(rows["eval"] == first["eval"]) & (rows["metric"] == first["metric"])]
-    before = rows.loc[rows["phase"] == "before", "value"].mean()
-    after = rows.loc[rows["phase"] == "after", "value"].mean()
-    return float(before), float(after)
+    pairs = before_after(rows[(rows["eval"] == first["eval"]) &
+                              (rows["metric"] == first["metric"])])
+    if pairs.empty:
+        return math.nan, math.nan
+    return float(pairs["before"].mean()), float(pairs["after"].mean())
 
 
 def _sec_per_step(frame, method) -> float:

@@ -21,11 +21,11 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from forgetbench.atomic import atomic_path
 from forgetbench.errors import ForgetbenchError
 
 BUNDLE_VERSION = 1
@@ -113,15 +113,12 @@ def write_bundle(files: dict, manifest: dict, out: Path) -> Path:
     temporary name and renamed into place."""
     manifest = {**manifest, "files": {name: sha256(data) for name, data in sorted(files.items())}}
     everything = {MANIFEST: json.dumps(manifest, indent=1).encode(), **files}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tarfile.open(tmp, "w:gz") as archive:
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for name, data in sorted(everything.items()):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 0  # the same inputs give the same archive bytes
             archive.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
     return out
 
 

@@ -51,8 +51,7 @@ def _lines(path: Path):
 
 def add_results_dir(sources: Sources, root: Path) -> None:
     from forgetbench.results import current, load_results
-    from forgetbench.stages.judge import VERDICTS_FILE
-    from forgetbench.stages.kl import KL_FILE
+    from forgetbench.stages import KL_FILE, VERDICTS_FILE
 
     frame, note = current(load_results(root))
     if note:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
+from forgetbench.atomic import atomic_path
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.leaderboard import rank
@@ -68,9 +68,7 @@ def pack(runs: Path, out: Path, method: str | None = None,
     import pyarrow.parquet as pq
 
     from forgetbench.results import check_frame, current, load_results
-    from forgetbench.stages.generate import GENERATIONS_FILE
-    from forgetbench.stages.judge import VERDICTS_FILE
-    from forgetbench.stages.kl import KL_FILE
+    from forgetbench.stages import GENERATIONS_FILE, KL_FILE, VERDICTS_FILE
 
     runs = Path(runs).resolve()
     frame, _ = current(load_results(runs))
@@ -348,10 +346,8 @@ def add(path: Path, leaderboard: Path, min_seeds: int | None = None,
     submissions = leaderboard / "submissions"
     digest = sha256(Path(path).read_bytes())[:12]
     target = submissions / f"{info['method']}-{info['track']}-{digest}.tar.gz"
-    submissions.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
     try:
         results = [Path(r) for r in sources.get("results") or [] if Path(r).is_dir()]
         build(results, submissions, site, resamples=sources.get("resamples", resamples),

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 from forgetbench.config import Field
 from forgetbench.methods.rl import train_with_advantage
 from forgetbench.registry import method
-from forgetbench.training.grpo import GRPOFamilyConfig
+from forgetbench.training.grpo_inputs import GRPOSettings
 
 
-class GRPOMethodConfig(GRPOFamilyConfig):
-    adv_norm: Literal["group", "batch", "none"] = Field(
-        "group", description="Advantage normalisation: group std (GRPO), batch std, or none "
-        "(Dr. GRPO).")
+class GRPOMethodConfig(GRPOSettings):
     beta: float = Field(0.1, ge=0, description="k3 KL weight; 0.1 is the FRPO paper's GRPO "
                         "baseline.")
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from forgetbench.tasks import DataError
+from forgetbench.tasks import load_train_prompts
 from forgetbench.training.grpo import AdvantageFn, GRPOFamilyConfig, run_grpo
+from forgetbench.training.grpo_inputs import grpo_dataset, reward_function, within_prompt_length
 
 
 def training_rows(config: GRPOFamilyConfig, model_path: str) -> list[dict]:
     """The method's training prompts (``id``, ``prompt``, ``kind``, ``reference``), in the order
     that gives each its ``prompt_index`` in the training dataset."""
-    from forgetbench.tasks import load_train_prompts
-
     rows = load_train_prompts(config.train_task, config.n_harmful, config.n_harmless)
     if config.max_prompt_length:
         rows = within_prompt_length(rows, model_path, config.max_prompt_length)
@@ -28,38 +26,8 @@ def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, mo
     folder. ``rows``: the training prompts already loaded (``training_rows``); ``reward_funcs``:
     TRL reward functions instead of the config's ``reward`` plugin. ``loop``: ``run_grpo``'s
     extension arguments (``callbacks``, ``trainer_cls``, ``trainer_kwargs``, ``args_kwargs``)."""
-    from datasets import Dataset
-
-    from forgetbench import registry
-
     rows = training_rows(config, model_path) if rows is None else rows
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": row["prompt"]}], "kind": row["kind"],
-         "reference": row.get("reference") or "", "prompt_index": index}
-        for index, row in enumerate(rows)])
     if reward_funcs is None:
-        reward_plugin = registry.get("reward", config.reward)
-        reward_funcs = [reward_plugin.target(reward_plugin.build_config(config.reward_config))]
-    return run_grpo(model_path, dataset, reward_funcs, advantage_fn, config, out_dir, seed,
-                    scale_rewards=scale_rewards, **loop)
-
-
-def within_prompt_length(rows: list[dict], model_path: str, limit: int) -> list[dict]:
-    """The rows whose chat-templated prompt fits in ``limit`` tokens (TRL 1.16 has no
-    max_prompt_length; dropping beats truncating, which would cut the chat template)."""
-    from forgetbench.models import load_tokenizer
-
-    tokenizer = load_tokenizer(model_path)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                           tokenize=False, add_generation_prompt=True)
-             for row in rows]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    kept = [row for row, length in zip(rows, lengths) if length <= limit]
-    if not kept:
-        raise DataError(f"every training prompt is longer than max_prompt_length={limit} tokens; "
-                        "raise it")
-    if len(kept) < len(rows):
-        logging.getLogger("forgetbench").warning(
-            "dropped %d of %d training prompts longer than %d tokens", len(rows) - len(kept),
-            len(rows), limit)
-    return kept
+        reward_funcs = [reward_function(config)]
+    return run_grpo(model_path, grpo_dataset(rows), reward_funcs, advantage_fn, config, out_dir,
+                    seed, scale_rewards=scale_rewards, **loop)

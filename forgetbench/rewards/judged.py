@@ -69,7 +69,7 @@ def inherit_judge_settings(tree: Any, run_judges: dict[str, dict]) -> Any:
     """``tree`` (a method's resolved config) with every judge spec in it (a dict with a ``judge``
     name) given the run's ``judges.<name>`` settings under its own ``config``, so the judge that
     constrains training is the judge that scores the evals (endpoints, models) unless the method
-    overrides a field. For ``pipeline.resolve``, before the method's config is validated."""
+    overrides a field. For ``cell.resolve``, before the method's config is validated."""
     from forgetbench.config import deep_merge
 
     if isinstance(tree, list):

@@ -7,16 +7,22 @@ import json
 from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError
-from forgetbench.stages.plan import policy_path
+from forgetbench.stages import GENERATIONS_FILE
+from forgetbench.stages.policy import policy_path
 
-GENERATIONS_FILE = "generations.jsonl"
+
+def eval_task(spec: dict):
+    """The eval plugin's task (an ``evals.EvalTask``) from a stage config's ``eval`` entry
+    (``{"name", "config"}``), as the generate stage ran it."""
+    from forgetbench import registry
+
+    return registry.get("eval", spec["name"]).build_config(spec["config"])
 
 
 def eval_prompts(config: dict) -> list[dict]:
-    from forgetbench import registry
     from forgetbench.tasks import load_rows
 
-    task = registry.get("eval", config["eval"]["name"]).build_config(config["eval"]["config"])
+    task = eval_task(config["eval"])
     rows = load_rows(task.dataset)[:task.limit]
     prompts = []
     for number, row in enumerate(rows, start=1):

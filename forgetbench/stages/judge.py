@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from forgetbench.atomic import write_atomic
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError
-from forgetbench.stages.generate import GENERATIONS_FILE
+from forgetbench.stages import GENERATIONS_FILE, PROVENANCE_FILE, VERDICTS_FILE
+from forgetbench.stages.generate import eval_task
 from forgetbench.stages.worker import REQUEST_FILE  # the request every stage folder keeps
-
-VERDICTS_FILE = "verdicts.jsonl"
-# How the verdicts were scored, where the judge says (``score.provenance``: code_exec's sandbox);
-# the results table copies it into each row of this judge stage (columns JUDGE_PROVENANCE).
-PROVENANCE_FILE = "judge_provenance.json"
-JUDGE_PROVENANCE = ("sandbox",)
 
 
 class JudgeMissingError(ForgetbenchError):
@@ -41,12 +36,11 @@ def _fingerprint(row: dict) -> str:
 
 def eval_rows(generations_folder: Path, ids: list[str]) -> list[dict]:
     """The eval dataset row of each id, from the eval config the generation stage ran with."""
-    from forgetbench import registry
     from forgetbench.tasks import load_rows
 
     request = json.loads((generations_folder / REQUEST_FILE).read_text())
     spec = request["config"]["eval"]
-    task = registry.get("eval", spec["name"]).build_config(spec["config"])
+    task = eval_task(spec)
     by_id = {str(row["id"]): row for row in load_rows(task.dataset) if "id" in row}
     missing = [i for i in ids if i not in by_id]
     if missing:
@@ -88,13 +82,6 @@ def _load_partial(path: Path, rows: list[dict]) -> dict[int, dict]:
     return found
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-
-
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from forgetbench.judges import Verdict, build_judge, score_verdicts
 
@@ -115,10 +102,10 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     retry = [i for i, v in enumerate(verdicts) if v.value is None and v.retryable]
     if retry and not getattr(judge.config, "allow_missing", False):
         scored = [i for i, v in enumerate(verdicts) if v.value is not None]
-        _write_atomic(partial, [json.dumps({"id": str(rows[i]["id"]), "fingerprint":
-                                            _fingerprint(rows[i]), "value": verdicts[i].value,
-                                            "reason": verdicts[i].reason}) + "\n"
-                                for i in scored])
+        write_atomic(partial, "".join(json.dumps({"id": str(rows[i]["id"]), "fingerprint":
+                                                  _fingerprint(rows[i]), "value": verdicts[i].value,
+                                                  "reason": verdicts[i].reason}) + "\n"
+                                      for i in scored))
         raise JudgeMissingError(
             f"judge {judge.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
             f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetbench.stages.generate import GENERATIONS_FILE
-from forgetbench.stages.plan import policy_path
+from forgetbench.stages import GENERATIONS_FILE, KL_FILE
+from forgetbench.stages.policy import policy_path
 from forgetbench.stages.worker import REQUEST_FILE
 
-KL_FILE = "kl.jsonl"
 BATCH_SIZE = 8
 
 
@@ -72,7 +71,8 @@ def check_own_rollouts(request: dict, inputs: dict[str, Path], checkpoint) -> No
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     import torch
 
-    from forgetbench.backends.base import GenerationConfig, prompt_budget, resolve_policy
+    from forgetbench import registry
+    from forgetbench.backends.base import prompt_budget, resolve_policy
     from forgetbench.models import load_tokenizer
 
     records = [json.loads(line) for line in open(inputs["generations"] / GENERATIONS_FILE)]
@@ -83,7 +83,9 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = resolve_policy(policy_folder)
     tokenizer = load_tokenizer(policy.tokenizer)
-    generation = GenerationConfig(**request["config"]["backend"]["config"])
+    # the settings the rollouts were generated with, read as their back-end reads them
+    backend = request["config"]["backend"]
+    generation = registry.get("backend", backend["name"]).build_config(backend["config"])
     _, budget = prompt_budget(generation, policy.model)
     pairs = rollout_ids(tokenizer, records, budget)
     if Path(reference_path).resolve() == Path(policy_folder).resolve():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgetbench.stages.plan import policy_path, run_policy_plugin
+from forgetbench.stages.policy import policy_path, run_policy_plugin
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import model_validator
 
+from forgetbench import registry
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.training.common import (OptimConfig, load_dtype, peft_config, step_timer,
@@ -76,8 +77,6 @@ class GRPOFamilyConfig(OptimConfig):
     @model_validator(mode="after")
     def _reward_config_is_valid(self):
         # Checked when the config is resolved, so a bad reward key fails before any training.
-        from forgetbench import registry
-
         registry.get("reward", self.reward).build_config(self.reward_config)
         return self
 

