@@ -146,7 +146,20 @@ def _execute(matrix, root: Path, console) -> None:
 
     check_layout(root)
     _check_code_sandbox(matrix, root)
+    _check_devices(matrix)
     run_matrix(matrix, root, make_executor(matrix.spec.executor), console)
+
+
+def _check_devices(matrix) -> None:
+    """Precision, tensor-parallel size and vLLM settings against this machine's devices, before
+    the first stage (local executor only: a Ray cluster's workers have their own devices, and
+    each stage checks again where it runs)."""
+    if matrix.spec.executor.name != "local":
+        return
+    from forgetbench.devices import check_resolved
+
+    for planned in matrix.cells:
+        check_resolved(planned.cell.resolved)
 
 
 def _check_code_sandbox(matrix, root: Path) -> None:
@@ -180,8 +193,11 @@ def cmd_run(args, console) -> None:
     root = _output_dir(args.output_dir)
     check_layout(root)
     if args.print_config:
+        from forgetbench.resource_plan import estimate_stages, format_plan
+
         console.print_json(json.dumps(cell.resolved))
         print_plan(matrix, root, console)
+        console.print(format_plan(estimate_stages(matrix)), highlight=False, soft_wrap=True)
         return
     console.print(f"forgetbench run: method={args.method} attack={args.attack} preset="
                   f"{args.preset} seed={cell.resolved['seed']} config={cell.config_hash} -> {root}",

@@ -145,21 +145,27 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-# Settings that change how fast a stage runs and how much memory it takes, never what it computes
-# (tests/test_training_settings.py checks gradient checkpointing bit for bit). Hashes leave them
-# out, so switching one re-uses the stages already computed and keeps a row's track; request.json
-# still records them.
-SPEED_ONLY_SETTINGS = frozenset({"gradient_checkpointing"})
+# Settings that change how fast a stage runs, how much memory it takes or where it reports its
+# progress, never what it computes (tests/test_training_settings.py checks gradient checkpointing
+# bit for bit). Hashes leave them out, so switching one re-uses the stages already computed and
+# keeps a row's track; request.json still records them.
+SPEED_ONLY_SETTINGS = frozenset({"gradient_checkpointing", "report_to", "vllm_server_host",
+                                 "vllm_server_port", "vllm_gpu_memory_utilization"})
 # Where a machine keeps a task's files, never what they hold (that is the data's `sha256`, which
 # is hashed): forgetbench.task_sources. Left out so stage keys are the same on every machine.
 LOCATION_ONLY_SETTINGS = frozenset({"path_root"})
 _HASH_BLIND = SPEED_ONLY_SETTINGS | LOCATION_ONLY_SETTINGS
+# Settings added after stages were computed, at the value that does what those stages did (fp32
+# training on CPU, rollouts with HF generate): left out of hashes at that value only, so adding
+# the setting did not re-key every stage; any other value is part of the key.
+LEFT_OUT_AT_DEFAULT = {"precision": "auto", "rollouts": "hf", "vllm_tensor_parallel_size": 1}
 
 
 def _without_speed_settings(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_speed_settings(v) for k, v in value.items()
-                if k not in _HASH_BLIND}
+                if k not in _HASH_BLIND
+                and not (k in LEFT_OUT_AT_DEFAULT and v == LEFT_OUT_AT_DEFAULT[k])}
     if isinstance(value, (list, tuple)):
         return [_without_speed_settings(v) for v in value]
     return value

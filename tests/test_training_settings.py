@@ -40,3 +40,35 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path):
     assert not torch.equal(weights[True][name], start[name])  # it trained: a test that can fail
     for name, tensor in weights[True].items():
         assert torch.equal(tensor, weights[False][name]), name
+
+
+def test_report_to_tensorboard_writes_events_named_after_the_stage(tmp_path):
+    """report_to reaches TRL: a 2-step SFT on the embedded model writes TensorBoard event files
+    with the training loss at each step, in a run named after the stage (label and key)."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from forgetbench.models import resolve_model
+    from forgetbench.training.sft import SFTSettings, run_sft
+
+    stage = tmp_path / ".tmp-attack-0123abcd4567-99"  # how the runner names a computing stage
+    stage.mkdir()
+    (stage / "request.json").write_text(json.dumps({"kind": "attack", "label": "attack alpaca"}))
+    pairs = [("Name a primary colour.", "Red."), ("What is 2 + 2?", "4.")]
+    config = SFTSettings(max_steps=2, batch_size=2, max_length=128, report_to=["tensorboard"],
+                         gradient_checkpointing=False)
+    run_sft(resolve_model("smollm2-135m-instruct"), pairs, config, stage, seed=0)
+    events = list((stage / "trainer" / "runs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2]
+    assert b"attack-alpaca-0123abcd4567" in events[0].read_bytes()  # the run name, in the args
+
+
+def test_no_tracker_by_default(tmp_path):
+    from forgetbench.training.common import OptimConfig, stage_run_name, trainer_args
+
+    args = trainer_args(OptimConfig(), tmp_path / ".tmp-train-00ff-12", seed=0)
+    assert args["report_to"] == []
+    assert stage_run_name(tmp_path / "somewhere") == "somewhere"  # outside a stage

@@ -33,10 +33,11 @@ class GenerationConfig(StrictModel):
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
     n: int = Field(1, ge=1, description="Responses sampled per prompt (needs temperature > 0 "
                    "when > 1); stored as one row each, numbered by `sample`.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights and activations dtype. float32 makes hf and vLLM agree "
         "token for token; bfloat16 halves memory but on a CPU without AVX512-BF16 it was no "
-        "faster in vLLM (measured here).")
+        "faster in vLLM (measured here); auto = bfloat16 on a GPU that has it, else float32; "
+        "float16 needs a GPU.")
     max_model_len: Optional[int] = Field(
         None, ge=2, description="Context length (prompt + response tokens); None = the model's "
         "own (max_position_embeddings). Prompts that do not fit with max_new_tokens are handled "
@@ -55,7 +56,11 @@ class GenerationConfig(StrictModel):
         "reload its compile cache, and decodes no faster), compiled on GPU.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU build only: "
                                           "fraction of GPU memory vLLM may take.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPU build only: GPUs per model.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only: GPUs each engine shards "
+                                      "the model over (1 on the CPU build; more than the visible "
+                                      "GPUs is refused before any stage runs). Data-parallel "
+                                      "replicas are not offered: vLLM's LLM() refuses "
+                                      "data_parallel_size > 1 in one process.")
 
     @model_validator(mode="after")
     def _sampling_for_many(self):
@@ -63,6 +68,25 @@ class GenerationConfig(StrictModel):
             raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical "
                              "copies)")
         return self
+
+
+def resolve_dtype(setting: str, name: str = "generation.dtype") -> str:
+    """The concrete dtype for ``setting`` on this machine's device (``auto`` resolved); one the
+    device cannot run is a UsageError naming ``name`` and the fix."""
+    import torch
+
+    from forgetbench.errors import UsageError
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return "bfloat16" if bf16 else "float32"
+    if setting == "float16" and not cuda:
+        raise UsageError(f"{name}=float16 needs a CUDA GPU; set {name}=float32, bfloat16 or auto")
+    if setting == "bfloat16" and cuda and not bf16:
+        raise UsageError(f"{name}=bfloat16: this GPU ({torch.cuda.get_device_name()}) has no "
+                         f"bfloat16; set {name}=float16, float32 or auto")
+    return setting
 
 
 class Generation(NamedTuple):

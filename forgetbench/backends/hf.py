@@ -7,7 +7,8 @@ adapter is loaded over its base with peft and merged for speed).
 from __future__ import annotations
 
 from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       prepare_prompts, prompt_budget, resolve_policy)
+                                       prepare_prompts, prompt_budget, resolve_dtype,
+                                       resolve_policy)
 from forgetbench.provenance import package_version
 from forgetbench.registry import backend
 
@@ -41,7 +42,7 @@ def generate_hf(config: GenerationConfig, model_path: str, prompts: list[str],
     tokenizer = load_tokenizer(policy.tokenizer)
     _, budget = prompt_budget(config, policy.model)
     prepared = prepare_prompts(tokenizer, prompts, budget, config.overlong_prompts)
-    model = load_weights(policy, config.dtype)
+    model = load_weights(policy, resolve_dtype(config.dtype))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     return generate_loaded(config, model, tokenizer, eos_ids(tokenizer, policy.model), prepared,
                            progress)

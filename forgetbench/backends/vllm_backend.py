@@ -30,7 +30,8 @@ from typing import Optional
 
 from forgetbench import environment
 from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       prepare_prompts, prompt_budget, resolve_policy)
+                                       prepare_prompts, prompt_budget, resolve_dtype,
+                                       resolve_policy)
 from forgetbench.errors import ForgetbenchError
 from forgetbench.provenance import package_version
 from forgetbench.registry import backend
@@ -129,7 +130,10 @@ class VLLMEngine:
                                    "use --set backend=hf")
         from vllm import LLM
 
+        from forgetbench.devices import check_tensor_parallel
         from forgetbench.models import load_tokenizer
+
+        check_tensor_parallel(config.tensor_parallel_size)
 
         self.config = config
         self.cpu = _is_cpu_build()
@@ -137,7 +141,8 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(tokenizer)
         self.stop_ids = eos_ids(self.tokenizer, model)
         self.max_model_len = max_model_len
-        kwargs = dict(model=model, tokenizer=tokenizer, dtype=config.dtype, seed=config.seed,
+        kwargs = dict(model=model, tokenizer=tokenizer, dtype=resolve_dtype(config.dtype),
+                      seed=config.seed,
                       max_model_len=max_model_len, disable_log_stats=True,
                       enforce_eager=self.cpu if config.enforce_eager is None
                       else config.enforce_eager)
@@ -145,9 +150,9 @@ class VLLMEngine:
             kwargs["max_num_seqs"] = config.max_num_seqs
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank_slot(max_lora_rank))
+        kwargs["tensor_parallel_size"] = config.tensor_parallel_size  # 1 on CPU (checked)
         if not self.cpu:
-            kwargs.update(gpu_memory_utilization=config.gpu_memory_utilization,
-                          tensor_parallel_size=config.tensor_parallel_size)
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
         with _engine_environment(config, self.cpu) as self.environment:
             self.llm = LLM(**kwargs)
         self._adapters: dict[str, int] = {}

@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator
 
 from forgetbench.config import Field, StrictModel
+from forgetbench.errors import UsageError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class OptimConfig(StrictModel):
@@ -37,6 +41,14 @@ class OptimConfig(StrictModel):
         True, description="Recompute activations in the backward pass instead of keeping them "
         "(TRL's default): needed for long sequences on a 7B model, pure extra compute where the "
         "activations fit in memory. Changes speed and memory, never the gradients.")
+    precision: Precision = Field(
+        "auto", description="Training arithmetic: auto = bf16 mixed precision on a GPU that has "
+        "bfloat16 (Ampere and later), fp32 elsewhere (CPU); bf16 / fp16 = mixed precision (fp32 "
+        "master weights for full fine-tuning, a 16-bit frozen base under LoRA); fp32 = none.")
+    report_to: list[str] = Field(
+        default_factory=list, description="Experiment trackers TRL logs to (transformers' "
+        "report_to: tensorboard, wandb, mlflow, ...); [] = none. Runs are named after the stage; "
+        "TensorBoard writes under the stage's trainer/runs/.")
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all parameters.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -45,8 +57,10 @@ class OptimConfig(StrictModel):
                                  "down_proj"], description="Modules LoRA adapts.")
 
 
-def trainer_args(config: OptimConfig, out_dir: Path, seed: int) -> dict:
-    """Keyword arguments shared by TRL's SFTConfig and GRPOConfig."""
+def trainer_args(config: OptimConfig, out_dir: Path, seed: int, run_name: str = "") -> dict:
+    """Keyword arguments shared by TRL's SFTConfig and GRPOConfig. ``run_name`` names the run in
+    the trackers of ``report_to`` (default: the stage folder's name)."""
+    precision = resolve_precision(config.precision)
     return dict(
         output_dir=str(out_dir / "trainer"), seed=seed, data_seed=seed,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
@@ -55,15 +69,59 @@ def trainer_args(config: OptimConfig, out_dir: Path, seed: int) -> dict:
         num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=_use_cpu(), bf16=False, report_to=[], save_strategy="no", logging_steps=1,
+        use_cpu=_use_cpu(), bf16=precision == "bf16", fp16=precision == "fp16",
+        report_to=list(config.report_to), run_name=run_name or stage_run_name(out_dir),
+        save_strategy="no", logging_steps=1,
         disable_tqdm=False, dataloader_num_workers=0,
     )
+
+
+def stage_run_name(out_dir: Path) -> str:
+    """The tracker run name of the stage computing in ``out_dir``: its label and key (``train-frpo-
+    3f2a...``), so a run in W&B or TensorBoard leads back to its stage folder; the folder's name
+    outside a stage."""
+    import json
+    import re
+
+    request = out_dir / "request.json"  # written by the runner (stages/worker.py REQUEST_FILE)
+    label = json.loads(request.read_text()).get("label", "") if request.is_file() else ""
+    key = re.fullmatch(r"\.tmp-[a-z_]+-([0-9a-f]+)-\d+", out_dir.name)
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-") or out_dir.name
+    return f"{name}-{key.group(1)}" if key else name
 
 
 def _use_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def resolve_precision(setting: str, name: str = "precision") -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for the device this process trains on; a setting the device
+    cannot run is a UsageError naming ``name`` (the config field) and the fix."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return "bf16" if bf16 else "fp32"
+    if setting == "fp16" and not cuda:
+        raise UsageError(f"{name}=fp16 needs a CUDA GPU (no fp16 mixed precision on CPU); set "
+                         f"{name}=auto, fp32 or bf16")
+    if setting == "bf16" and cuda and not bf16:
+        raise UsageError(f"{name}=bf16: this GPU ({torch.cuda.get_device_name()}) has no "
+                         f"bfloat16; set {name}=fp16 or fp32 (auto picks fp32 here)")
+    return setting
+
+
+def load_dtype(config: OptimConfig) -> str:
+    """The dtype the trained model is loaded in: under LoRA the base is frozen, so a 16-bit run
+    keeps it in 16 bits (PEFT keeps the adapters in fp32); full fine-tuning keeps fp32 master
+    weights and lets autocast run the matmuls in 16 bits."""
+    precision = resolve_precision(config.precision)
+    if config.lora_r and precision != "fp32":
+        return {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    return "float32"
 
 
 def peft_config(config: OptimConfig):

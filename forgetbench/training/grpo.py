@@ -23,8 +23,8 @@ from pydantic import model_serializer, model_validator
 from forgetbench import registry
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.training.common import (OptimConfig, peft_config, step_timer, train_and_save,
-                                         trainer_args)
+from forgetbench.training.common import (OptimConfig, load_dtype, peft_config, step_timer,
+                                         train_and_save, trainer_args)
 
 AdvantageFn = Callable[[Any, int], Any]  # (flat reward tensor, group size) -> advantages
 
@@ -58,6 +58,21 @@ class GRPOFamilyConfig(OptimConfig):
     generation_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() "
                                               "arguments for rollouts, e.g. {min_new_tokens: 32} "
                                               "to force full-length completions when timing.")
+    rollouts: Literal["hf", "vllm-colocate", "vllm-server"] = Field(
+        "hf", description="Who samples the rollouts: hf = transformers generate inside the "
+        "trainer; vllm-colocate = a vLLM engine in the training process sharing its GPU (TRL's "
+        "use_vllm, vllm_mode=colocate); vllm-server = a `trl vllm-serve` server on other GPUs "
+        "(vllm_server_host/port). The vLLM modes need vllm and a CUDA GPU (README, 'Running at "
+        "paper scale').")
+    vllm_server_host: str = Field("127.0.0.1", description="rollouts: vllm-server only: host of "
+                                  "the `trl vllm-serve` server.")
+    vllm_server_port: int = Field(8000, ge=1, le=65535, description="rollouts: vllm-server only: "
+                                  "its port.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="rollouts: vllm-colocate only: fraction of the GPU the "
+        "engine takes (the rest is the trainer's).")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="rollouts: vllm-colocate only: "
+                                           "GPUs the engine shards the model over.")
     n_harmful: int = Field(64, ge=0, description="Harmful training prompts taken from the task.")
     n_harmless: int = Field(64, ge=0, description="Harmless training prompts taken from the task.")
     n_prompts: Optional[int] = Field(None, ge=1, description="For a task without groups (kinds): "
@@ -84,6 +99,26 @@ class GRPOFamilyConfig(OptimConfig):
             self.reward_config = deep_merge(task.reward_config, self.reward_config)
         registry.get("reward", self.reward).build_config(self.reward_config)
         return self
+
+
+def rollout_args(config: GRPOFamilyConfig) -> dict:
+    """TRL GRPOConfig fields for ``config.rollouts``. A vLLM mode where vllm does not import is a
+    UsageError here, before the model loads (``devices.check_training`` says it before any
+    stage)."""
+    if config.rollouts == "hf":
+        return {"use_vllm": False}
+    from forgetbench.devices import check_colocated_rollouts, check_tensor_parallel, check_vllm
+
+    check_vllm(f"rollouts={config.rollouts}", "rollouts=hf")
+    if config.rollouts == "vllm-server":
+        return {"use_vllm": True, "vllm_mode": "server",
+                "vllm_server_host": config.vllm_server_host,
+                "vllm_server_port": config.vllm_server_port}
+    check_colocated_rollouts("rollouts")
+    check_tensor_parallel(config.vllm_tensor_parallel_size, "vllm_tensor_parallel_size")
+    return {"use_vllm": True, "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization,
+            "vllm_tensor_parallel_size": config.vllm_tensor_parallel_size}
 
 
 class AdvantageCheckError(ForgetbenchError):
@@ -187,10 +222,25 @@ def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: Advanta
         "epsilon": config.epsilon_low, "epsilon_high": config.epsilon_high,
         "loss_type": config.loss_type, "scale_rewards": scale_rewards,
         "mask_truncated_completions": False, "log_completions": False, "shuffle_dataset": True,
-        "generation_kwargs": dict(config.generation_kwargs) or None, **(args_kwargs or {})})
-    trainer = make_advantage_trainer(trainer_cls)(
-        model=load_model(model_path), args=args, train_dataset=dataset,
-        reward_funcs=reward_funcs, processing_class=tokenizer, peft_config=peft_config(config),
-        advantage_fn=advantage_fn, callbacks=[step_timer(), *(callbacks or [])],
-        **(trainer_kwargs or {}))
-    return train_and_save(trainer, tokenizer, out_dir)
+        "generation_kwargs": dict(config.generation_kwargs) or None, **rollout_args(config),
+        **(args_kwargs or {})})
+    with _rollout_environment(config):
+        trainer = make_advantage_trainer(trainer_cls)(
+            model=load_model(model_path, load_dtype(config)), args=args, train_dataset=dataset,
+            reward_funcs=reward_funcs, processing_class=tokenizer,
+            peft_config=peft_config(config), advantage_fn=advantage_fn,
+            callbacks=[step_timer(), *(callbacks or [])], **(trainer_kwargs or {}))
+        return train_and_save(trainer, tokenizer, out_dir)
+
+
+def _rollout_environment(config: GRPOFamilyConfig):
+    """A colocated vLLM engine on the CPU build reads its KV-cache size and threads from the
+    environment, as the vllm back-end's engines do (``vllm_backend._engine_environment``)."""
+    from contextlib import nullcontext
+
+    if config.rollouts != "vllm-colocate":
+        return nullcontext()
+    from forgetbench.backends.base import GenerationConfig
+    from forgetbench.backends.vllm_backend import _engine_environment, _is_cpu_build
+
+    return _engine_environment(GenerationConfig(), _is_cpu_build())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from forgetbench.config import Field
 from forgetbench.errors import UsageError
-from forgetbench.training.common import (OptimConfig, peft_config, step_timer, train_and_save,
-                                         trainer_args)
+from forgetbench.training.common import (OptimConfig, load_dtype, peft_config, step_timer,
+                                         train_and_save, trainer_args)
 
 
 class SFTSettings(OptimConfig):
@@ -50,7 +50,7 @@ def run_sft(model_path: str, pairs, config: SFTSettings, out_dir: Path,
     dataset = pairs if hasattr(pairs, "column_names") else sft_dataset(pairs)
     args = SFTConfig(**{**trainer_args(config, out_dir, seed), "max_length": config.max_length,
                         "completion_only_loss": True, **(args_kwargs or {})})
-    trainer = trainer_cls(model=load_model(model_path), args=args, train_dataset=dataset,
+    trainer = trainer_cls(model=load_model(model_path, load_dtype(config)), args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config(config),
                           callbacks=[step_timer(), *(callbacks or [])], **(trainer_kwargs or {}))
     return train_and_save(trainer, tokenizer, out_dir)

