@@ -46,6 +46,7 @@ TIMINGS = "timings.json"
 
 # ------------------------------------------------------------------------------ the machine
 
+
 def peak_gflops(repeats: int, size: int = 2048) -> list[float]:
     """GFLOP/s of a dense fp32 ``size`` x ``size`` matmul, one figure per repeat (after a warm-up)."""
     import torch
@@ -60,11 +61,12 @@ def peak_gflops(repeats: int, size: int = 2048) -> list[float]:
         begin = time.perf_counter()
         for _ in range(4):
             torch.mm(a, b)
-        figures.append(4 * 2 * size ** 3 / (time.perf_counter() - begin) / 1e9)
+        figures.append(4 * 2 * size**3 / (time.perf_counter() - begin) / 1e9)
     return figures
 
 
 # ------------------------------------------------------------------------------ arithmetic
+
 
 class Model:
     """FLOPs of one forward token of a Llama-style decoder, from its ``config.json``."""
@@ -98,30 +100,39 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
         tokens = _final_tokens(history)
         if not tokens:
             return None
-        settings = (config.get("warmup") or config.get("method") or config.get("attack"))
+        settings = config.get("warmup") or config.get("method") or config.get("attack")
         settings = settings.get("config", settings)
         rl = kind == "train" or "rl" in settings
         if rl:
             rl_settings = settings.get("rl", settings)
-            completions = _steps(history) * rl_settings.get("prompts_per_step", 1) * \
-                rl_settings.get("num_generations", 1)
+            completions = (
+                _steps(history)
+                * rl_settings.get("prompts_per_step", 1)
+                * rl_settings.get("num_generations", 1)
+            )
             context = tokens / max(completions, 1) / 2
             forwards = 1 + 3 + (1 if (rl_settings.get("beta") or 0) > 0 else 0)
         else:
-            sequences = _steps(history) * settings.get("batch_size", 1) * \
-                settings.get("grad_accum", 1)
+            sequences = (
+                _steps(history) * settings.get("batch_size", 1) * settings.get("grad_accum", 1)
+            )
             context = tokens / max(sequences, 1) / 2
             forwards = 3
         return forwards * model.forward(tokens, context) / 1e9
     if kind in ("generate", "kl"):
-        generations = folder / "generations.jsonl" if kind == "generate" else \
-            Path(request["inputs"]["generations"]) / "generations.jsonl"
+        generations = (
+            folder / "generations.jsonl"
+            if kind == "generate"
+            else Path(request["inputs"]["generations"]) / "generations.jsonl"
+        )
         records = [json.loads(line) for line in open(generations)]
         tokens = sum(r.get("prompt_tokens", 0) + r.get("num_tokens", 0) for r in records)
         context = tokens / max(len(records), 1) / 2
         if kind == "kl":
             zero = all(json.loads(line)["value"] == 0.0 for line in open(folder / "kl.jsonl"))
-            same = Path(request["inputs"]["reference"]).name == Path(request["inputs"]["policy"]).name
+            same = (
+                Path(request["inputs"]["reference"]).name == Path(request["inputs"]["policy"]).name
+            )
             return 0.0 if (same and zero) else 2 * model.forward(tokens, context) / 1e9
         return model.forward(tokens, context) / 1e9
     if kind == "judge":  # a judge that loaded no model (string matching, code execution) does none
@@ -133,6 +144,7 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
 
 # ------------------------------------------------------------------------------ the table
 
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -140,9 +152,15 @@ def _epoch(iso: str) -> float:
 def analyse(root: Path, peak: float) -> tuple[list[dict], Model]:
     from forgetbench.models import resolve_model
 
-    stages = [(json.loads((f / "stage.json").read_text()), json.loads((f / "request.json")
-               .read_text()), f) for f in (root / "stages").glob("*/*") if (f / "stage.json")
-              .is_file()]
+    stages = [
+        (
+            json.loads((f / "stage.json").read_text()),
+            json.loads((f / "request.json").read_text()),
+            f,
+        )
+        for f in (root / "stages").glob("*/*")
+        if (f / "stage.json").is_file()
+    ]
     if not stages:
         sys.exit(f"main_job: no finished stage under {root}/stages; pass the folder of a run")
     stages.sort(key=lambda stage: stage[0]["started"])
@@ -157,9 +175,14 @@ def analyse(root: Path, peak: float) -> tuple[list[dict], Model]:
             start = max(timings["entered"] - _epoch(meta["started"]), 0.0)
             load, save = timings.get("load", 0.0), timings.get("save", 0.0)
             run = timings.get("run", 0.0)
-            row.update(start=start, imports=timings.get("import", 0.0), load=load, save=save,
-                       after=max(wall - start - timings.get("import", 0.0) - run, 0.0),
-                       work=max(run - load - save, 0.0))
+            row.update(
+                start=start,
+                imports=timings.get("import", 0.0),
+                load=load,
+                save=save,
+                after=max(wall - start - timings.get("import", 0.0) - run, 0.0),
+                work=max(run - load - save, 0.0),
+            )
         gflop = stage_gflop(meta["kind"], folder, request, model)
         row["gflop"] = gflop
         if gflop is not None and wall > 0:
@@ -174,27 +197,38 @@ def _f(value, digits: int = 1) -> str:
 
 
 def markdown(rows: list[dict], peak: float, job_wall: float | None) -> str:
-    lines = ["| stage | wall s | start s | import s | load s | save s | publish s | work s | "
-             "GFLOP | GFLOP/s | % peak |", "|" + "---|" * 11]
+    lines = [
+        "| stage | wall s | start s | import s | load s | save s | publish s | work s | "
+        "GFLOP | GFLOP/s | % peak |",
+        "|" + "---|" * 11,
+    ]
     for row in rows:
-        lines.append(f"| {row['stage']} | {_f(row['wall'])} | {_f(row.get('start'))} | "
-                     f"{_f(row.get('imports'))} | {_f(row.get('load'))} | {_f(row.get('save'))} | "
-                     f"{_f(row.get('after'))} | {_f(row.get('work'))} | {_f(row['gflop'], 0)} | "
-                     f"{_f(row.get('gflops'))} | "
-                     f"{_f(None if 'peak_share' not in row else 100 * row['peak_share'], 0)} |")
+        lines.append(
+            f"| {row['stage']} | {_f(row['wall'])} | {_f(row.get('start'))} | "
+            f"{_f(row.get('imports'))} | {_f(row.get('load'))} | {_f(row.get('save'))} | "
+            f"{_f(row.get('after'))} | {_f(row.get('work'))} | {_f(row['gflop'], 0)} | "
+            f"{_f(row.get('gflops'))} | "
+            f"{_f(None if 'peak_share' not in row else 100 * row['peak_share'], 0)} |"
+        )
     wall = sum(row["wall"] for row in rows)
     gflop = sum(row["gflop"] or 0 for row in rows)
-    overhead = sum(row.get(k) or 0 for row in rows
-                   for k in ("start", "imports", "load", "save", "after"))
+    overhead = sum(
+        row.get(k) or 0 for row in rows for k in ("start", "imports", "load", "save", "after")
+    )
     bound = gflop / peak
-    lines += ["", f"stages: {len(rows)}; sum of stage walls {wall:.0f} s, of which start-up, "
-              f"imports, loads, saves and publishing {overhead:.0f} s",
-              f"useful arithmetic {gflop / 1000:.1f} TFLOP; at the peak {peak:.0f} GFLOP/s the "
-              f"bound is {bound:.0f} s ({bound / 60:.1f} min)"]
+    lines += [
+        "",
+        f"stages: {len(rows)}; sum of stage walls {wall:.0f} s, of which start-up, "
+        f"imports, loads, saves and publishing {overhead:.0f} s",
+        f"useful arithmetic {gflop / 1000:.1f} TFLOP; at the peak {peak:.0f} GFLOP/s the "
+        f"bound is {bound:.0f} s ({bound / 60:.1f} min)",
+    ]
     if job_wall is not None:
-        lines.append(f"the job's wall time {job_wall:.0f} s ({job_wall / 60:.1f} min): "
-                     f"{job_wall / bound:.2f}x the bound; outside any stage (planning, the "
-                     f"results table) {job_wall - wall:.0f} s")
+        lines.append(
+            f"the job's wall time {job_wall:.0f} s ({job_wall / 60:.1f} min): "
+            f"{job_wall / bound:.2f}x the bound; outside any stage (planning, the "
+            f"results table) {job_wall - wall:.0f} s"
+        )
     return "\n".join(lines)
 
 
@@ -204,27 +238,55 @@ def main() -> None:
     parser.add_argument("--attack", default="alpaca")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="the run's folder (default: a new temporary one)")
-    parser.add_argument("--analyse", type=Path, default=None,
-                        help="analyse this finished run's folder instead of running the job")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="the run's folder (default: a new temporary one)",
+    )
+    parser.add_argument(
+        "--analyse",
+        type=Path,
+        default=None,
+        help="analyse this finished run's folder instead of running the job",
+    )
     parser.add_argument("--peak-repeats", type=int, default=5)
-    parser.add_argument("--peak", type=float, default=None, help="GFLOP/s measured earlier on a "
-                        "quiet machine (skips the measurement: with --analyse on a busy one)")
+    parser.add_argument(
+        "--peak",
+        type=float,
+        default=None,
+        help="GFLOP/s measured earlier on a "
+        "quiet machine (skips the measurement: with --analyse on a busy one)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
     peaks = [args.peak] if args.peak else peak_gflops(args.peak_repeats)
     peak = max(peaks)
-    print(f"peak fp32 matmul on {os.environ.get('FORGETBENCH_THREADS', 'all')} threads: "
-          f"{peak:.0f} GFLOP/s (best of {len(peaks)}; median {statistics.median(peaks):.0f}, "
-          f"min {min(peaks):.0f}{', given' if args.peak else ''})", flush=True)
+    print(
+        f"peak fp32 matmul on {os.environ.get('FORGETBENCH_THREADS', 'all')} threads: "
+        f"{peak:.0f} GFLOP/s (best of {len(peaks)}; median {statistics.median(peaks):.0f}, "
+        f"min {min(peaks):.0f}{', given' if args.peak else ''})",
+        flush=True,
+    )
     job_wall = None
     root = args.analyse
     if root is None:
         root = args.output_dir or Path(tempfile.mkdtemp(prefix="main-job-"))
-        command = [sys.executable, "-m", "forgetbench", "run", "--method", args.method,
-                   "--attack", args.attack, "--preset", args.preset, "--output-dir", str(root)]
+        command = [
+            sys.executable,
+            "-m",
+            "forgetbench",
+            "run",
+            "--method",
+            args.method,
+            "--attack",
+            args.attack,
+            "--preset",
+            args.preset,
+            "--output-dir",
+            str(root),
+        ]
         for override in args.overrides:
             command += ["--set", override]
         print("running:", " ".join(command), flush=True)
@@ -234,8 +296,9 @@ def main() -> None:
     rows, _ = analyse(root, peak)
     print(markdown(rows, peak, job_wall))
     if args.json:
-        args.json.write_text(json.dumps({"peak_gflops": peaks, "job_wall": job_wall,
-                                         "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"peak_gflops": peaks, "job_wall": job_wall, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -56,15 +56,22 @@ def main() -> None:
     cell = json.loads(args.cell.read_text())
     price = prices(cell)
     outside = (cell.get("job_wall") or 0) - sum(row["wall"] for row in cell["rows"])
-    matrix = plan_matrix(make_spec(methods=parse_names(args.methods, "method"),
-                                   attacks=parse_names(args.attacks, "attack"),
-                                   seeds=parse_seeds(args.seeds), preset=args.preset))
+    matrix = plan_matrix(
+        make_spec(
+            methods=parse_names(args.methods, "method"),
+            attacks=parse_names(args.attacks, "attack"),
+            seeds=parse_seeds(args.seeds),
+            preset=args.preset,
+        )
+    )
     predicted: dict[str, list[float]] = {}
     for stage in matrix.stages:
         name = role(stage.label)
         if name not in price:
-            sys.exit(f"matrix_cost: the measured cell has no stage like {stage.label!r}; measure "
-                     "a cell with that eval")
+            sys.exit(
+                f"matrix_cost: the measured cell has no stage like {stage.label!r}; measure "
+                "a cell with that eval"
+            )
         predicted.setdefault(stage.kind, []).append(price[name])
     measured: dict[str, list[float]] = {}
     if args.measured:
@@ -72,22 +79,30 @@ def main() -> None:
             stage = json.loads(meta.read_text())
             measured.setdefault(stage["kind"], []).append(stage["seconds"])
     cells = len(matrix.cells)
-    print(f"{args.methods} x {args.attacks} x seeds {args.seeds} ({args.preset}): {cells} cells, "
-          f"{len(matrix.stages)} stages")
-    print(f"{'kind':10s} {'stages':>7s} {'predicted s':>12s}" +
-          (f" {'measured stages':>16s} {'measured s':>11s}" if measured else ""))
+    print(
+        f"{args.methods} x {args.attacks} x seeds {args.seeds} ({args.preset}): {cells} cells, "
+        f"{len(matrix.stages)} stages"
+    )
+    print(
+        f"{'kind':10s} {'stages':>7s} {'predicted s':>12s}"
+        + (f" {'measured stages':>16s} {'measured s':>11s}" if measured else "")
+    )
     for kind, values in predicted.items():
         line = f"{kind:10s} {len(values):7d} {sum(values):12.0f}"
         if measured:
             line += f" {len(measured.get(kind, [])):16d} {sum(measured.get(kind, [])):11.0f}"
         print(line)
     total = sum(sum(v) for v in predicted.values()) + outside
-    print(f"predicted wall time: {total:.0f} s ({total / 3600:.2f} h), of which the runner outside "
-          f"stages {outside:.0f} s")
+    print(
+        f"predicted wall time: {total:.0f} s ({total / 3600:.2f} h), of which the runner outside "
+        f"stages {outside:.0f} s"
+    )
     if measured:
         spent = sum(sum(v) for v in measured.values())
-        print(f"measured (sum of stage walls): {spent:.0f} s ({spent / 3600:.2f} h); "
-              f"ratio measured / predicted {spent / (total - outside):.2f}")
+        print(
+            f"measured (sum of stage walls): {spent:.0f} s ({spent / 3600:.2f} h); "
+            f"ratio measured / predicted {spent / (total - outside):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def run(file: Path, out: Path, overrides: list[str]) -> tuple[float, str]:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        sys.exit(f"matrix run failed ({result.returncode}):\n{result.stdout[-2000:]}"
-                 f"\n{result.stderr[-2000:]}")
+        sys.exit(
+            f"matrix run failed ({result.returncode}):\n{result.stdout[-2000:]}"
+            f"\n{result.stderr[-2000:]}"
+        )
     return seconds, result.stdout
 
 
@@ -55,10 +57,15 @@ def computed_by_kind(stdout: str, matrix) -> dict[str, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where the matrix goes (default: a fresh temporary folder)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="extra --set for every cell")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the matrix goes (default: a fresh temporary folder)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="extra --set for every cell"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from forgetbench.matrix import make_spec
@@ -81,20 +88,32 @@ def main() -> int:
     second_seconds, second = run(file, out, args.overrides)
     ran_again = computed_by_kind(second, matrix)
 
-    print(f"matrix: {len(matrix.cells)} cells (grpo, frpo) x (alpaca, alpaca-lr1e-4), preset smoke"
-          f" -> {out}")
-    print(f"{'stage kind':12s} {'unshared':>9s} {'planned':>8s} {'run (1st)':>10s} "
-          f"{'run (2nd)':>10s}")
+    print(
+        f"matrix: {len(matrix.cells)} cells (grpo, frpo) x (alpaca, alpaca-lr1e-4), preset smoke"
+        f" -> {out}"
+    )
+    print(
+        f"{'stage kind':12s} {'unshared':>9s} {'planned':>8s} {'run (1st)':>10s} {'run (2nd)':>10s}"
+    )
     for kind in planned:
-        print(f"{kind:12s} {unshared.get(kind, 0):9d} {planned[kind]:8d} {ran.get(kind, 0):10d} "
-              f"{ran_again.get(kind, 0):10d}")
-    print(f"{'total':12s} {sum(unshared.values()):9d} {sum(planned.values()):8d} "
-          f"{sum(ran.values()):10d} {sum(ran_again.values()):10d}")
+        print(
+            f"{kind:12s} {unshared.get(kind, 0):9d} {planned[kind]:8d} {ran.get(kind, 0):10d} "
+            f"{ran_again.get(kind, 0):10d}"
+        )
+    print(
+        f"{'total':12s} {sum(unshared.values()):9d} {sum(planned.values()):8d} "
+        f"{sum(ran.values()):10d} {sum(ran_again.values()):10d}"
+    )
     print(f"policies trained: {ran.get('train', 0)} (4 cells, 2 methods)")
-    print(f"first run: {first_seconds:.1f} s; second identical run: {second_seconds:.2f} s "
-          f"(target <= {TARGET_SECONDS:.0f} s)")
-    ok = planned.get("train") == 2 and sum(ran_again.values()) == 0 and \
-        second_seconds <= TARGET_SECONDS
+    print(
+        f"first run: {first_seconds:.1f} s; second identical run: {second_seconds:.2f} s "
+        f"(target <= {TARGET_SECONDS:.0f} s)"
+    )
+    ok = (
+        planned.get("train") == 2
+        and sum(ran_again.values()) == 0
+        and second_seconds <= TARGET_SECONDS
+    )
     if ran and ran.get("train") != 2:
         ok = False
     print("targets met" if ok else "TARGET MISSED")

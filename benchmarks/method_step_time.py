@@ -64,14 +64,23 @@ def method_config(variant: str, preset: str, overrides: list[str], steps: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="grpo,frpo", help="comma-separated method plugins; "
-                        "the first is the reference of the ratios")
-    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per run (the "
-                        "first is not timed)")
+    parser.add_argument(
+        "--methods",
+        default="grpo,frpo",
+        help="comma-separated method plugins; the first is the reference of the ratios",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=4, help="optimiser steps per run (the first is not timed)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per method, rotated")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config override shared by all methods, e.g. method.beta=0.01")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override shared by all methods, e.g. method.beta=0.01",
+    )
     args = parser.parse_args()
     threads = set_threads()
     methods = [name.strip() for name in re.split(r",(?![^\[]*\])", args.methods) if name.strip()]
@@ -80,28 +89,43 @@ def main() -> None:
     for method in methods:
         configs[method], model = method_config(method, args.preset, args.overrides, args.steps)
     model_path = resolve_model(model)
-    order = [methods[(r + i) % len(methods)] for r in range(args.repeats)
-             for i in range(len(methods))]
+    order = [
+        methods[(r + i) % len(methods)] for r in range(args.repeats) for i in range(len(methods))
+    ]
     times: dict[str, list[float]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for run, method in enumerate(order):
             times[method] += step_times(method, configs[method], model_path, Path(tmp) / str(run))
-            print(f"run {run + 1}/{len(order)} {method}: "
-                  + " ".join(f"{t:.2f}" for t in times[method][-(args.steps - 1):]), flush=True)
+            print(
+                f"run {run + 1}/{len(order)} {method}: "
+                + " ".join(f"{t:.2f}" for t in times[method][-(args.steps - 1) :]),
+                flush=True,
+            )
 
     print(f"\nconfig: preset {args.preset}, threads {threads}, {args.steps} steps per run")
     for method, config in configs.items():
-        shape = {k: getattr(config, k) for k in ("num_generations", "prompts_per_step",
-                                                  "max_completion_length", "grad_accum",
-                                                  "batch_size", "lora_r", "beta")
-                 if hasattr(config, k)}
+        shape = {
+            k: getattr(config, k)
+            for k in (
+                "num_generations",
+                "prompts_per_step",
+                "max_completion_length",
+                "grad_accum",
+                "batch_size",
+                "lora_r",
+                "beta",
+            )
+            if hasattr(config, k)
+        }
         print(f"  {method}: {shape}")
     medians = {m: statistics.median(t) for m, t in times.items()}
     reference = methods[0]
     for method, values in times.items():
-        print(f"{method}: median {medians[method]:.2f} s/step over {len(values)} steps "
-              f"(min {min(values):.2f}, max {max(values):.2f}), "
-              f"ratio to {reference} {medians[method] / medians[reference]:.3f}")
+        print(
+            f"{method}: median {medians[method]:.2f} s/step over {len(values)} steps "
+            f"(min {min(values):.2f}, max {max(values):.2f}), "
+            f"ratio to {reference} {medians[method] / medians[reference]:.3f}"
+        )
 
 
 if __name__ == "__main__":

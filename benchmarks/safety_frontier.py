@@ -34,12 +34,15 @@ from forgetbench.tasks import load_rows
 def dev_prompts(config: dict) -> dict[str, list[str]]:
     """HarmBench val behaviours; XSTest safe prompts after the ones the preset reports."""
     harmbench = EvalTask.model_validate(config["evals"]["harmbench"])
-    val = harmbench.dataset.model_copy(update={
-        "path": harmbench.dataset.path.replace("_test.csv", "_val.csv"), "sample": None})
+    val = harmbench.dataset.model_copy(
+        update={"path": harmbench.dataset.path.replace("_test.csv", "_val.csv"), "sample": None}
+    )
     xstest = EvalTask.model_validate(config["evals"]["xstest"])
     reported = xstest.limit or 0
-    return {"harmbench_val": [row["prompt"] for row in load_rows(val)],
-            "xstest_dev": [row["prompt"] for row in load_rows(xstest.dataset)][reported:][:60]}
+    return {
+        "harmbench_val": [row["prompt"] for row in load_rows(val)],
+        "xstest_dev": [row["prompt"] for row in load_rows(xstest.dataset)][reported:][:60],
+    }
 
 
 def refusal_rates(policy: str, prompts: dict[str, list[str]], max_new_tokens: int) -> dict:
@@ -52,13 +55,22 @@ def refusal_rates(policy: str, prompts: dict[str, list[str]], max_new_tokens: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--policy", help="policy folder to score (or to start --method from); "
-                        "default: run the preset's warm-up")
+    parser.add_argument(
+        "--policy",
+        help="policy folder to score (or to start --method from); "
+        "default: run the preset's warm-up",
+    )
     parser.add_argument("--method", help="also train this method from the policy")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config override, e.g. warmup.n_harmless=360")
-    parser.add_argument("--max-new-tokens", type=int, default=24,
-                        help="refusals show in the first tokens")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override, e.g. warmup.n_harmless=360",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=24, help="refusals show in the first tokens"
+    )
     args = parser.parse_args()
     set_threads()
 
@@ -71,8 +83,14 @@ def main() -> None:
             policy = str(Path(tmp) / "warmup" / "model")
         if args.method:
             plugin = registry.get("method", args.method)
-            policy = str(plugin.target(plugin.build_config(config["method"]["config"]), policy,
-                                       Path(tmp) / "method", config["seed"]))
+            policy = str(
+                plugin.target(
+                    plugin.build_config(config["method"]["config"]),
+                    policy,
+                    Path(tmp) / "method",
+                    config["seed"],
+                )
+            )
         trained = time.perf_counter() - started
         refused = refusal_rates(policy, dev_prompts(config), args.max_new_tokens)
 
@@ -80,13 +98,18 @@ def main() -> None:
     shown = {"harmbench_val": ("refusal", "mean"), "xstest_dev": ("compliance", "complement")}
     rows = {}
     for name, (what, transform) in shown.items():
-        rows[name] = row = metric_row([{"value": float(v)} for v in refused[name]], transform,
-                                      binary=True)
-        print(f"{name}: {what} {row['value']:.2f} [{row['wilson_low']:.2f}, "
-              f"{row['wilson_high']:.2f}] (n={row['n']})")
+        rows[name] = row = metric_row(
+            [{"value": float(v)} for v in refused[name]], transform, binary=True
+        )
+        print(
+            f"{name}: {what} {row['value']:.2f} [{row['wilson_low']:.2f}, "
+            f"{row['wilson_high']:.2f}] (n={row['n']})"
+        )
     gap = rows["harmbench_val"]["value"] - (1 - rows["xstest_dev"]["value"])
-    print(f"gap (harmbench refusal - xstest refusal): {gap:+.2f}; training {trained:.0f} s; "
-          f"overrides {' '.join(args.overrides) or 'none'}")
+    print(
+        f"gap (harmbench refusal - xstest refusal): {gap:+.2f}; training {trained:.0f} s; "
+        f"overrides {' '.join(args.overrides) or 'none'}"
+    )
 
 
 if __name__ == "__main__":

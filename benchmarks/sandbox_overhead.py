@@ -74,17 +74,26 @@ def main() -> int:
                     print(f"  FAILED ({mode}) program {index}: {result.reason}")
         guards = statistics.fmean(seconds["python-guards"]) * 1000
         namespaces = statistics.fmean(seconds["namespaces"]) * 1000
-        for key, value in (("guards_ms", guards), ("namespaces_ms", namespaces),
-                           ("overhead_ms", namespaces - guards), ("ratio", namespaces / guards)):
+        for key, value in (
+            ("guards_ms", guards),
+            ("namespaces_ms", namespaces),
+            ("overhead_ms", namespaces - guards),
+            ("ratio", namespaces / guards),
+        ):
             per_repeat[key].append(value)
-        print(f"repeat {repeat + 1}: python-guards {guards:.1f} ms/program, namespaces "
-              f"{namespaces:.1f} ms/program, overhead {namespaces - guards:+.1f} ms, ratio "
-              f"{namespaces / guards:.3f}", flush=True)
+        print(
+            f"repeat {repeat + 1}: python-guards {guards:.1f} ms/program, namespaces "
+            f"{namespaces:.1f} ms/program, overhead {namespaces - guards:+.1f} ms, ratio "
+            f"{namespaces / guards:.3f}",
+            flush=True,
+        )
     print(f"over {args.repeats} repeats (mean, 95% t interval):")
-    for key, label, unit in (("guards_ms", "python-guards per program", " ms"),
-                             ("namespaces_ms", "namespaces per program", " ms"),
-                             ("overhead_ms", "overhead per program", " ms"),
-                             ("ratio", "ratio namespaces / python-guards", "")):
+    for key, label, unit in (
+        ("guards_ms", "python-guards per program", " ms"),
+        ("namespaces_ms", "namespaces per program", " ms"),
+        ("overhead_ms", "overhead per program", " ms"),
+        ("ratio", "ratio namespaces / python-guards", ""),
+    ):
         mean, low, high = interval(per_repeat[key])
         print(f"  {label}: {mean:.3f}{unit} [{low:.3f}, {high:.3f}]")
     print(f"reference solutions failing: {failures} (of {len(sources) * 2 * args.repeats} runs)")

@@ -29,8 +29,7 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "forgetbench.registry": ("method", "attack", "eval_", "judge", "reward", "backend",
-                             "register"),
+    "forgetbench.registry": ("method", "attack", "eval_", "judge", "reward", "backend", "register"),
     "forgetbench.task_sources": ("register_task_dir",),
     "forgetbench.config": ("Field", "StrictModel"),
     "forgetbench.training.common": ("OptimConfig", "save_policy", "train_and_save"),
@@ -39,8 +38,13 @@ _PUBLIC = {
     "forgetbench.methods.grpo": ("GRPOMethodConfig",),
     "forgetbench.methods.rl": ("train_with_advantage",),
     "forgetbench.advantages": ("grpo_advantages", "frpo_advantages"),
-    "forgetbench.tasks": ("DatasetSpec", "load_train_task", "load_train_prompts", "load_rows",
-                          "take_by_kind"),
+    "forgetbench.tasks": (
+        "DatasetSpec",
+        "load_train_task",
+        "load_train_prompts",
+        "load_rows",
+        "take_by_kind",
+    ),
     "forgetbench.models": ("load_model", "load_tokenizer", "resolve_model"),
     "forgetbench.backends.hf": ("generate_responses",),
     "forgetbench.judges.refusal": ("match_refusal",),

@@ -34,17 +34,22 @@ def _grouped(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     if rewards.numel() == 0:
         raise AdvantageError("empty reward batch: no completions were scored")
     if rewards.numel() % num_generations:
-        raise AdvantageError(f"{rewards.numel()} rewards do not split into groups of "
-                             f"{num_generations}: a group was split or is incomplete")
+        raise AdvantageError(
+            f"{rewards.numel()} rewards do not split into groups of "
+            f"{num_generations}: a group was split or is incomplete"
+        )
     if not torch.isfinite(rewards).all():
         bad = torch.nonzero(~torch.isfinite(rewards)).flatten().tolist()
-        raise AdvantageError(f"rewards at rows {bad[:10]} are NaN or infinite; fix the reward "
-                             "function (every completion must get a finite reward)")
+        raise AdvantageError(
+            f"rewards at rows {bad[:10]} are NaN or infinite; fix the reward "
+            "function (every completion must get a finite reward)"
+        )
     return rewards.double().view(-1, num_generations)
 
 
-def grpo_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group",
-                    eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor, num_generations: int, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO: r - group mean, divided by the group std (``scale="group"``), the batch std
     (``"batch"``) or nothing (``"none"``, Dr. GRPO), as TRL computes it."""
     grouped = _grouped(rewards, num_generations)
@@ -65,14 +70,21 @@ def frpo_prefactor(lam: float) -> float:
     return lam if lam > 1 else 1.0
 
 
-def frpo_advantages(rewards: torch.Tensor, num_generations: int, lam: float,
-                    baseline: bool = True, jackknife: bool = True) -> torch.Tensor:
+def frpo_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    lam: float,
+    baseline: bool = True,
+    jackknife: bool = True,
+) -> torch.Tensor:
     """FRPO's entropic-risk advantage (docs/methods.md §1.2), including the c_lam prefactor."""
     if not lam > 0:
         raise AdvantageError(f"FRPO needs lambda > 0, got {lam}")
     if jackknife and num_generations < 2:
-        raise AdvantageError(f"the jackknife needs num_generations >= 2, got {num_generations}; "
-                             "raise num_generations or set jackknife: false")
+        raise AdvantageError(
+            f"the jackknife needs num_generations >= 2, got {num_generations}; "
+            "raise num_generations or set jackknife: false"
+        )
     grouped = _grouped(rewards, num_generations)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     weights = torch.exp(-centred / lam)

@@ -19,16 +19,25 @@ from pydantic import model_validator
 from forgetbench.config import Field, validate
 from forgetbench.registry import register_yaml_tasks
 from forgetbench.tasks import DataError, DatasetSpec, load_rows
-from forgetbench.training.checkpoints import (check_checkpoints, checkpoint_callback,
-                                              checkpoint_steps, sft_total_steps)
+from forgetbench.training.checkpoints import (
+    check_checkpoints,
+    checkpoint_callback,
+    checkpoint_steps,
+    sft_total_steps,
+)
 from forgetbench.training.common import OptimConfig
-from forgetbench.training.grpo_inputs import (GRPOSettings, grpo_dataset, reward_function,
-                                              within_prompt_length)
+from forgetbench.training.grpo_inputs import (
+    GRPOSettings,
+    grpo_dataset,
+    reward_function,
+    within_prompt_length,
+)
 from forgetbench.training.sft import SFTSettings
 
 # GRPO settings an RL attack may set under `rl:` (the optimiser settings are the attack's own).
-RL_FIELDS_NOT_ALLOWED = ({"train_task", "n_harmful", "n_harmless", "n_prompts"}
-                         | set(OptimConfig.model_fields))
+RL_FIELDS_NOT_ALLOWED = {"train_task", "n_harmful", "n_harmless", "n_prompts"} | set(
+    OptimConfig.model_fields
+)
 
 
 class AttackTask(SFTSettings):
@@ -36,32 +45,56 @@ class AttackTask(SFTSettings):
     version: int = Field(description="Bumped whenever data, format or hyper-parameters change.")
     description: str = Field("", description="One line for `forgetbench list`.")
     trainer: Literal["sft", "grpo"] = Field(
-        "sft", description="sft = TRL SFT with loss on completions only; grpo = TRL GRPO on the "
+        "sft",
+        description="sft = TRL SFT with loss on completions only; grpo = TRL GRPO on the "
         "prompts with the `rl.reward` reward (the response template gives each prompt's "
-        "`reference`).")
+        "`reference`).",
+    )
     dataset: DatasetSpec = Field(description="Training rows.")
-    prompt_template: str = Field(description="Python format string over row fields: user turn. "
-                                 "Fields that are empty drop the lines `optional_sections` name.")
-    response_template: str = Field(description="Python format string over row fields: target "
-                                   "(sft) or reference answer for the reward (grpo).")
-    response_cut: Optional[str] = Field(None, description="Cut the response at the first "
-                                        "occurrence of this marker (GSM8k: '####' drops the "
-                                        "final-answer line, leaving the rationale).")
+    prompt_template: str = Field(
+        description="Python format string over row fields: user turn. "
+        "Fields that are empty drop the lines `optional_sections` name."
+    )
+    response_template: str = Field(
+        description="Python format string over row fields: target "
+        "(sft) or reference answer for the reward (grpo)."
+    )
+    response_cut: Optional[str] = Field(
+        None,
+        description="Cut the response at the first "
+        "occurrence of this marker (GSM8k: '####' drops the "
+        "final-answer line, leaving the rationale).",
+    )
     optional_sections: dict[str, str] = Field(
-        default_factory=dict, description="field -> template fragment included only when the "
-        "field is non-empty (Alpaca's `### Input:` block).")
-    skip_empty: bool = Field(False, description="Drop rows whose prompt or response comes out "
-                             "empty (counted in the log) instead of failing on them.")
-    checkpoint_every: int = Field(0, ge=0, description="Save and score the policy every k "
-                                  "optimiser steps (step 0 = P0 is always scored); 0 = only "
-                                  "the final policy. Larger than the run is an error.")
-    task_evals: list[str] = Field(default_factory=list, description="Evals showing the attack "
-                                  "did its job, scored with the preset's evals at every step.")
-    rl: dict[str, Any] = Field(default_factory=dict, description="trainer: grpo only: "
-                               "GRPOSettings fields (the `grpo` method's) other than the "
-                               "optimiser's (e.g. "
-                               "num_generations, prompts_per_step, max_completion_length, beta "
-                               "(default 0 here), adv_norm, reward, reward_config).")
+        default_factory=dict,
+        description="field -> template fragment included only when the "
+        "field is non-empty (Alpaca's `### Input:` block).",
+    )
+    skip_empty: bool = Field(
+        False,
+        description="Drop rows whose prompt or response comes out "
+        "empty (counted in the log) instead of failing on them.",
+    )
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="Save and score the policy every k "
+        "optimiser steps (step 0 = P0 is always scored); 0 = only "
+        "the final policy. Larger than the run is an error.",
+    )
+    task_evals: list[str] = Field(
+        default_factory=list,
+        description="Evals showing the attack "
+        "did its job, scored with the preset's evals at every step.",
+    )
+    rl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="trainer: grpo only: "
+        "GRPOSettings fields (the `grpo` method's) other than the "
+        "optimiser's (e.g. "
+        "num_generations, prompts_per_step, max_completion_length, beta "
+        "(default 0 here), adv_norm, reward, reward_config).",
+    )
 
     @model_validator(mode="after")
     def _rl_settings_are_valid(self):
@@ -77,8 +110,10 @@ def grpo_settings(task: AttackTask) -> GRPOSettings:
     it: a user's downstream RL does not hold the model near the aligned policy."""
     bad = sorted(set(task.rl) & RL_FIELDS_NOT_ALLOWED)
     if bad:
-        raise ValueError(f"rl: {bad} are not RL settings here (optimiser fields go at the "
-                         "attack's top level; the prompts come from `dataset`)")
+        raise ValueError(
+            f"rl: {bad} are not RL settings here (optimiser fields go at the "
+            "attack's top level; the prompts come from `dataset`)"
+        )
     optim = {name: getattr(task, name) for name in OptimConfig.model_fields}
     return validate(GRPOSettings, {"beta": 0.0, **optim, **task.rl}, "attack.rl")
 
@@ -88,25 +123,35 @@ def format_pairs(task: AttackTask, rows: list[dict]) -> list[tuple[str, str]]:
     for row in rows:
         values = dict(row)
         for field, fragment in task.optional_sections.items():
-            values[f"{field}_section"] = fragment.format(**row) if str(row.get(field, "")).strip() \
-                else ""
+            values[f"{field}_section"] = (
+                fragment.format(**row) if str(row.get(field, "")).strip() else ""
+            )
         response = task.response_template.format(**values)
         if task.response_cut:
             response = response.split(task.response_cut, 1)[0]
         pairs.append((task.prompt_template.format(**values).strip(), response.strip()))
-    empty = [number for number, (prompt, response) in enumerate(pairs, start=1)
-             if not prompt or (task.trainer == "sft" and not response)]
+    empty = [
+        number
+        for number, (prompt, response) in enumerate(pairs, start=1)
+        if not prompt or (task.trainer == "sft" and not response)
+    ]
     where = task.dataset.path or task.dataset.hub
     if empty and task.skip_empty:
         logging.getLogger("forgetbench").warning(
             "attack %s: dropped %d row(s) with an empty prompt or response (rows %s of %s)",
-            task.name, len(empty), empty[:5], where)
+            task.name,
+            len(empty),
+            empty[:5],
+            where,
+        )
         dropped = set(empty)
         pairs = [pair for number, pair in enumerate(pairs, start=1) if number not in dropped]
     elif empty:
-        raise DataError(f"attack {task.name!r}: {len(empty)} row(s) give an empty prompt or "
-                        f"response (rows {empty[:5]} of {where}); fix the data or the templates, "
-                        "or set skip_empty: true")
+        raise DataError(
+            f"attack {task.name!r}: {len(empty)} row(s) give an empty prompt or "
+            f"response (rows {empty[:5]} of {where}); fix the data or the templates, "
+            "or set skip_empty: true"
+        )
     if not pairs:
         raise DataError(f"attack {task.name!r}: no training rows left in {where}")
     return pairs
@@ -151,8 +196,11 @@ def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> P
     steps = steps_for_rows(task, len(pairs))
     # A fixed step count makes the saved checkpoints exactly the planned ones.
     task = task.model_copy(update={"max_steps": steps})
-    callbacks = [checkpoint_callback(task.checkpoint_every, steps, out_dir,
-                                     load_tokenizer(model_path))] if task.checkpoint_every else []
+    callbacks = (
+        [checkpoint_callback(task.checkpoint_every, steps, out_dir, load_tokenizer(model_path))]
+        if task.checkpoint_every
+        else []
+    )
     if task.trainer == "sft":
         from forgetbench.training.sft import run_sft
 
@@ -163,8 +211,9 @@ def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> P
     return model
 
 
-def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, seed: int,
-                     callbacks: list) -> Path:
+def _run_grpo_attack(
+    task: AttackTask, pairs, model_path: str, out_dir: Path, seed: int, callbacks: list
+) -> Path:
     from functools import partial
 
     from forgetbench.advantages import grpo_advantages
@@ -172,13 +221,23 @@ def _run_grpo_attack(task: AttackTask, pairs, model_path: str, out_dir: Path, se
 
     settings = grpo_settings(task)
     # a user's downstream prompts: helpful requests, scored as harmless ones
-    rows = [{"prompt": prompt, "reference": reference, "kind": "harmless"}
-            for prompt, reference in pairs]
+    rows = [
+        {"prompt": prompt, "reference": reference, "kind": "harmless"}
+        for prompt, reference in pairs
+    ]
     if settings.max_prompt_length:
         rows = within_prompt_length(rows, model_path, settings.max_prompt_length)
-    return run_grpo(model_path, grpo_dataset(rows), [reward_function(settings)],
-                    partial(grpo_advantages, scale=settings.adv_norm), settings, out_dir, seed,
-                    scale_rewards=settings.adv_norm, callbacks=callbacks)
+    return run_grpo(
+        model_path,
+        grpo_dataset(rows),
+        [reward_function(settings)],
+        partial(grpo_advantages, scale=settings.adv_norm),
+        settings,
+        out_dir,
+        seed,
+        scale_rewards=settings.adv_norm,
+        callbacks=callbacks,
+    )
 
 
 register_yaml_tasks("attack", "attacks", AttackTask)

@@ -11,8 +11,17 @@ from functools import lru_cache
 from typing import Optional
 
 from forgetbench import registry
-from forgetbench.config import (Field, StrictModel, apply_override, deep_merge, dump, load_preset,
-                                parse_override, stable_hash, validate)
+from forgetbench.config import (
+    Field,
+    StrictModel,
+    apply_override,
+    deep_merge,
+    dump,
+    load_preset,
+    parse_override,
+    stable_hash,
+    validate,
+)
 from forgetbench.errors import UsageError
 from forgetbench.stages.warmup import WarmupConfig
 
@@ -20,20 +29,28 @@ from forgetbench.stages.warmup import WarmupConfig
 class PresetFile(StrictModel):
     """The shape of a preset YAML (forgetbench/presets/*.yaml)."""
 
-    model: str = Field("smollm2-135m-instruct", description="Embedded model, local folder or "
-                       "hub id.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Embedded model, local folder or hub id."
+    )
     seed: int = Field(0, description="Seed of every training stage.")
     warmup: dict = Field(default_factory=dict, description="WarmupConfig fields.")
-    method: dict = Field(default_factory=dict, description="Fields applied to whichever method "
-                         "runs, where its config declares them (others are skipped).")
+    method: dict = Field(
+        default_factory=dict,
+        description="Fields applied to whichever method "
+        "runs, where its config declares them (others are skipped).",
+    )
     methods: dict[str, dict] = Field(default_factory=dict, description="Per-method fields.")
-    attack: dict = Field(default_factory=dict, description="Fields applied to whichever attack "
-                         "runs, where its config declares them (others are skipped).")
+    attack: dict = Field(
+        default_factory=dict,
+        description="Fields applied to whichever attack "
+        "runs, where its config declares them (others are skipped).",
+    )
     attacks: dict[str, dict] = Field(default_factory=dict, description="Per-attack fields.")
-    evals: list[str] = Field(default_factory=lambda: ["harmbench", "xstest"],
-                             description="Eval suites scored before and after the attack.")
-    eval: dict[str, dict] = Field(default_factory=dict, description="Per-eval fields (e.g. "
-                                  "limit).")
+    evals: list[str] = Field(
+        default_factory=lambda: ["harmbench", "xstest"],
+        description="Eval suites scored before and after the attack.",
+    )
+    eval: dict[str, dict] = Field(default_factory=dict, description="Per-eval fields (e.g. limit).")
     backend: str = Field("hf", description="Generation back-end plugin.")
     generation: dict = Field(default_factory=dict, description="The back-end's config fields.")
     judges: dict[str, dict] = Field(default_factory=dict, description="Per-judge config fields.")
@@ -61,14 +78,31 @@ class Cell:
         return stable_hash(self.resolved)
 
 
-SECTIONS = ("model", "seed", "warmup", "method", "attack", "eval", "backend", "generation",
-            "judges", "evals")
+SECTIONS = (
+    "model",
+    "seed",
+    "warmup",
+    "method",
+    "attack",
+    "eval",
+    "backend",
+    "generation",
+    "judges",
+    "evals",
+)
 
 
-def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str, ...] = (),
-            seed: Optional[int] = None, method_set: Optional[dict] = None,
-            attack_set: Optional[dict] = None, method_label: str = "",
-            attack_label: str = "") -> Cell:
+def resolve(
+    method: str,
+    attack: str,
+    preset: str = "tiny",
+    overrides: tuple[str, ...] = (),
+    seed: Optional[int] = None,
+    method_set: Optional[dict] = None,
+    attack_set: Optional[dict] = None,
+    method_label: str = "",
+    attack_label: str = "",
+) -> Cell:
     """Plugin defaults < preset < per-plugin preset section < --set overrides < a matrix
     variant's own fields (``method_set`` / ``attack_set``)."""
     from forgetbench.rewards.judged import inherit_judge_settings
@@ -84,11 +118,16 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
         "model": preset_file.model,
         "seed": preset_file.seed if seed is None else seed,
         "warmup": dict(preset_file.warmup),
-        "method": deep_merge(declared_fields(method_plugin, preset_file.method),
-                             preset_file.methods.get(method, {})),
-        "attack": _attack_tree(attack_plugin, deep_merge(
-            declared_fields(attack_plugin, preset_file.attack),
-            preset_file.attacks.get(attack, {}))),
+        "method": deep_merge(
+            declared_fields(method_plugin, preset_file.method), preset_file.methods.get(method, {})
+        ),
+        "attack": _attack_tree(
+            attack_plugin,
+            deep_merge(
+                declared_fields(attack_plugin, preset_file.attack),
+                preset_file.attacks.get(attack, {}),
+            ),
+        ),
         "evals": list(preset_file.evals),
         "eval": {name: dict(settings) for name, settings in preset_file.eval.items()},
         "backend": preset_file.backend,
@@ -98,8 +137,9 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
     for text in overrides:
         path, value = parse_override(text)
         if path[0] not in SECTIONS:
-            raise UsageError(f"--set {text!r}: unknown section {path[0]!r}; sections are "
-                             f"{', '.join(SECTIONS)}")
+            raise UsageError(
+                f"--set {text!r}: unknown section {path[0]!r}; sections are {', '.join(SECTIONS)}"
+            )
         if len(path) == 1:
             tree[path[0]] = value
         else:
@@ -113,23 +153,38 @@ def resolve(method: str, attack: str, preset: str = "tiny", overrides: tuple[str
     eval_configs = {}
     for name in eval_names:
         plugin = registry.get("eval", name)
-        eval_configs[plugin.name] = dump(plugin.build_config(deep_merge(
-            plugin.target, tree["eval"].get(plugin.name, {}))))
-    judge_names = sorted({m["judge"] for config in eval_configs.values() for m in config["metrics"]})
+        eval_configs[plugin.name] = dump(
+            plugin.build_config(deep_merge(plugin.target, tree["eval"].get(plugin.name, {})))
+        )
+    judge_names = sorted(
+        {m["judge"] for config in eval_configs.values() for m in config["metrics"]}
+    )
     backend_plugin = registry.get("backend", tree["backend"])
     resolved = {
         "model": tree["model"],
         "seed": _seed(tree["seed"]),
         "warmup": dump(validate(WarmupConfig, tree["warmup"], "warmup")),
         # judges inside training take the run's judges.<name> settings (rewards/judged.py)
-        "method": {"name": method, "config": dump(method_plugin.build_config(inherit_judge_settings(
-            dump(method_plugin.build_config(tree["method"])), tree["judges"])))},
+        "method": {
+            "name": method,
+            "config": dump(
+                method_plugin.build_config(
+                    inherit_judge_settings(
+                        dump(method_plugin.build_config(tree["method"])), tree["judges"]
+                    )
+                )
+            ),
+        },
         "attack": {"name": attack, "config": dump(attack_config), **attack_steps(attack_config)},
         "evals": eval_configs,
-        "backend": {"name": backend_plugin.name,
-                    "config": dump(backend_plugin.build_config(tree["generation"]))},
-        "judges": {name: dump(registry.get("judge", name).build_config(tree["judges"].get(name)))
-                   for name in judge_names},
+        "backend": {
+            "name": backend_plugin.name,
+            "config": dump(backend_plugin.build_config(tree["generation"])),
+        },
+        "judges": {
+            name: dump(registry.get("judge", name).build_config(tree["judges"].get(name)))
+            for name in judge_names
+        },
     }
     _check_disjoint(resolved)
     return Cell(preset, resolved, method_label, attack_label)
@@ -142,8 +197,9 @@ def canonical_task_names(tree: dict) -> None:
 
     tree["evals"] = [canonical_name("eval", name) for name in tree["evals"]]
     if isinstance(tree["attack"].get("task_evals"), list):
-        tree["attack"]["task_evals"] = [canonical_name("eval", name)
-                                        for name in tree["attack"]["task_evals"]]
+        tree["attack"]["task_evals"] = [
+            canonical_name("eval", name) for name in tree["attack"]["task_evals"]
+        ]
     for section, key in (("method", "train_task"), ("warmup", "task")):
         if isinstance(tree[section], dict) and key in tree[section]:
             tree[section][key] = canonical_name("train_task", tree[section][key])
@@ -155,8 +211,9 @@ def _check_disjoint(resolved: dict) -> None:
     tasks = {resolved["method"]["config"].get("train_task")}
     if resolved["warmup"]["enabled"]:
         tasks.add(resolved["warmup"]["task"])
-    shipped = {name: config for name, config in resolved["evals"].items()
-               if config["dataset"].get("path")}
+    shipped = {
+        name: config for name, config in resolved["evals"].items() if config["dataset"].get("path")
+    }
     from forgetbench.tasks import tasks_dir
 
     for task in sorted(tasks - {None}):
@@ -169,8 +226,15 @@ def _check_task(folder: str, train_task: str, evals_json: str) -> None:
     from forgetbench.tasks import check_disjoint
 
     evals = json.loads(evals_json)
-    check_disjoint(train_task, {name: [row["prompt"] for row in eval_prompts(
-        {"eval": {"name": name, "config": config}})] for name, config in evals.items()})
+    check_disjoint(
+        train_task,
+        {
+            name: [
+                row["prompt"] for row in eval_prompts({"eval": {"name": name, "config": config}})
+            ]
+            for name, config in evals.items()
+        },
+    )
 
 
 def declared_fields(plugin, shared: dict) -> dict:
@@ -178,12 +242,18 @@ def declared_fields(plugin, shared: dict) -> dict:
     declares. The shared section speaks for every plugin at once (GRPO's ``num_generations`` means
     nothing to an SFT method), so a field a plugin lacks is skipped there; the per-plugin sections,
     ``--set`` and matrix variants address one plugin and stay strict."""
-    known = {field for other in registry.plugins(plugin.kind) if other.config is not None
-             for field in other.config.model_fields}
+    known = {
+        field
+        for other in registry.plugins(plugin.kind)
+        if other.config is not None
+        for field in other.config.model_fields
+    }
     typos = sorted(set(shared) - known)
     if typos:  # a key no plugin of the kind declares is a typo, not a field for another plugin
-        raise UsageError(f"preset `{plugin.kind}:` section: unknown key(s) {typos}; no "
-                         f"{plugin.kind} plugin declares them (see its config fields)")
+        raise UsageError(
+            f"preset `{plugin.kind}:` section: unknown key(s) {typos}; no "
+            f"{plugin.kind} plugin declares them (see its config fields)"
+        )
     fields = plugin.config.model_fields if plugin.config is not None else {}
     return {key: value for key, value in shared.items() if key in fields}
 

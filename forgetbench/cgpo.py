@@ -61,15 +61,20 @@ class CGPOError(ForgetbenchError):
 
 # ---- judges and rewards --------------------------------------------------------------------------
 
+
 def mixture_of_judges(judgements) -> torch.Tensor:
     """Per row, the judges combined ([P] §4.1.4; TRL ``AllTrueJudge``): -1 if any judge failed,
     else 1 if all passed, else 0. ``judgements`` is (M judges, N rows) of values in {1, 0, -1}."""
     table = torch.as_tensor(judgements, dtype=torch.long)
     if table.dim() != 2 or table.shape[0] == 0:
-        raise CGPOError(f"mixture_of_judges needs (judges, rows) outcomes from at least one judge, "
-                        f"got shape {tuple(table.shape)}")
+        raise CGPOError(
+            f"mixture_of_judges needs (judges, rows) outcomes from at least one judge, "
+            f"got shape {tuple(table.shape)}"
+        )
     if not ((table == 1) | (table == 0) | (table == -1)).all():
-        raise CGPOError(f"judge outcomes must be 1, 0 or -1, got {sorted(set(table.flatten().tolist()))}")
+        raise CGPOError(
+            f"judge outcomes must be 1, 0 or -1, got {sorted(set(table.flatten().tolist()))}"
+        )
     combined = torch.zeros(table.shape[1], dtype=torch.long)
     combined[(table == 1).all(dim=0)] = 1
     combined[(table == -1).any(dim=0)] = -1
@@ -89,11 +94,14 @@ def _per_row(values: torch.Tensor, rows: int, num_generations: int, what: str) -
     if values.numel() * num_generations == rows:
         values = values.repeat_interleave(num_generations)
     if values.numel() != rows:
-        raise CGPOError(f"{what} has {values.numel()} values for {rows} rows in groups of "
-                        f"{num_generations}")
+        raise CGPOError(
+            f"{what} has {values.numel()} values for {rows} rows in groups of {num_generations}"
+        )
     if values.is_floating_point() and not torch.isfinite(values).all():
-        raise CGPOError(f"{what} has NaN or infinite values at rows "
-                        f"{torch.nonzero(~torch.isfinite(values)).flatten().tolist()[:5]}")
+        raise CGPOError(
+            f"{what} has NaN or infinite values at rows "
+            f"{torch.nonzero(~torch.isfinite(values)).flatten().tolist()[:5]}"
+        )
     return values
 
 
@@ -103,8 +111,9 @@ def _groups(rows: int, num_generations: int) -> int:
     return rows // num_generations
 
 
-def calibrated_rewards(rewards: torch.Tensor, baseline_rewards: torch.Tensor,
-                       num_generations: int) -> torch.Tensor:
+def calibrated_rewards(
+    rewards: torch.Tensor, baseline_rewards: torch.Tensor, num_generations: int
+) -> torch.Tensor:
     """R_calib(s, a) = sigma(r(s, a) - r(s, ā)) ([P] §4.1, calibrated reward; TRL #2155), in
     (0, 1) and comparable across prompts. ``baseline_rewards`` are r(s, ā) per prompt or per row."""
     rewards = _per_row(rewards, len(rewards), 1, "rewards").double()
@@ -124,6 +133,7 @@ def _kl_gate_inputs(judgement, calibrated, kl_seq, kl_max):
 
 # ---- CRPG ----------------------------------------------------------------------------------------
 
+
 class CRPGResult(NamedTuple):
     advantages: torch.Tensor  # (N,) R~ - group mean
     constrained_rewards: torch.Tensor  # (N,) R~
@@ -139,8 +149,9 @@ def crpg_rewards(judgement, calibrated, kl_seq, kl_max: float) -> torch.Tensor:
     return passes(judgement).double() * calibrated * gate
 
 
-def crpg_advantages(judgement, calibrated, kl_seq, kl_max: float,
-                    num_generations: int) -> CRPGResult:
+def crpg_advantages(
+    judgement, calibrated, kl_seq, kl_max: float, num_generations: int
+) -> CRPGResult:
     """CRPG advantages R~ - mean of R~ over the prompt's group (the issue's choice; [PR] uses the
     batch mean). A batch with no R~ > 0 gives all-zero advantages, flagged and logged."""
     constrained = crpg_rewards(judgement, calibrated, kl_seq, kl_max)
@@ -149,13 +160,22 @@ def crpg_advantages(judgement, calibrated, kl_seq, kl_max: float,
     zero_groups = int((grouped == 0).all(dim=1).sum())
     skipped = zero_groups == grouped.shape[0]
     if skipped:
-        log.warning("cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
-                    "advantages are all 0 and the step is skipped", zero_groups)
+        log.warning(
+            "cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
+            "advantages are all 0 and the step is skipped",
+            zero_groups,
+        )
     return CRPGResult(advantages, constrained, zero_groups, skipped)
 
 
-def crpg_multitask_advantages(tasks: Mapping[str, torch.Tensor], judgement, calibrated, kl_seq,
-                               kl_max: float, num_generations: int) -> CRPGResult:
+def crpg_multitask_advantages(
+    tasks: Mapping[str, torch.Tensor],
+    judgement,
+    calibrated,
+    kl_seq,
+    kl_max: float,
+    num_generations: int,
+) -> CRPGResult:
     """CRPG advantages of a batch holding several tasks (:func:`stratify`'s rows per task): per
     task R~ - group mean, scaled by N / N_t (N rows in the batch, N_t in the task), so that a loss
     averaging A_i * grad log pi over all N rows (TRL's, loss_type grpo) is the sum over tasks of
@@ -169,18 +189,27 @@ def crpg_multitask_advantages(tasks: Mapping[str, torch.Tensor], judgement, cali
     for name, index in tasks.items():
         index = torch.as_tensor(index, dtype=torch.long)
         covered += len(index)
-        reward = crpg_rewards(torch.as_tensor(judgement)[index], torch.as_tensor(calibrated)[index],
-                              torch.as_tensor(kl_seq)[index], kl_max)
+        reward = crpg_rewards(
+            torch.as_tensor(judgement)[index],
+            torch.as_tensor(calibrated)[index],
+            torch.as_tensor(kl_seq)[index],
+            kl_max,
+        )
         grouped = reward.view(_groups(len(reward), num_generations), num_generations)
-        advantages[index] = (grouped - grouped.mean(dim=1, keepdim=True)).flatten() * (rows / len(index))
+        advantages[index] = (grouped - grouped.mean(dim=1, keepdim=True)).flatten() * (
+            rows / len(index)
+        )
         constrained[index] = reward
         zero_groups += int((grouped == 0).all(dim=1).sum())
     if covered != rows:
         raise CGPOError(f"the tasks cover {covered} of the batch's {rows} rows")
     skipped = zero_groups == _groups(rows, num_generations)
     if skipped:
-        log.warning("cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
-                    "advantages are all 0 and the step is skipped", zero_groups)
+        log.warning(
+            "cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
+            "advantages are all 0 and the step is skipped",
+            zero_groups,
+        )
     return CRPGResult(advantages, constrained, zero_groups, skipped)
 
 
@@ -192,14 +221,16 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (token_logps * mask.to(token_logps.dtype)).sum(dim=-1)
 
 
-def crpg_loss(token_logps: torch.Tensor, mask: torch.Tensor,
-              advantages: torch.Tensor) -> torch.Tensor:
+def crpg_loss(
+    token_logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
     """[PR] CRPG loss: mean_i -log pi(a_i | s) * A_i (REINFORCE with the group-mean baseline)."""
     logps = sequence_logps(token_logps, mask)
     return -(logps * advantages.to(logps.dtype).detach()).mean()
 
 
 # ---- CRRAFT --------------------------------------------------------------------------------------
+
 
 class CRRAFTSelection(NamedTuple):
     rows: torch.Tensor  # (P,) the chosen completion's row; -1 where ā or nothing is used
@@ -208,8 +239,15 @@ class CRRAFTSelection(NamedTuple):
     valid: torch.Tensor  # (P,) bool: the prompt contributes to the loss
 
 
-def crraft_select(judgement, calibrated, kl_seq, kl_max: float, num_generations: int,
-                  baseline_judgement=None, baseline_kl=None) -> CRRAFTSelection:
+def crraft_select(
+    judgement,
+    calibrated,
+    kl_seq,
+    kl_max: float,
+    num_generations: int,
+    baseline_judgement=None,
+    baseline_kl=None,
+) -> CRRAFTSelection:
     """CRRAFT's choice per prompt ([P] §4.1 CRRAFT; [PR] ``crraft_optimization``): among the
     completions that pass every judge with KL_seq <= KL_max, the one with the largest R_calib;
     if there is none, ā when it passes the judges (and, given ``baseline_kl``, KL <= KL_max),
@@ -217,8 +255,11 @@ def crraft_select(judgement, calibrated, kl_seq, kl_max: float, num_generations:
     judgement, calibrated, kl_seq = _kl_gate_inputs(judgement, calibrated, kl_seq, kl_max)
     prompts = _groups(len(calibrated), num_generations)
     eligible = (passes(judgement) & (kl_seq <= kl_max)).view(prompts, num_generations)
-    scores = torch.where(eligible, calibrated.view(prompts, num_generations),
-                         torch.tensor(float("-inf"), dtype=torch.float64))
+    scores = torch.where(
+        eligible,
+        calibrated.view(prompts, num_generations),
+        torch.tensor(float("-inf"), dtype=torch.float64),
+    )
     best = scores.argmax(dim=1)
     has = eligible.any(dim=1)
     if baseline_judgement is None:
@@ -229,9 +270,15 @@ def crraft_select(judgement, calibrated, kl_seq, kl_max: float, num_generations:
             fallback &= _per_row(baseline_kl, prompts, 1, "baseline KL").double() <= kl_max
     rows = torch.where(has, best + torch.arange(prompts) * num_generations, torch.tensor(-1))
     chosen = scores.gather(1, best[:, None]).squeeze(1)
-    weights = torch.where(has, chosen, torch.where(fallback, torch.tensor(BASELINE_WEIGHT,
-                                                                          dtype=torch.float64),
-                                                   torch.tensor(0.0, dtype=torch.float64)))
+    weights = torch.where(
+        has,
+        chosen,
+        torch.where(
+            fallback,
+            torch.tensor(BASELINE_WEIGHT, dtype=torch.float64),
+            torch.tensor(0.0, dtype=torch.float64),
+        ),
+    )
     return CRRAFTSelection(rows, fallback, weights, has | fallback)
 
 
@@ -246,8 +293,7 @@ def _skip(logps: torch.Tensor, what: str) -> Loss:
     return Loss((logps * 0.0).sum(), 0, True)
 
 
-def crraft_loss(token_logps: torch.Tensor, mask: torch.Tensor,
-                selection: CRRAFTSelection) -> Loss:
+def crraft_loss(token_logps: torch.Tensor, mask: torch.Tensor, selection: CRRAFTSelection) -> Loss:
     """[P] eq. (18): -R_calib(s, a*) * log pi(a* | s), averaged over the prompts with an a*.
     ``token_logps``/``mask`` (P, T) are the policy's per-token log-probs of each prompt's choice
     (its completion, or ā where ``use_baseline``); skipped prompts' rows are ignored."""
@@ -261,6 +307,7 @@ def crraft_loss(token_logps: torch.Tensor, mask: torch.Tensor,
 
 
 # ---- CODPO ---------------------------------------------------------------------------------------
+
 
 class CODPOPairs(NamedTuple):
     chosen: torch.Tensor  # (P,) row of the best passing completion
@@ -278,15 +325,23 @@ def codpo_pairs(judgement, rewards, num_generations: int) -> CODPOPairs:
     r = rewards.view(prompts, num_generations)
     inf = torch.tensor(float("inf"), dtype=torch.float64)
     chosen = torch.where(ok, r, -inf).argmax(dim=1)
-    rejected = torch.where((~ok).any(dim=1), torch.where(~ok, r, inf).argmin(dim=1), r.argmin(dim=1))
+    rejected = torch.where(
+        (~ok).any(dim=1), torch.where(~ok, r, inf).argmin(dim=1), r.argmin(dim=1)
+    )
     offset = torch.arange(prompts) * num_generations
     return CODPOPairs(chosen + offset, rejected + offset, ok.any(dim=1))
 
 
-def codpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-               reference_chosen: torch.Tensor, reference_rejected: torch.Tensor,
-               chosen_lengths: torch.Tensor, valid: torch.Tensor, beta: float = 0.1,
-               nll_weight: float = 5.0) -> Loss:
+def codpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    valid: torch.Tensor,
+    beta: float = 0.1,
+    nll_weight: float = 5.0,
+) -> Loss:
     """[P] eq. (14): -log sigma(beta * [(log pi_c - log pi_r) - (log ref_c - log ref_r)])
     - (lambda / |y_c|) * log pi_c, averaged over the valid pairs; per-sequence log-probs (P,);
     [PR] defaults beta = 0.1, lambda = 5."""
@@ -298,15 +353,19 @@ def codpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     # skipped pairs get length 1: a 1/0 there would turn their zero gradient into NaN
     lengths = torch.where(valid, chosen_lengths, torch.ones_like(chosen_lengths))
     logits = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected).detach()
-    losses = -(torch.nn.functional.logsigmoid(beta * logits)
-               + nll_weight / lengths.to(policy_chosen.dtype) * policy_chosen)
+    losses = -(
+        torch.nn.functional.logsigmoid(beta * logits)
+        + nll_weight / lengths.to(policy_chosen.dtype) * policy_chosen
+    )
     return Loss(losses[valid].mean(), int(valid.sum()), False)
 
 
 # ---- multi-task stratification -------------------------------------------------------------------
 
-def stratify(tasks: Sequence[str], num_generations: int,
-             known: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+
+def stratify(
+    tasks: Sequence[str], num_generations: int, known: Optional[Sequence[str]] = None
+) -> dict[str, torch.Tensor]:
     """Row indices of each task ([P] §4.2: harmful and harmless prompts are separate tasks, each
     with its own judges, reward and optimiser). Whole groups stay together; a group mixing tasks,
     or a task without settings (not in ``known``), is an error."""
@@ -316,12 +375,16 @@ def stratify(tasks: Sequence[str], num_generations: int,
         rows = range(group * num_generations, (group + 1) * num_generations)
         names = {tasks[i] for i in rows}
         if len(names) != 1:
-            raise CGPOError(f"group {group} mixes tasks {sorted(names)}; a prompt's completions "
-                            "belong to one task")
+            raise CGPOError(
+                f"group {group} mixes tasks {sorted(names)}; a prompt's completions "
+                "belong to one task"
+            )
         name = names.pop()
         if known is not None and name not in known:
-            raise CGPOError(f"training rows of kind {name!r} have no cgpo task; add "
-                            f"tasks.{name} (judges, reward) or drop those prompts")
+            raise CGPOError(
+                f"training rows of kind {name!r} have no cgpo task; add "
+                f"tasks.{name} (judges, reward) or drop those prompts"
+            )
         found.setdefault(name, []).extend(rows)
     return {name: torch.tensor(rows) for name, rows in found.items()}
 
@@ -338,6 +401,7 @@ def multitask_loss(losses: Mapping[str, Loss]) -> Loss:
 
 # ---- judging a task's batch ----------------------------------------------------------------------
 
+
 class TaskScorer:
     """One task's mixture of judges and reward on a TRL batch (built from a
     ``forgetbench.methods.cgpo.CGPOTask``)."""
@@ -346,8 +410,9 @@ class TaskScorer:
         from forgetbench.rewards.judged import JudgeConstraint, WeightedReward, build_reward
 
         self.constraints = [JudgeConstraint(spec) for spec in task.judges]
-        self.reward = WeightedReward([(t.name, build_reward(t.name, t.config), t.weight)
-                                      for t in task.reward])
+        self.reward = WeightedReward(
+            [(t.name, build_reward(t.name, t.config), t.weight) for t in task.reward]
+        )
 
     def judge(self, prompts, completions, **columns) -> torch.Tensor:
         """Per row 1 / 0 / -1 from the mixture of this task's judges."""
@@ -357,14 +422,17 @@ class TaskScorer:
         """r(s, a) per row."""
         return torch.tensor(self.reward(prompts, completions, **columns), dtype=torch.float64)
 
-    def baseline_rewards(self, prompts, baselines: Sequence[Optional[str]],
-                         **columns) -> torch.Tensor:
+    def baseline_rewards(
+        self, prompts, baselines: Sequence[Optional[str]], **columns
+    ) -> torch.Tensor:
         """r(s, ā) for one row per prompt, ā given per row; a missing ā is an error."""
         missing = [i for i, text in enumerate(baselines) if text is None or not str(text).strip()]
         if missing:
-            raise CGPOError(f"{len(missing)} prompt(s) have no reference answer ā (first: "
-                            f"{_prompt_label(prompts[missing[0]])}); give the rows a `reference` "
-                            "or generate the initial policy's greedy answers first")
+            raise CGPOError(
+                f"{len(missing)} prompt(s) have no reference answer ā (first: "
+                f"{_prompt_label(prompts[missing[0]])}); give the rows a `reference` "
+                "or generate the initial policy's greedy answers first"
+            )
         return self.rewards(prompts, list(baselines), **columns)
 
     def rejected_share(self) -> dict[str, float]:
@@ -372,7 +440,9 @@ class TaskScorer:
         shares = {}
         for constraint in self.constraints:
             total = sum(constraint.counts.values())
-            shares[constraint.judge.name] = (total - constraint.counts["pass"]) / total if total else 0.0
+            shares[constraint.judge.name] = (
+                (total - constraint.counts["pass"]) / total if total else 0.0
+            )
         return shares
 
 

@@ -49,8 +49,10 @@ def validate(model_cls: type[BaseModel], values: dict, where: str) -> BaseModel:
     try:
         return model_cls.model_validate(values)
     except ValidationError as error:
-        raise UsageError(format_validation_error(where, error) +
-                         f". Fix the value or see the fields of {model_cls.__name__}.") from None
+        raise UsageError(
+            format_validation_error(where, error)
+            + f". Fix the value or see the fields of {model_cls.__name__}."
+        ) from None
 
 
 def load_yaml(path: Path, what: str = "config file") -> dict:
@@ -64,21 +66,24 @@ def load_yaml(path: Path, what: str = "config file") -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise UsageError(f"{what} {path} is not UTF-8 text (byte {error.start}); save it as "
-                         "UTF-8") from None
+        raise UsageError(
+            f"{what} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UsageError(f"malformed YAML in {path}{where}: {problem}; fix the file's "
-                         "syntax") from None
+        raise UsageError(
+            f"malformed YAML in {path}{where}: {problem}; fix the file's syntax"
+        ) from None
     if values is None:
         raise UsageError(f"{what} {path} is empty; write its settings in it or leave it out")
     if not isinstance(values, dict):
-        raise UsageError(f"{what} {path} must be a YAML mapping (key: value lines), got "
-                         f"{type(values).__name__}")
+        raise UsageError(
+            f"{what} {path} must be a YAML mapping (key: value lines), got {type(values).__name__}"
+        )
     return values
 
 
@@ -95,8 +100,10 @@ def load_preset(name_or_path: str) -> dict:
 
             close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"unknown preset {name_or_path!r}.{hint} Known presets: "
-                             f"{', '.join(preset_names())}, or pass a path to a YAML file.")
+            raise UsageError(
+                f"unknown preset {name_or_path!r}.{hint} Known presets: "
+                f"{', '.join(preset_names())}, or pass a path to a YAML file."
+            )
     return load_yaml(path, "preset")
 
 
@@ -105,13 +112,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     path = [part for part in key.strip().split(".")]
     if not sep or not key.strip() or any(not part for part in path):
-        raise UsageError(f"malformed --set {text!r}: expected SECTION.FIELD=VALUE, "
-                         "e.g. --set attack.learning_rate=1e-5")
+        raise UsageError(
+            f"malformed --set {text!r}: expected SECTION.FIELD=VALUE, "
+            "e.g. --set attack.learning_rate=1e-5"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        raise UsageError(f"malformed value in --set {text!r}: it must be a YAML scalar, list or "
-                         "mapping") from None
+        raise UsageError(
+            f"malformed value in --set {text!r}: it must be a YAML scalar, list or mapping"
+        ) from None
     # YAML 1.1 reads "1e-5" as a string; numbers are what users mean here.
     if isinstance(value, str):
         try:
@@ -149,8 +159,15 @@ def canonical_json(value: Any) -> str:
 # progress, never what it computes (tests/test_training_settings.py checks gradient checkpointing
 # bit for bit). Hashes leave them out, so switching one re-uses the stages already computed and
 # keeps a row's track; request.json still records them.
-SPEED_ONLY_SETTINGS = frozenset({"gradient_checkpointing", "report_to", "vllm_server_host",
-                                 "vllm_server_port", "vllm_gpu_memory_utilization"})
+SPEED_ONLY_SETTINGS = frozenset(
+    {
+        "gradient_checkpointing",
+        "report_to",
+        "vllm_server_host",
+        "vllm_server_port",
+        "vllm_gpu_memory_utilization",
+    }
+)
 # Where a machine keeps a task's files, never what they hold (that is the data's `sha256`, which
 # is hashed): forgetbench.task_sources. Left out so stage keys are the same on every machine.
 LOCATION_ONLY_SETTINGS = frozenset({"path_root"})
@@ -163,9 +180,12 @@ LEFT_OUT_AT_DEFAULT = {"precision": "auto", "rollouts": "hf", "vllm_tensor_paral
 
 def _without_speed_settings(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_speed_settings(v) for k, v in value.items()
-                if k not in _HASH_BLIND
-                and not (k in LEFT_OUT_AT_DEFAULT and v == LEFT_OUT_AT_DEFAULT[k])}
+        return {
+            k: _without_speed_settings(v)
+            for k, v in value.items()
+            if k not in _HASH_BLIND
+            and not (k in LEFT_OUT_AT_DEFAULT and v == LEFT_OUT_AT_DEFAULT[k])
+        }
     if isinstance(value, (list, tuple)):
         return [_without_speed_settings(v) for v in value]
     return value
@@ -175,12 +195,24 @@ def stable_hash(value: Any, length: int = 12) -> str:
     """A short content hash of a config (stage keys, config and protocol hashes), blind to
     :data:`SPEED_ONLY_SETTINGS` and :data:`LOCATION_ONLY_SETTINGS`."""
     return hashlib.sha256(canonical_json(_without_speed_settings(value)).encode()).hexdigest()[
-        :length]
+        :length
+    ]
 
 
 def dump(model: BaseModel) -> dict:
     return model.model_dump(mode="json")
 
 
-__all__ = ["Field", "StrictModel", "apply_override", "canonical_json", "deep_merge", "dump",
-           "load_preset", "load_yaml", "parse_override", "stable_hash", "validate"]
+__all__ = [
+    "Field",
+    "StrictModel",
+    "apply_override",
+    "canonical_json",
+    "deep_merge",
+    "dump",
+    "load_preset",
+    "load_yaml",
+    "parse_override",
+    "stable_hash",
+    "validate",
+]

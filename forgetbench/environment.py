@@ -31,8 +31,7 @@ def _set(name: str) -> Optional[str]:
     """The variable's value, or None when unset; set but empty is an error (a typo'd export)."""
     value = os.environ.get(name)
     if value is not None and not value.strip():
-        raise UsageError(f"{name} is set but empty; give it a value or unset it "
-                         f"(unset {name})")
+        raise UsageError(f"{name} is set but empty; give it a value or unset it (unset {name})")
     return value
 
 
@@ -50,8 +49,10 @@ def threads() -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise UsageError(f"{THREADS}={value!r} is not a positive integer; set it to the number of "
-                         f"cores a stage may use (this machine has {cores()}) or unset it")
+        raise UsageError(
+            f"{THREADS}={value!r} is not a positive integer; set it to the number of "
+            f"cores a stage may use (this machine has {cores()}) or unset it"
+        )
     return number
 
 
@@ -67,8 +68,10 @@ def cache_dir() -> Path:
     value = _set(CACHE)
     path = Path(value) if value else Path.home() / ".cache" / "forgetbench"
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{CACHE}={str(path)!r} is a file, not a folder; point it at a folder "
-                         "(created if missing) or unset it")
+        raise UsageError(
+            f"{CACHE}={str(path)!r} is a file, not a folder; point it at a folder "
+            "(created if missing) or unset it"
+        )
     return path
 
 
@@ -82,11 +85,12 @@ def task_folders() -> list[Path]:
     for part in value.split(os.pathsep):
         path = Path(part)
         if not part.strip() or not path.is_dir():
-            what = "is a file, not a folder" if path.exists() and part.strip() else \
-                "does not exist"
-            raise UsageError(f"{TASKS}: {part!r} {what}; point it at folders laid out like tasks/ "
-                             f"(evals/, attacks/, train/), separated by {os.pathsep!r}, or unset "
-                             "it")
+            what = "is a file, not a folder" if path.exists() and part.strip() else "does not exist"
+            raise UsageError(
+                f"{TASKS}: {part!r} {what}; point it at folders laid out like tasks/ "
+                f"(evals/, attacks/, train/), separated by {os.pathsep!r}, or unset "
+                "it"
+            )
         folders.append(path)
     return folders
 

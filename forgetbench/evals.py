@@ -17,12 +17,17 @@ from forgetbench.tasks import DatasetSpec
 class MetricSpec(StrictModel):
     name: str = Field(description="Metric name in the results table.")
     judge: str = Field(description="Judge plugin whose verdicts the metric aggregates.")
-    transform: Literal["mean", "complement"] = Field("mean", description="mean of verdicts, or "
-                                                     "1 - mean.")
-    direction: Literal["higher", "lower"] = Field(description="Which way is better (for the "
-                                                  "defender).")
-    binary: bool = Field(True, description="Verdicts are 0/1 (the table then also gives the "
-                         "Wilson interval beside the bootstrap CI) rather than continuous.")
+    transform: Literal["mean", "complement"] = Field(
+        "mean", description="mean of verdicts, or 1 - mean."
+    )
+    direction: Literal["higher", "lower"] = Field(
+        description="Which way is better (for the defender)."
+    )
+    binary: bool = Field(
+        True,
+        description="Verdicts are 0/1 (the table then also gives the "
+        "Wilson interval beside the bootstrap CI) rather than continuous.",
+    )
 
 
 class EvalTask(StrictModel):
@@ -30,10 +35,12 @@ class EvalTask(StrictModel):
     version: int = Field(description="Bumped whenever prompts, format or metrics change.")
     description: str = Field("", description="One line for `forgetbench list`.")
     dataset: DatasetSpec = Field(description="Rows with at least `id` and `prompt` fields.")
-    prompt_template: str = Field("{prompt}", description="Python format string over the row's "
-                                 "fields giving the user turn.")
-    limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first N prompts "
-                                 "(presets set this).")
+    prompt_template: str = Field(
+        "{prompt}", description="Python format string over the row's fields giving the user turn."
+    )
+    limit: Optional[int] = Field(
+        None, ge=1, description="Evaluate only the first N prompts (presets set this)."
+    )
     metrics: list[MetricSpec] = Field(description="What to report.")
 
     def judges(self) -> list[str]:

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.provenance import (git_revision, installed_version, package_versions,
-                                    version_column)
+from forgetbench.provenance import git_revision, installed_version, package_versions, version_column
 from forgetbench.results import Z95, metric_row
 from forgetbench.tasks import tasks_dir
 
@@ -58,8 +57,11 @@ def local_tasks() -> list[str]:
 def _resolve_relative(value: Any, base: Path) -> Any:
     if isinstance(value, str):
         candidate = base / value
-        return str(candidate.resolve()) if not Path(value).is_absolute() and \
-            candidate.exists() else value
+        return (
+            str(candidate.resolve())
+            if not Path(value).is_absolute() and candidate.exists()
+            else value
+        )
     if isinstance(value, list):
         return [_resolve_relative(v, base) for v in value]
     if isinstance(value, dict):
@@ -86,11 +88,15 @@ def resolve_task(task: str) -> Union[str, dict]:
     try:
         config = load_yaml(path)
     except Exception as error:  # yaml, !function imports, include cycles: all mean a bad file
-        raise UsageError(f"cannot read lm-eval task {path}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:200] if str(error) else ''}") from None
+        raise UsageError(
+            f"cannot read lm-eval task {path}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''}"
+        ) from None
     if not isinstance(config, dict) or "task" not in config:
-        raise UsageError(f"lm-eval task file {path} must be a mapping with a `task` name "
-                         "(groups: pass their name with the YAML folder's tasks installed)")
+        raise UsageError(
+            f"lm-eval task file {path} must be a mapping with a `task` name "
+            "(groups: pass their name with the YAML folder's tasks installed)"
+        )
     base = path.resolve().parent
     kwargs = config.get("dataset_kwargs") or {}
     if "data_files" in kwargs:
@@ -116,8 +122,13 @@ def _policy_folder(model: str) -> str:
     return resolve_model(model)
 
 
-def load_lm(model: str, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
-            max_length: Optional[int] = None):
+def load_lm(
+    model: str,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_length: Optional[int] = None,
+):
     """The policy as an lm-eval ``HFLM`` (weights loaded once, adapters merged)."""
     _lm_eval()
     from lm_eval.models.huggingface import HFLM
@@ -128,8 +139,13 @@ def load_lm(model: str, batch_size: int = 8, device: str = "cpu", dtype: str = "
     set_threads()
     weights, tokenizer, _ = load_policy(_policy_folder(model), dtype=dtype)
     weights.to(device)
-    return HFLM(pretrained=weights, tokenizer=tokenizer, batch_size=batch_size, device=device,
-                max_length=max_length)
+    return HFLM(
+        pretrained=weights,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=device,
+        max_length=max_length,
+    )
 
 
 def _is_number(value) -> bool:
@@ -138,10 +154,14 @@ def _is_number(value) -> bool:
 
 def result_rows(results: dict, model: str) -> list[dict]:
     """One row per (task, metric, filter) of an lm-eval results dict (see the module docstring)."""
-    common = {"model": model, "lm_eval_version": installed_version("lm_eval"),
-              **{version_column(name): found for name, found in package_versions().items()},
-              "python_version": platform.python_version(), "git_revision": git_revision(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    common = {
+        "model": model,
+        "lm_eval_version": installed_version("lm_eval"),
+        **{version_column(name): found for name, found in package_versions().items()},
+        "python_version": platform.python_version(),
+        "git_revision": git_revision(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     rows = []
     samples = results.get("samples") or {}
     for task, values in sorted(results["results"].items()):
@@ -153,8 +173,11 @@ def result_rows(results: dict, model: str) -> list[dict]:
             metric, filter_name = key.split(",", 1)
             stderr = values.get(f"{metric}_stderr,{filter_name}")
             stderr = float(stderr) if _is_number(stderr) else math.nan
-            scores = [s[metric] for s in samples.get(task, [])
-                      if s.get("filter") == filter_name and metric in s]
+            scores = [
+                s[metric]
+                for s in samples.get(task, [])
+                if s.get("filter") == filter_name and metric in s
+            ]
             row = None
             if scores and all(_is_number(v) for v in scores):
                 binary = all(float(v) in (0.0, 1.0) for v in scores)
@@ -163,23 +186,47 @@ def result_rows(results: dict, model: str) -> list[dict]:
                     row = None  # not a plain mean of per-document scores
             if row is None:
                 n = int(counts.get("effective", len(scores)) or 0)
-                row = {"value": float(value), "ci_low": float(value) - Z95 * stderr,
-                       "ci_high": float(value) + Z95 * stderr, "ci_method": "normal95",
-                       "n": n, "n_missing": 0, "wilson_low": math.nan, "wilson_high": math.nan}
+                row = {
+                    "value": float(value),
+                    "ci_low": float(value) - Z95 * stderr,
+                    "ci_high": float(value) + Z95 * stderr,
+                    "ci_method": "normal95",
+                    "n": n,
+                    "n_missing": 0,
+                    "wilson_low": math.nan,
+                    "wilson_high": math.nan,
+                }
             row["stderr"] = stderr if not math.isnan(stderr) else row.get("stderr", math.nan)
             direction = better.get(metric)
-            rows.append({"eval": task, "eval_version": results.get("versions", {}).get(task),
-                         "judge": f"lm-eval/{filter_name}", "metric": metric, **row,
-                         "n_documents": counts.get("original"),
-                         "direction": None if direction is None else
-                         ("higher" if direction else "lower"), **common})
+            rows.append(
+                {
+                    "eval": task,
+                    "eval_version": results.get("versions", {}).get(task),
+                    "judge": f"lm-eval/{filter_name}",
+                    "metric": metric,
+                    **row,
+                    "n_documents": counts.get("original"),
+                    "direction": None
+                    if direction is None
+                    else ("higher" if direction else "lower"),
+                    **common,
+                }
+            )
     return rows
 
 
-def run_lmeval(model: str, tasks: list[str], limit: Optional[float] = None,
-               num_fewshot: Optional[int] = None, batch_size: int = 8, device: str = "cpu",
-               dtype: str = "float32", apply_chat_template: bool = False,
-               gen_kwargs: Optional[dict] = None, lm=None) -> list[dict]:
+def run_lmeval(
+    model: str,
+    tasks: list[str],
+    limit: Optional[float] = None,
+    num_fewshot: Optional[int] = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+    apply_chat_template: bool = False,
+    gen_kwargs: Optional[dict] = None,
+    lm=None,
+) -> list[dict]:
     """Evaluate ``model`` on lm-eval ``tasks``; the results as metric rows (module docstring).
 
     ``limit`` caps the documents per task (lm-eval's own: below 1 it is a fraction);
@@ -196,13 +243,22 @@ def run_lmeval(model: str, tasks: list[str], limit: Optional[float] = None,
     manager = TaskManager(include_path=str(tasks_dir() / "lmeval"), include_defaults=bool(names))
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
-        raise UsageError(f"lm-eval does not know task(s) {', '.join(unknown)}; use a YAML path, "
-                         f"a file in tasks/lmeval/ ({', '.join(local_tasks())}) or an lm-eval "
-                         "task, group or tag name")
+        raise UsageError(
+            f"lm-eval does not know task(s) {', '.join(unknown)}; use a YAML path, "
+            f"a file in tasks/lmeval/ ({', '.join(local_tasks())}) or an lm-eval "
+            "task, group or tag name"
+        )
     if lm is None:
         lm = load_lm(model, batch_size=batch_size, device=device, dtype=dtype)
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=specs, num_fewshot=num_fewshot, limit=limit, log_samples=True,
-        apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs or None,
-        task_manager=manager, bootstrap_iters=1000)
+        model=lm,
+        tasks=specs,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        log_samples=True,
+        apply_chat_template=apply_chat_template,
+        gen_kwargs=gen_kwargs or None,
+        task_manager=manager,
+        bootstrap_iters=1000,
+    )
     return result_rows(results, model)

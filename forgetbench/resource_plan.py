@@ -53,15 +53,21 @@ class ModelShape:
     def from_config(cls, config: dict) -> "ModelShape":
         config = config.get("text_config", config)
         try:
-            return cls(hidden=config["hidden_size"], layers=config["num_hidden_layers"],
-                       intermediate=config["intermediate_size"], vocab=config["vocab_size"],
-                       heads=config["num_attention_heads"],
-                       kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-                       tied=bool(config.get("tie_word_embeddings", False)),
-                       attention_bias=bool(config.get("attention_bias", False)))
+            return cls(
+                hidden=config["hidden_size"],
+                layers=config["num_hidden_layers"],
+                intermediate=config["intermediate_size"],
+                vocab=config["vocab_size"],
+                heads=config["num_attention_heads"],
+                kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+                tied=bool(config.get("tie_word_embeddings", False)),
+                attention_bias=bool(config.get("attention_bias", False)),
+            )
         except KeyError as missing:
-            raise UsageError(f"the model's config.json lacks {missing}; the resource plan reads "
-                             "Llama-style configs (hidden_size, num_hidden_layers, ...)") from None
+            raise UsageError(
+                f"the model's config.json lacks {missing}; the resource plan reads "
+                "Llama-style configs (hidden_size, num_hidden_layers, ...)"
+            ) from None
 
     @property
     def kv_dim(self) -> int:
@@ -70,8 +76,15 @@ class ModelShape:
     def layer_matrices(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection of one decoder layer, by LoRA target name."""
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def parameters(self) -> int:
@@ -82,8 +95,9 @@ class ModelShape:
         return self.layers * per_layer + embeddings + self.hidden
 
     def lora_parameters(self, rank: int, targets: list[str]) -> int:
-        return self.layers * sum(rank * (a + b) for name, (a, b) in self.layer_matrices().items()
-                                 if name in targets)
+        return self.layers * sum(
+            rank * (a + b) for name, (a, b) in self.layer_matrices().items() if name in targets
+        )
 
     def activation_bytes_per_token(self, checkpointing: bool, width: int = 2) -> float:
         """Bytes kept for the backward pass per token of a micro-batch (``width``: bytes per
@@ -111,9 +125,11 @@ def model_shape(model: str) -> ModelShape:
     if (folder / "config.json").is_file():
         return ModelShape.from_config(json.loads((folder / "config.json").read_text()))
     known = ", ".join(k for k in shipped if not k.startswith("_"))
-    raise UsageError(f"no config.json for {model!r} here: the resource plan knows {known}, local "
-                     "folders and the embedded model; download the model or add its config.json "
-                     f"fields to {SHIPPED_CONFIGS}")
+    raise UsageError(
+        f"no config.json for {model!r} here: the resource plan knows {known}, local "
+        "folders and the embedded model; download the model or add its config.json "
+        f"fields to {SHIPPED_CONFIGS}"
+    )
 
 
 @dataclass(frozen=True)
@@ -133,18 +149,31 @@ class Memory:
     def sharded(self, gpus: int, zero_stage: int) -> "Memory":
         """The per-GPU share under DeepSpeed ZeRO ``zero_stage`` over ``gpus`` data-parallel
         ranks (activations are per rank already; vLLM is not sharded by ZeRO)."""
+
         def part(value, from_stage):
             return value / gpus if zero_stage >= from_stage else value
 
-        return Memory(weights=part(self.weights, 3), gradients=part(self.gradients, 2),
-                      optimiser=part(self.optimiser, 1), activations=self.activations,
-                      vllm=self.vllm)
+        return Memory(
+            weights=part(self.weights, 3),
+            gradients=part(self.gradients, 2),
+            optimiser=part(self.optimiser, 1),
+            activations=self.activations,
+            vllm=self.vllm,
+        )
 
 
-def training_memory(shape: ModelShape, *, precision: str, lora_r: int = 0,
-                    lora_targets: Optional[list[str]] = None, batch: int, tokens: int,
-                    checkpointing: bool, reference_model: bool = False,
-                    vllm_share: float = 0) -> Memory:
+def training_memory(
+    shape: ModelShape,
+    *,
+    precision: str,
+    lora_r: int = 0,
+    lora_targets: Optional[list[str]] = None,
+    batch: int,
+    tokens: int,
+    checkpointing: bool,
+    reference_model: bool = False,
+    vllm_share: float = 0,
+) -> Memory:
     """One training process: ``batch`` sequences of ``tokens`` per micro-batch; ``precision``
     fp32 / bf16 / fp16 (resolved, not auto); ``reference_model``: a frozen copy for a KL term
     (full fine-tuning with beta > 0; under LoRA the reference is the base with adapters off)."""
@@ -157,8 +186,9 @@ def training_memory(shape: ModelShape, *, precision: str, lora_r: int = 0,
         weights = params * (2 if half else 4) + trainable * 4
         # Each adapter keeps its own copy of its input (q/k/v, o, gate/up, down), in every layer
         # without checkpointing, in the recomputed one with it (measured on an H200, 1.1B model).
-        per_token += width * (6 * shape.hidden + shape.intermediate) * (
-            1 if checkpointing else shape.layers)
+        per_token += (
+            width * (6 * shape.hidden + shape.intermediate) * (1 if checkpointing else shape.layers)
+        )
     else:
         trainable = params
         # fp32 master weights, plus the 16-bit copies autocast caches for the forward and
@@ -166,12 +196,18 @@ def training_memory(shape: ModelShape, *, precision: str, lora_r: int = 0,
         weights = params * (6 if half else 4)
         if reference_model:
             weights += params * (2 if half else 4)
-    return Memory(weights=weights, gradients=trainable * 4, optimiser=trainable * 8,
-                  activations=batch * tokens * per_token, vllm=vllm_share)
+    return Memory(
+        weights=weights,
+        gradients=trainable * 4,
+        optimiser=trainable * 8,
+        activations=batch * tokens * per_token,
+        vllm=vllm_share,
+    )
 
 
-def generation_memory(shape: ModelShape, *, dtype: str, sequences: int, tokens: int,
-                      tensor_parallel: int = 1) -> Memory:
+def generation_memory(
+    shape: ModelShape, *, dtype: str, sequences: int, tokens: int, tensor_parallel: int = 1
+) -> Memory:
     """A vLLM engine: 16-bit (or ``dtype``) weights and the KV cache of ``sequences`` decoded at
     once of up to ``tokens`` each, split over ``tensor_parallel`` GPUs."""
     width = BYTES[dtype]
@@ -203,18 +239,32 @@ def _training(shape: ModelShape, fields: dict, gpu_gib: float) -> tuple[Memory, 
         prompt = fields.get("max_prompt_length") or PROMPT_TOKENS_ASSUMED
         tokens = prompt + fields["max_completion_length"]
         rollouts = fields.get("rollouts", "hf")
-        share = fields.get("vllm_gpu_memory_utilization", 0.3) * gpu_gib * GB \
-            if rollouts == "vllm-colocate" else 0
-        memory = training_memory(shape, precision=precision, batch=batch, tokens=tokens,
-                                 checkpointing=checkpointing, vllm_share=share,
-                                 reference_model=fields.get("beta", 0) > 0, **lora)
-        return memory, (f"{precision}, {batch} x {tokens} tok, rollouts {rollouts}"
-                        f"{', GC' if checkpointing else ''}{_lora_note(fields)}")
+        share = (
+            fields.get("vllm_gpu_memory_utilization", 0.3) * gpu_gib * GB
+            if rollouts == "vllm-colocate"
+            else 0
+        )
+        memory = training_memory(
+            shape,
+            precision=precision,
+            batch=batch,
+            tokens=tokens,
+            checkpointing=checkpointing,
+            vllm_share=share,
+            reference_model=fields.get("beta", 0) > 0,
+            **lora,
+        )
+        return memory, (
+            f"{precision}, {batch} x {tokens} tok, rollouts {rollouts}"
+            f"{', GC' if checkpointing else ''}{_lora_note(fields)}"
+        )
     batch, tokens = fields.get("batch_size", 8), fields.get("max_length", 512)
-    memory = training_memory(shape, precision=precision, batch=batch, tokens=tokens,
-                             checkpointing=checkpointing, **lora)
-    return memory, (f"{precision}, {batch} x {tokens} tok{', GC' if checkpointing else ''}"
-                    f"{_lora_note(fields)}")
+    memory = training_memory(
+        shape, precision=precision, batch=batch, tokens=tokens, checkpointing=checkpointing, **lora
+    )
+    return memory, (
+        f"{precision}, {batch} x {tokens} tok{', GC' if checkpointing else ''}{_lora_note(fields)}"
+    )
 
 
 def _lora_note(fields: dict) -> str:
@@ -233,14 +283,21 @@ def _generation(shape: ModelShape, backend: str, config: dict) -> tuple[Memory, 
     if backend == "hf":
         sequences = config.get("batch_size", 16)
         width = BYTES[dtype]
-        return (Memory(weights=shape.parameters * width, activations=sequences * tokens *
-                       shape.kv_cache_bytes_per_token(width)),
-                f"hf {dtype}, {sequences} x {tokens} tok")
+        return (
+            Memory(
+                weights=shape.parameters * width,
+                activations=sequences * tokens * shape.kv_cache_bytes_per_token(width),
+            ),
+            f"hf {dtype}, {sequences} x {tokens} tok",
+        )
     sequences = config.get("max_num_seqs") or VLLM_DEFAULT_MAX_NUM_SEQS
     tp = config.get("tensor_parallel_size", 1)
-    return (generation_memory(shape, dtype=dtype, sequences=sequences, tokens=tokens,
-                              tensor_parallel=tp),
-            f"vLLM {dtype}, {sequences} x {tokens} tok, tp={tp}")
+    return (
+        generation_memory(
+            shape, dtype=dtype, sequences=sequences, tokens=tokens, tensor_parallel=tp
+        ),
+        f"vLLM {dtype}, {sequences} x {tokens} tok, tp={tp}",
+    )
 
 
 def _kl(shape: ModelShape, tokens: int) -> tuple[Memory, str]:
@@ -248,8 +305,10 @@ def _kl(shape: ModelShape, tokens: int) -> tuple[Memory, str]:
 
     batch = getattr(kl, "BATCH_SIZE", 8)
     weights = 2 * shape.parameters * 4  # the policy and P0, fp32 (stages/kl.py)
-    return (Memory(weights=weights, activations=2 * batch * tokens * shape.vocab * 8),
-            f"2 fp32 models, {batch} x {tokens} tok")
+    return (
+        Memory(weights=weights, activations=2 * batch * tokens * shape.vocab * 8),
+        f"2 fp32 models, {batch} x {tokens} tok",
+    )
 
 
 def estimate_stages(matrix, gpu_gib: float = 80) -> list[StageEstimate]:
@@ -299,15 +358,20 @@ def estimate_stages(matrix, gpu_gib: float = 80) -> list[StageEstimate]:
 def _base_model(stage) -> str:
     """The model a stage's policy descends from (the train stage's ``model``)."""
     while "model" not in stage.config:
-        stage = stage.inputs.get("policy") or stage.inputs.get("reference") or \
-            next(iter(stage.inputs.values()))
+        stage = (
+            stage.inputs.get("policy")
+            or stage.inputs.get("reference")
+            or next(iter(stage.inputs.values()))
+        )
     return stage.config["model"]
 
 
 def format_plan(estimates: list[StageEstimate], gpus: int = 8, zero_stage: int = 2) -> str:
     """A text table: GB per GPU by part, the total on one GPU and under ZeRO over ``gpus``."""
-    header = (f"{'stage':34s} {'n':>3s} {'weights':>8s} {'grads':>7s} {'optim':>7s} "
-              f"{'activ':>7s} {'vLLM':>7s} {'1 GPU':>7s} {f'Z{zero_stage}x{gpus}':>7s}  setting")
+    header = (
+        f"{'stage':34s} {'n':>3s} {'weights':>8s} {'grads':>7s} {'optim':>7s} "
+        f"{'activ':>7s} {'vLLM':>7s} {'1 GPU':>7s} {f'Z{zero_stage}x{gpus}':>7s}  setting"
+    )
     lines = ["estimated GPU memory per stage, GB per GPU (forgetbench/resource_plan.py):", header]
     for item in estimates:
         m, z = item.memory, item.memory.sharded(gpus, zero_stage)
@@ -316,5 +380,6 @@ def format_plan(estimates: list[StageEstimate], gpus: int = 8, zero_stage: int =
             f"{item.label[:34]:34s} {item.count:3d} {m.weights / GB:8.1f} {m.gradients / GB:7.1f} "
             f"{m.optimiser / GB:7.1f} {m.activations / GB:7.1f} {m.vllm / GB:7.1f} "
             f"{m.total / GB:7.1f} {(f'{z.total / GB:7.1f}' if training else '      -')}  "
-            f"{item.note}")
+            f"{item.note}"
+        )
     return "\n".join(lines)

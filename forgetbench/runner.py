@@ -29,6 +29,7 @@ from forgetbench.stages import Stage
 @contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM (a scheduler's pre-emption, `kill`) stops as cleanly as Ctrl-C."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -51,9 +52,15 @@ class _Display:
         self.progress = None
         if console.is_terminal:
             self.progress = Progress(
-                TextColumn("[bold]stages[/]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
-                TextColumn("{task.fields[current]}"), console=console, transient=True)
+                TextColumn("[bold]stages[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[state]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[current]}"),
+                console=console,
+                transient=True,
+            )
             self.task = self.progress.add_task("stages", total=total, state="", current="")
 
     def __enter__(self):
@@ -68,8 +75,12 @@ class _Display:
     def update(self, done: int, running: dict, left: int) -> None:
         if self.progress:
             current = ", ".join(running.values())
-            self.progress.update(self.task, completed=done, state=f"done · {len(running)} running"
-                                 f" · {left} left", current=current[:80])
+            self.progress.update(
+                self.task,
+                completed=done,
+                state=f"done · {len(running)} running · {left} left",
+                current=current[:80],
+            )
 
 
 def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Console) -> dict:
@@ -80,8 +91,9 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
     total = len(stages)
 
     def say(stage: Stage, text: str) -> None:
-        console.print(f"[{number[stage]}/{total}] {matrix.name(stage)}: {text}",
-                      highlight=False, markup=True)
+        console.print(
+            f"[{number[stage]}/{total}] {matrix.name(stage)}: {text}", highlight=False, markup=True
+        )
 
     outcomes: dict[Stage, Outcome] = {}
     for stage in stages:
@@ -112,18 +124,28 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
                 for stage, outcome in executor.poll(timeout=0.5):
                     outcomes[stage] = outcome
                     running = len(executor.in_flight())
-                    say(stage, f"{_ended(stage, outcome, root)} [dim]({len(outcomes)}/{total} "
-                               f"done, {running} running, {len(pending)} left, "
-                               f"{_clock(time.monotonic() - started)} elapsed)[/]")
-                display.update(len(outcomes), {s: matrix.name(s) for s in executor.in_flight()},
-                               len(pending))
+                    say(
+                        stage,
+                        f"{_ended(stage, outcome, root)} [dim]({len(outcomes)}/{total} "
+                        f"done, {running} running, {len(pending)} left, "
+                        f"{_clock(time.monotonic() - started)} elapsed)[/]",
+                    )
+                display.update(
+                    len(outcomes), {s: matrix.name(s) for s in executor.in_flight()}, len(pending)
+                )
     except KeyboardInterrupt:
         busy = [s.label for s in executor.in_flight()]
         executor.abort()
-        at = f"during stage '{busy[0]}'" if len(busy) == 1 else \
-            f"during stages {', '.join(repr(b) for b in busy)}" if busy else "between stages"
-        raise Interrupted(f"interrupted {at}; nothing half-written was kept. Re-run the "
-                          "same command to resume.") from None
+        at = (
+            f"during stage '{busy[0]}'"
+            if len(busy) == 1
+            else f"during stages {', '.join(repr(b) for b in busy)}"
+            if busy
+            else "between stages"
+        )
+        raise Interrupted(
+            f"interrupted {at}; nothing half-written was kept. Re-run the same command to resume."
+        ) from None
     finally:
         executor.close()
     _report(console, outcomes, total, started, where)
@@ -131,10 +153,13 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
 
 
 def _report(console: Console, outcomes: dict, total: int, started: float, where: str) -> None:
-    console.print(f"{total} stages: {_count(outcomes, 'reused')} re-used, "
-                  f"{_count(outcomes, 'ran')} computed, {_count(outcomes, 'failed')} failed, "
-                  f"{_count(outcomes, 'skipped')} skipped; {time.monotonic() - started:.0f} s "
-                  f"({where})", highlight=False)
+    console.print(
+        f"{total} stages: {_count(outcomes, 'reused')} re-used, "
+        f"{_count(outcomes, 'ran')} computed, {_count(outcomes, 'failed')} failed, "
+        f"{_count(outcomes, 'skipped')} skipped; {time.monotonic() - started:.0f} s "
+        f"({where})",
+        highlight=False,
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -144,8 +169,7 @@ def _clock(seconds: float) -> str:
 
 def _ended(stage: Stage, outcome: Outcome, root: Path) -> str:
     if outcome.status == "ran":
-        return (f"[bold]done[/] in {outcome.seconds:.0f} s, peak RSS "
-                f"{outcome.peak_rss_mib:.0f} MiB")
+        return f"[bold]done[/] in {outcome.seconds:.0f} s, peak RSS {outcome.peak_rss_mib:.0f} MiB"
     if outcome.status == "reused":  # it was not done when this runner started
         return f"[green]re-used[/] {stage.folder(root).name} (computed by another runner)"
     return f"[red]failed[/] after {outcome.seconds:.0f} s: {escape(outcome.error)}"
@@ -171,9 +195,13 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
         print_run_tables(all_rows, len(matrix.cells), console)
     if tables:
         where = tables[0] if len(tables) == 1 else root / "results"
-        console.print(f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "
-                      f"`forgetbench results --output-dir {root}` prints, filters and exports "
-                      "them", highlight=False, soft_wrap=True)
+        console.print(
+            f"results: {where}{' (+ .csv)' if len(tables) == 1 else ''}; "
+            f"`forgetbench results --output-dir {root}` prints, filters and exports "
+            "them",
+            highlight=False,
+            soft_wrap=True,
+        )
     failed = [(stage, o) for stage, o in outcomes.items() if o.status == "failed"]
     if failed:
         stage, outcome = failed[0]
@@ -181,9 +209,11 @@ def run_matrix(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
         more = f" (and {len(failed) - 1} more stage(s) failed)" if len(failed) > 1 else ""
         skipped = _count(outcomes, "skipped")
         after = f"; {skipped} stage(s) depending on it were skipped" if skipped else ""
-        failure = ForgetbenchError(f"stage '{stage.label}' failed: {error}{more}{after}. "
-                                   "Fix it and re-run the same command: finished stages are "
-                                   "re-used")
+        failure = ForgetbenchError(
+            f"stage '{stage.label}' failed: {error}{more}{after}. "
+            "Fix it and re-run the same command: finished stages are "
+            "re-used"
+        )
         failure.exit_code = outcome.exit_code or 1
         raise failure
     return tables

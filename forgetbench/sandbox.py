@@ -70,11 +70,11 @@ _OUTPUT_TAIL = 4000
 
 @dataclass(frozen=True)
 class SandboxResult:
-    passed: bool                 # ran to its end and exited 0
-    reason: Optional[str]        # why not (None when passed)
-    duration_s: float            # wall clock, start to exit or kill
-    returncode: Optional[int]    # negative: killed by that signal
-    output: str = ""             # the last characters of stdout + stderr
+    passed: bool  # ran to its end and exited 0
+    reason: Optional[str]  # why not (None when passed)
+    duration_s: float  # wall clock, start to exit or kill
+    returncode: Optional[int]  # negative: killed by that signal
+    output: str = ""  # the last characters of stdout + stderr
 
 
 class SandboxError(ForgetbenchError):
@@ -83,7 +83,7 @@ class SandboxError(ForgetbenchError):
 
 # ---- the runner: executed by the sandboxed interpreter before the program ----------------------
 
-_RUNNER = r'''
+_RUNNER = r"""
 import builtins, io, json, os, resource, sys
 _cfg = json.loads(sys.argv[1])
 if _cfg["cgroup"]:
@@ -215,10 +215,11 @@ sys.modules["__main__"] = _main
 exec(_code, _main.__dict__)
 sys.stdout.flush()
 os.write(_status, b"finished")
-'''
+"""
 
 
 # ---- process containment -----------------------------------------------------------------------
+
 
 def _pids_cgroup_base() -> Optional[Path]:
     """The folder of this process's ``pids`` cgroup, when a child cgroup can be made in it."""
@@ -299,8 +300,9 @@ def user_task_count(uid: Optional[int] = None) -> int:
     total = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines()
-                          if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
             if int(fields["Uid"].split()[0]) == uid:
                 total += int(fields.get("Threads", "1").strip())
         except (OSError, KeyError, ValueError):
@@ -335,9 +337,11 @@ ISOLATIONS = ("namespaces", "python-guards")
 SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup: owns nothing on the machine
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _LOADER_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
-_WEAKER = ("or set `isolation: python-guards` on the code_exec judge "
-           "(--set judges.code_exec.isolation=python-guards) to accept the weaker Python-level "
-           "walls, which a determined program gets around")
+_WEAKER = (
+    "or set `isolation: python-guards` on the code_exec judge "
+    "(--set judges.code_exec.isolation=python-guards) to accept the weaker Python-level "
+    "walls, which a determined program gets around"
+)
 
 
 class IsolationUnavailable(SandboxError):
@@ -348,24 +352,42 @@ def _interpreter_folders(python: str) -> list[str]:
     """The folders a Python interpreter needs (its install, and its venv when it is one): the
     prefix above ``bin/`` of the path as given and of its target, plus ``sys``'s own prefixes
     when it is this interpreter. Folders already under the system dirs are left out."""
-    folders = {os.path.dirname(os.path.dirname(os.path.abspath(python))),
-               os.path.dirname(os.path.dirname(os.path.realpath(python)))}
+    folders = {
+        os.path.dirname(os.path.dirname(os.path.abspath(python))),
+        os.path.dirname(os.path.dirname(os.path.realpath(python))),
+    }
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         folders |= {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+
     def under(folder: str, others) -> bool:
         return any(folder.startswith(other.rstrip("/") + "/") for other in others)
 
-    folders = {f for f in folders if f != "/" and f not in _SYSTEM_DIRS
-               and not under(f, _SYSTEM_DIRS)}
+    folders = {
+        f for f in folders if f != "/" and f not in _SYSTEM_DIRS and not under(f, _SYSTEM_DIRS)
+    }
     return sorted(f for f in folders if not under(f, folders))  # the outermost of nested ones
 
 
-def _bwrap_command(bwrap: str, setpriv: Optional[str], python: str, workdir: Path,
-                   program: Path, cgroup: Optional[Path], folder_mb: int) -> list[str]:
+def _bwrap_command(
+    bwrap: str,
+    setpriv: Optional[str],
+    python: str,
+    workdir: Path,
+    program: Path,
+    cgroup: Optional[Path],
+    folder_mb: int,
+) -> list[str]:
     """bwrap's arguments: new namespaces, a root with only what Python needs (read-only), the
     program's folder as a size-limited tmpfs, and the switch to ``nobody``."""
-    args = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent", "--new-session"]
+    args = [
+        bwrap,
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+    ]
     for folder in _SYSTEM_DIRS:
         if os.path.islink(folder):
             args += ["--symlink", os.readlink(folder), folder]
@@ -389,21 +411,49 @@ def _bwrap_command(bwrap: str, setpriv: Optional[str], python: str, workdir: Pat
         made.add(target)
     for target, how in binds:
         if how is None:  # the program's folder: writable by it, bounded in size
-            args += ["--perms", "0777", "--size", str(folder_mb * 2 ** 20), "--tmpfs", target,
-                     "--ro-bind", str(program), os.path.join(target, PROGRAM_FILE)]
+            args += [
+                "--perms",
+                "0777",
+                "--size",
+                str(folder_mb * 2**20),
+                "--tmpfs",
+                target,
+                "--ro-bind",
+                str(program),
+                os.path.join(target, PROGRAM_FILE),
+            ]
         else:
             args += [how, target, target]
     # the root bwrap built (a tmpfs holding the mount points) read-only too: nothing but the
     # folder (and the run's cgroup) is writable, whoever owns the root's directories
     args += ["--remount-ro", "/", "--chdir", str(workdir)]
     if setpriv is None:  # not root: an unprivileged user namespace maps nobody to this user
-        return args + ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-                       "--disable-userns", "--"]
+        return args + [
+            "--unshare-user",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_GID),
+            "--disable-userns",
+            "--",
+        ]
     # root: bwrap keeps only what setpriv needs to become nobody, and setpriv drops it all
-    return args + ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add",
-                   "CAP_SETPCAP", "--", setpriv, f"--reuid={SANDBOX_UID}",
-                   f"--regid={SANDBOX_GID}", "--clear-groups", "--inh-caps=-all",
-                   "--bounding-set=-all", "--"]
+    return args + [
+        "--cap-add",
+        "CAP_SETUID",
+        "--cap-add",
+        "CAP_SETGID",
+        "--cap-add",
+        "CAP_SETPCAP",
+        "--",
+        setpriv,
+        f"--reuid={SANDBOX_UID}",
+        f"--regid={SANDBOX_GID}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
 
 
 def _isolation_tools() -> tuple[str, Optional[str]]:
@@ -413,14 +463,16 @@ def _isolation_tools() -> tuple[str, Optional[str]]:
         raise IsolationUnavailable(
             "code sandbox: bubblewrap (`bwrap`) is not installed, so programs cannot run in "
             "kernel namespaces; install it (`apt-get install bubblewrap`, which "
-            f"scripts/install.sh does when run as root) {_WEAKER}")
+            f"scripts/install.sh does when run as root) {_WEAKER}"
+        )
     if os.geteuid() != 0:
         return bwrap, None
     setpriv = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
     if setpriv is None or not os.path.realpath(setpriv).startswith("/usr/"):
         raise IsolationUnavailable(
             "code sandbox: `setpriv` (util-linux) is not in /usr/bin, so the program cannot be "
-            f"switched to an unprivileged user; install util-linux {_WEAKER}")
+            f"switched to an unprivileged user; install util-linux {_WEAKER}"
+        )
     return bwrap, setpriv
 
 
@@ -437,16 +489,16 @@ def check_isolation(python: Optional[str] = None) -> None:
         return
     result = run_python("import os\nassert os.getuid() != 0\n", timeout_s=30, python=python)
     if not result.passed:
-        raise IsolationUnavailable(f"code sandbox: a trivial program failed in the namespaces "
-                                   f"({result.reason}); {_WEAKER}")
+        raise IsolationUnavailable(
+            f"code sandbox: a trivial program failed in the namespaces ({result.reason}); {_WEAKER}"
+        )
     _CHECKED[key] = True
 
 
 # ---- output ------------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps tab and newline
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION",
-                          re.I)
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
 
 
 def sanitise(text: str) -> str:
@@ -472,19 +524,51 @@ def _tail(path: Path, size: int = _OUTPUT_TAIL) -> str:
 
 # ---- running -----------------------------------------------------------------------------------
 
+
 def _environment(workdir: str, token: str) -> dict:
     """Built from scratch: no variable of the parent reaches the program."""
-    proxies = {name: "" for name in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy",
-                                     "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "ALL_PROXY")}
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "no_proxy": "*", "NO_PROXY": "*", **proxies, MARKER_VARIABLE: token}
+    proxies = {
+        name: ""
+        for name in (
+            "http_proxy",
+            "https_proxy",
+            "ftp_proxy",
+            "all_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "FTP_PROXY",
+            "ALL_PROXY",
+        )
+    }
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "no_proxy": "*",
+        "NO_PROXY": "*",
+        **proxies,
+        MARKER_VARIABLE: token,
+    }
 
 
-def _reason(returncode: int, timed_out: bool, finished: bool, output: str, output_full: bool,
-            timeout_s: float, cpu_s: int, memory_mb: int, file_size_mb: int,
-            folder_mb: int) -> Optional[str]:
+def _reason(
+    returncode: int,
+    timed_out: bool,
+    finished: bool,
+    output: str,
+    output_full: bool,
+    timeout_s: float,
+    cpu_s: int,
+    memory_mb: int,
+    file_size_mb: int,
+    folder_mb: int,
+) -> Optional[str]:
     last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
     if timed_out:
         return f"timed out after {timeout_s:g} s (wall clock); the process group was killed"
@@ -513,7 +597,9 @@ def _reason(returncode: int, timed_out: bool, finished: bool, output: str, outpu
             return f"blocked by the sandbox: {last[:300]}"
         return f"exit code {returncode}: {last[:300]}" if last else f"exit code {returncode}"
     if not finished:
-        return "the program exited (code 0) before its end: sys.exit or os._exit before the tests ran"
+        return (
+            "the program exited (code 0) before its end: sys.exit or os._exit before the tests ran"
+        )
     return None
 
 
@@ -532,11 +618,20 @@ def _read_status(fd: int) -> bytes:
     return data
 
 
-def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = None,
-               memory_mb: int = 1024, file_size_mb: int = 16, max_processes: int = 16,
-               max_open_files: int = 256, block_processes: bool = True,
-               isolation: str = "namespaces", folder_mb: int = 64,
-               python: Optional[str] = None) -> SandboxResult:
+def run_python(
+    program: str,
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: Optional[int] = None,
+    memory_mb: int = 1024,
+    file_size_mb: int = 16,
+    max_processes: int = 16,
+    max_open_files: int = 256,
+    block_processes: bool = True,
+    isolation: str = "namespaces",
+    folder_mb: int = 64,
+    python: Optional[str] = None,
+) -> SandboxResult:
     """Run ``program`` (Python source) contained; passed when it runs to its end and exits 0.
 
     ``cpu_s`` defaults to ``ceil(timeout_s) + 1``. ``max_processes`` bounds the tasks (threads
@@ -550,12 +645,12 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
     import math
 
     if isolation not in ISOLATIONS:
-        raise SandboxError(f"unknown sandbox isolation {isolation!r}; use one of "
-                           f"{', '.join(ISOLATIONS)}")
+        raise SandboxError(
+            f"unknown sandbox isolation {isolation!r}; use one of {', '.join(ISOLATIONS)}"
+        )
     python = python or sys.executable
     if not os.access(python, os.X_OK):
-        raise SandboxError(f"cannot start the sandbox interpreter {python}: not an executable "
-                           "file")
+        raise SandboxError(f"cannot start the sandbox interpreter {python}: not an executable file")
     namespaces = isolation == "namespaces"
     tools = _isolation_tools() if namespaces else None
     cpu_s = cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1
@@ -567,23 +662,31 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
     cgroup = _make_cgroup(max_processes)
     if cgroup is not None and namespaces and os.geteuid() == 0:
         os.chown(cgroup / "cgroup.procs", SANDBOX_UID, SANDBOX_GID)  # so it can join it
-    limits = {"RLIMIT_CPU": [cpu_s, cpu_s + 1],
-              "RLIMIT_AS": [memory_mb * 2 ** 20] * 2,
-              "RLIMIT_FSIZE": [file_size_mb * 2 ** 20] * 2,
-              "RLIMIT_NOFILE": [max_open_files] * 2,
-              "RLIMIT_CORE": [0, 0]}
+    limits = {
+        "RLIMIT_CPU": [cpu_s, cpu_s + 1],
+        "RLIMIT_AS": [memory_mb * 2**20] * 2,
+        "RLIMIT_FSIZE": [file_size_mb * 2**20] * 2,
+        "RLIMIT_NOFILE": [max_open_files] * 2,
+        "RLIMIT_CORE": [0, 0],
+    }
     if cgroup is None:
         uid = SANDBOX_UID if namespaces and os.geteuid() == 0 else None
         nproc = user_task_count(uid) + max_processes
         limits["RLIMIT_NPROC"] = [nproc, nproc]
     status_read, status_write = os.pipe()
-    config = {"cgroup": str(cgroup) if cgroup else None, "limits": limits,
-              "status_fd": status_write, "program": PROGRAM_FILE,
-              "block_processes": block_processes}
+    config = {
+        "cgroup": str(cgroup) if cgroup else None,
+        "limits": limits,
+        "status_fd": status_write,
+        "program": PROGRAM_FILE,
+        "block_processes": block_processes,
+    }
     command = [python, "-I", "-B", "-c", _RUNNER, json.dumps(config)]
     if namespaces:
-        command = _bwrap_command(*tools, python, workdir, workdir / PROGRAM_FILE, cgroup,
-                                 folder_mb) + command
+        command = (
+            _bwrap_command(*tools, python, workdir, workdir / PROGRAM_FILE, cgroup, folder_mb)
+            + command
+        )
     start = time.monotonic()
     timed_out = False
     process = None
@@ -591,9 +694,15 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
         with open(root / "output", "wb") as output:
             try:
                 process = subprocess.Popen(
-                    command, cwd=workdir, env=_environment(str(workdir), token),
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                    start_new_session=True, pass_fds=(status_write,))
+                    command,
+                    cwd=workdir,
+                    env=_environment(str(workdir), token),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(status_write,),
+                )
             except OSError as error:
                 raise SandboxError(f"cannot start the sandbox ({command[0]}): {error}") from None
             finally:
@@ -618,7 +727,7 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
             _remove_cgroup(cgroup)
         text = _tail(root / "output")
         try:
-            output_full = (root / "output").stat().st_size >= file_size_mb * 2 ** 20
+            output_full = (root / "output").stat().st_size >= file_size_mb * 2**20
         except OSError:
             output_full = False
         status = _read_status(status_read)
@@ -628,15 +737,37 @@ def run_python(program: str, *, timeout_s: float = 10.0, cpu_s: Optional[int] = 
     if not status.startswith(b"started") and not timed_out:
         last = next((line for line in reversed(text.splitlines()) if line.strip()), "")[:300]
         error = IsolationUnavailable if namespaces else SandboxError
-        raise error(f"code sandbox: the sandbox did not start ({command[0]} exited {returncode}: "
-                    f"{last or 'no output'})" + (f"; kernel namespaces may be forbidden here "
-                                                 f"(a container without user namespaces), "
-                                                 f"{_WEAKER}" if namespaces else ""))
+        raise error(
+            f"code sandbox: the sandbox did not start ({command[0]} exited {returncode}: "
+            f"{last or 'no output'})"
+            + (
+                f"; kernel namespaces may be forbidden here "
+                f"(a container without user namespaces), "
+                f"{_WEAKER}"
+                if namespaces
+                else ""
+            )
+        )
     if namespaces and 128 < returncode < 128 + 65:
         # bwrap exits 128 + N when the program dies of signal N (so a program's own
         # sys.exit(128 + N) reads as that signal too: a failure either way)
         returncode = 128 - returncode
-    reason = _reason(returncode, timed_out, status.endswith(b"finished"), text, output_full,
-                     timeout_s, cpu_s, memory_mb, file_size_mb, folder_mb)
-    return SandboxResult(passed=reason is None, reason=reason, duration_s=duration,
-                         returncode=returncode, output=text)
+    reason = _reason(
+        returncode,
+        timed_out,
+        status.endswith(b"finished"),
+        text,
+        output_full,
+        timeout_s,
+        cpu_s,
+        memory_mb,
+        file_size_mb,
+        folder_mb,
+    )
+    return SandboxResult(
+        passed=reason is None,
+        reason=reason,
+        duration_s=duration,
+        returncode=returncode,
+        output=text,
+    )

@@ -47,11 +47,14 @@ _origins: dict[tuple[str, str], Path] = {}  # (kind, full name) -> the YAML that
 def config_class(kind: str):
     if kind == "eval":
         from forgetbench.evals import EvalTask
+
         return EvalTask
     if kind == "attack":
         from forgetbench.attacks import AttackTask
+
         return AttackTask
     from forgetbench.tasks import TrainTask
+
     return TrainTask
 
 
@@ -85,8 +88,10 @@ def data_file(root: Path, relative: str, where: str) -> Path:
     so a symlinked ``data/`` inside the folder is fine)."""
     normal = os.path.normpath(relative)
     if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
-        raise UsageError(f"{where}: dataset path {relative!r} leaves its task folder {root}; "
-                         "put the data inside that folder and give its relative path")
+        raise UsageError(
+            f"{where}: dataset path {relative!r} leaves its task folder {root}; "
+            "put the data inside that folder and give its relative path"
+        )
     return root / normal
 
 
@@ -105,8 +110,10 @@ def locate_data(kind: str, values: dict, root: Path, yaml_path: Path) -> dict:
         if spec.get("path") and not builtin:
             where = data_file(root, str(spec["path"]), f"task file {yaml_path}")
             if not where.is_file():
-                raise UsageError(f"task file {yaml_path}: {key}.path {spec['path']!r} does not "
-                                 f"exist in its task folder {root}; fix the path")
+                raise UsageError(
+                    f"task file {yaml_path}: {key}.path {spec['path']!r} does not "
+                    f"exist in its task folder {root}; fix the path"
+                )
             spec.update(path_root=str(root.resolve()), sha256=file_sha256(where))
         elif spec.get("path"):
             data_file(root, str(spec["path"]), f"task file {yaml_path}")
@@ -136,10 +143,13 @@ def register_file(kind: str, yaml_path: Path, root: Optional[Path] = None, check
     if seen is not None:
         if seen.resolve() == yaml_path.resolve():
             return registry.get(kind, full_name)
-        raise UsageError(f"{kind} {full_name!r} is defined twice: {seen} and {yaml_path}; rename "
-                         "one (its `name:`)")
-    plugin = registry.register(kind, values["name"], values,
-                               description=values.get("description", ""), config=config)
+        raise UsageError(
+            f"{kind} {full_name!r} is defined twice: {seen} and {yaml_path}; rename "
+            "one (its `name:`)"
+        )
+    plugin = registry.register(
+        kind, values["name"], values, description=values.get("description", ""), config=config
+    )
     _origins[(kind, full_name)] = yaml_path
     return plugin
 
@@ -162,8 +172,10 @@ def register_task_dir(path) -> None:
     ``lab/my_eval`` (``--set 'evals=[lab/my_eval]'``)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise UsageError(f"task folder {folder} does not exist; pass register_task_dir the "
-                         "folder holding evals/, attacks/, train/")
+        raise UsageError(
+            f"task folder {folder} does not exist; pass register_task_dir the "
+            "folder holding evals/, attacks/, train/"
+        )
     register_folder(folder)
 
 

@@ -33,24 +33,42 @@ def tasks_dir() -> Path:
 
 
 class DatasetSpec(StrictModel):
-    path: Optional[str] = Field(None, description="A data file (csv, json, jsonl, optionally .gz), "
-                                "relative to the task's folder (tasks/ for built-in tasks; see "
-                                "forgetbench.task_sources).")
-    hub: Optional[str] = Field(None, description="A Hugging Face dataset id, loaded with "
-                               "`datasets` when `path` is not given (needs network).")
+    path: Optional[str] = Field(
+        None,
+        description="A data file (csv, json, jsonl, optionally .gz), "
+        "relative to the task's folder (tasks/ for built-in tasks; see "
+        "forgetbench.task_sources).",
+    )
+    hub: Optional[str] = Field(
+        None,
+        description="A Hugging Face dataset id, loaded with "
+        "`datasets` when `path` is not given (needs network).",
+    )
     hub_config: Optional[str] = Field(None, description="The hub dataset's configuration name.")
     split: str = Field("train", description="The hub dataset's split.")
-    filter: dict[str, Any] = Field(default_factory=dict, description="Keep rows whose column "
-                                   "equals the value (all must match).")
-    fields: dict[str, str] = Field(default_factory=dict, description="Our field name -> source "
-                                   "column; every mapped column is required in every row.")
-    sample: Optional[int] = Field(None, ge=1, description="Keep a fixed random sample of this "
-                                  "many rows (seed 0, the same for every run), after filtering, "
-                                  "in shuffled order (a sample of every row shuffles them).")
+    filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keep rows whose column equals the value (all must match).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our field name -> source "
+        "column; every mapped column is required in every row.",
+    )
+    sample: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Keep a fixed random sample of this "
+        "many rows (seed 0, the same for every run), after filtering, "
+        "in shuffled order (a sample of every row shuffles them).",
+    )
     head: Optional[int] = Field(None, ge=1, description="Keep the first N rows (after filtering).")
-    id_prefix: Optional[str] = Field(None, description="For files without an id column: each row's "
-                                     "`id` is this prefix + its 0-based position in the file, "
-                                     "so ids survive filter, sample and head.")
+    id_prefix: Optional[str] = Field(
+        None,
+        description="For files without an id column: each row's "
+        "`id` is this prefix + its 0-based position in the file, "
+        "so ids survive filter, sample and head.",
+    )
     # Set by forgetbench for a task outside the built-in folder (task_sources.locate_data), not
     # written in a YAML: where `path` resolves (left out of hashes) and what it holds (hashed).
     path_root: Optional[str] = Field(None, description="Set by forgetbench: the task's folder.")
@@ -72,15 +90,18 @@ class DatasetSpec(StrictModel):
         root = Path(self.path_root) if self.path_root else tasks_dir()
         where = data_file(root, self.path, "dataset")
         if self.sha256 and where.is_file() and file_sha256(where) != self.sha256:
-            raise DataError(f"data file {where} changed since this run was planned (its SHA-256 "
-                            "differs); re-run the command to plan with the new data")
+            raise DataError(
+                f"data file {where} changed since this run was planned (its SHA-256 "
+                "differs); re-run the command to plan with the new data"
+            )
         return where
 
 
 def _read_file(path: Path) -> list[dict]:
     if not path.is_file():
-        raise DataError(f"missing data file {path}; reinstall forgetbench or fix the task's "
-                        "dataset.path")
+        raise DataError(
+            f"missing data file {path}; reinstall forgetbench or fix the task's dataset.path"
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     kind = path.with_suffix("").suffix if path.suffix == ".gz" else path.suffix
     try:
@@ -103,9 +124,11 @@ def _read_hub(spec: DatasetSpec) -> list[dict]:
 
         return list(load_dataset(spec.hub, spec.hub_config, split=spec.split))
     except Exception as error:  # the hub raises many types; all mean "not reachable / not found"
-        raise DataError(f"cannot load hub dataset {spec.hub!r} ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200]}); check the id and network, or "
-                        "point dataset.path at a local file") from None
+        raise DataError(
+            f"cannot load hub dataset {spec.hub!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); check the id and network, or "
+            "point dataset.path at a local file"
+        ) from None
 
 
 def load_rows(spec: DatasetSpec) -> list[dict]:
@@ -120,11 +143,14 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise DataError(f"{where} row {number}: expected a record, got {type(row).__name__}")
-        missing = [column for column in list(spec.filter) + list(spec.fields.values())
-                   if column not in row]
+        missing = [
+            column for column in list(spec.filter) + list(spec.fields.values()) if column not in row
+        ]
         if missing:
-            raise DataError(f"{where} row {number} lacks required field(s) {missing}; fix the "
-                            "file or the task's dataset.fields")
+            raise DataError(
+                f"{where} row {number} lacks required field(s) {missing}; fix the "
+                "file or the task's dataset.fields"
+            )
     if spec.id_prefix is not None:
         rows = [{**row, "id": f"{spec.id_prefix}{number}"} for number, row in enumerate(rows)]
     rows = [row for row in rows if all(row[k] == v for k, v in spec.filter.items())]
@@ -136,10 +162,11 @@ def load_rows(spec: DatasetSpec) -> list[dict]:
         # `limit` takes a spread of the set, not the file's first category.
         rows = random.Random(0).sample(rows, min(spec.sample, len(rows)))
     if spec.head is not None:
-        rows = rows[:spec.head]
+        rows = rows[: spec.head]
     if not rows:
-        raise DataError(f"{where} has no rows left after filtering {spec.filter or ''}; check the "
-                        "filter")
+        raise DataError(
+            f"{where} has no rows left after filtering {spec.filter or ''}; check the filter"
+        )
     return rows
 
 
@@ -151,20 +178,32 @@ class TrainTask(StrictModel):
     name: str = Field(description="The task's name (file stem).")
     version: int = Field(description="Bumped whenever the task's data or format changes.")
     description: str = Field("", description="One line for `forgetbench list`.")
-    warmup: Optional[DatasetSpec] = Field(None, description="Demonstrations for the refusal SFT "
-                                          "warm-up (fields prompt, response, kind); a task "
-                                          "without them cannot be the warm-up's task.")
-    prompts: DatasetSpec = Field(description="RL prompts: field prompt, plus the columns the "
-                                 "reward reads (kind, reference, answer, ...).")
+    warmup: Optional[DatasetSpec] = Field(
+        None,
+        description="Demonstrations for the refusal SFT "
+        "warm-up (fields prompt, response, kind); a task "
+        "without them cannot be the warm-up's task.",
+    )
+    prompts: DatasetSpec = Field(
+        description="RL prompts: field prompt, plus the columns the "
+        "reward reads (kind, reference, answer, ...)."
+    )
     system_prompt: Optional[str] = Field(None, description="A system turn before every prompt.")
-    reward: str = Field("safety", description="The reward plugin scoring completions, unless the "
-                        "method names its own `reward`.")
-    reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward's "
-                                          "settings (the method's reward_config overrides them).")
+    reward: str = Field(
+        "safety",
+        description="The reward plugin scoring completions, unless the "
+        "method names its own `reward`.",
+    )
+    reward_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The reward's settings (the method's reward_config overrides them).",
+    )
     groups: Optional[dict[str, int]] = Field(
-        None, description="Kind -> how many prompts of that kind to take (the rows' `kind` "
+        None,
+        description="Kind -> how many prompts of that kind to take (the rows' `kind` "
         "column; a method setting n_<kind>, e.g. n_harmful, overrides the count). None: no "
-        "groups, the first n_prompts rows (every row by default), in the file's order.")
+        "groups, the first n_prompts rows (every row by default), in the file's order.",
+    )
 
     @model_validator(mode="after")
     def _groups_are_counts(self):
@@ -187,8 +226,10 @@ def take_by_kind(rows: list[dict], n_harmful: int, n_harmless: int) -> list[dict
     harmful = [r for r in rows if r["kind"] == "harmful"][:n_harmful]
     harmless = [r for r in rows if r["kind"] == "harmless"][:n_harmless]
     if len(harmful) < n_harmful or len(harmless) < n_harmless:
-        raise DataError(f"asked for {n_harmful} harmful + {n_harmless} harmless rows, the task has "
-                        f"{len(harmful)} + {len(harmless)}; lower n_harmful / n_harmless")
+        raise DataError(
+            f"asked for {n_harmful} harmful + {n_harmless} harmless rows, the task has "
+            f"{len(harmful)} + {len(harmless)}; lower n_harmful / n_harmless"
+        )
     mixed = harmful + harmless
     random.Random(0).shuffle(mixed)
     return mixed
@@ -219,14 +260,18 @@ def take_rows(task: TrainTask, rows: list[dict], counts: dict[str, int] | int | 
         for kind, count in counts.items():
             chosen = [row for row in rows if row.get("kind") == kind][:count]
             if len(chosen) < count:
-                raise DataError(f"training task {task.name!r}: asked for {count} {kind!r} rows, "
-                                f"it has {len(chosen)}; lower n_{kind} or the group's count")
+                raise DataError(
+                    f"training task {task.name!r}: asked for {count} {kind!r} rows, "
+                    f"it has {len(chosen)}; lower n_{kind} or the group's count"
+                )
             taken += chosen
         random.Random(0).shuffle(taken)
         return taken
     if counts is not None and counts > len(rows):
-        raise DataError(f"training task {task.name!r}: asked for {counts} prompts, it has "
-                        f"{len(rows)}; lower n_prompts")
+        raise DataError(
+            f"training task {task.name!r}: asked for {counts} prompts, it has "
+            f"{len(rows)}; lower n_prompts"
+        )
     return rows[:counts] if counts is not None else rows
 
 
@@ -253,9 +298,12 @@ def check_disjoint(train_task: str, evals: dict[str, list[str]]) -> None:
             scored = {normalize_prompt(prompt) for prompt in prompts}
             rows = [str(row_id) for row_id, key in keys.items() if key in scored]
             if rows:
-                shown = ", ".join(rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
-                raise DataError(f"training task {train_task!r} ({part}: {spec.path or spec.hub}) "
-                                f"has {len(rows)} row(s) whose prompt is a prompt of eval "
-                                f"{name!r}: {shown}; remove them from the task's data and bump "
-                                "its version")
-
+                shown = ", ".join(rows[:5]) + (
+                    f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+                )
+                raise DataError(
+                    f"training task {train_task!r} ({part}: {spec.path or spec.hub}) "
+                    f"has {len(rows)} row(s) whose prompt is a prompt of eval "
+                    f"{name!r}: {shown}; remove them from the task's data and bump "
+                    "its version"
+                )

@@ -18,13 +18,24 @@ import pytest
 
 # What a reader of the board sees: the methods of each ranked table, and every image with its
 # decoded width (0 = it did not load).
-BOARD = ("{methods: Array.from(document.querySelectorAll('table.board tbody tr'))"
-         ".map(r => r.cells[1].textContent), images: Array.from(document.images)"
-         ".map(i => [i.getAttribute('src'), i.naturalWidth])}")
+BOARD = (
+    "{methods: Array.from(document.querySelectorAll('table.board tbody tr'))"
+    ".map(r => r.cells[1].textContent), images: Array.from(document.images)"
+    ".map(i => [i.getAttribute('src'), i.naturalWidth])}"
+)
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--window-size=1400,1000",
+]
 
 
 def artefact(tmp_path_factory, name: str) -> Path:
@@ -41,21 +52,28 @@ def chromium_or_skip() -> str:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         if os.environ.get("FORGETBENCH_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is not installed (FORGETBENCH_REQUIRE_CHROMIUM=1): "
-                        "apt-get install -y chromium chromium-driver")
+            pytest.fail(
+                "chromium is not installed (FORGETBENCH_REQUIRE_CHROMIUM=1): "
+                "apt-get install -y chromium chromium-driver"
+            )
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     return binary
 
 
-def inspect_page(url: str, expression: str, screenshot: Path, profile: Path,
-                 timeout: float = 60) -> dict:
+def inspect_page(
+    url: str, expression: str, screenshot: Path, profile: Path, timeout: float = 60
+) -> dict:
     """Load ``url``; returns {"value": the expression's JSON value, "errors": console errors and
     exceptions}, and writes a PNG screenshot."""
     from websockets.sync.client import connect
 
     binary = chromium_or_skip()
-    process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = None
         deadline = time.monotonic() + timeout
@@ -67,12 +85,13 @@ def inspect_page(url: str, expression: str, screenshot: Path, profile: Path,
             port = int(found.group(1)) if found else None
         if port is None:
             raise RuntimeError("chromium did not open its DevTools port")
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list",
-                                                    timeout=10).read())
+        targets = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read()
+        )
         page = next(t for t in targets if t["type"] == "page")
         errors = []
-        with connect(page["webSocketDebuggerUrl"], max_size=2 ** 26) as socket:
-            counter = iter(range(1, 10 ** 6))
+        with connect(page["webSocketDebuggerUrl"], max_size=2**26) as socket:
+            counter = iter(range(1, 10**6))
 
             def call(method: str, **params):
                 number = next(counter)
@@ -93,8 +112,9 @@ def inspect_page(url: str, expression: str, screenshot: Path, profile: Path,
                 _collect(message, errors)
                 if message.get("method") == "Page.loadEventFired":
                     break
-            result = call("Runtime.evaluate", expression=f"JSON.stringify({expression})",
-                          returnByValue=True)
+            result = call(
+                "Runtime.evaluate", expression=f"JSON.stringify({expression})", returnByValue=True
+            )
             shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
             call("Runtime.evaluate", expression="1")  # drain late console messages
@@ -115,5 +135,7 @@ def _collect(message: dict, errors: list) -> None:
     elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
         errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
     elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-        errors.append(f"{params['entry'].get('source')}: {params['entry'].get('text')} "
-                      f"{params['entry'].get('url', '')}")
+        errors.append(
+            f"{params['entry'].get('source')}: {params['entry'].get('text')} "
+            f"{params['entry'].get('url', '')}"
+        )

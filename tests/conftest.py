@@ -10,10 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args, env=None, timeout=900, **kwargs):
     """Run the real console entry point in a fresh process."""
-    full_env = {**os.environ, "FORGETBENCH_THREADS": os.environ.get("FORGETBENCH_THREADS", "2"),
-                **(env or {})}
-    return subprocess.run([sys.executable, "-m", "forgetbench", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=ROOT, **kwargs)
+    full_env = {
+        **os.environ,
+        "FORGETBENCH_THREADS": os.environ.get("FORGETBENCH_THREADS", "2"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "forgetbench", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -50,8 +60,11 @@ def require_or_skip(module: str, switch: str, how: str):
         try:
             return importlib.import_module(module)
         except Exception as error:  # a broken install raises more than ImportError
-            pytest.fail(f"{module} does not import under {switch}=1 ({type(error).__name__}: "
-                        f"{error}); {how}", pytrace=False)
+            pytest.fail(
+                f"{module} does not import under {switch}=1 ({type(error).__name__}: "
+                f"{error}); {how}",
+                pytrace=False,
+            )
     return pytest.importorskip(module, reason=f"{module} is not installed: {how}")
 
 
@@ -61,8 +74,14 @@ EMBEDDED = "smollm2-135m-instruct"
 # The embedded model's architecture (Llama, tied embeddings) and tokenizer with a few small
 # layers: every stage runs for real on it in seconds. Its outputs are noise, so it serves tests
 # of plumbing (runner, planner, stage store, results, CLI), never claims about safety or cost.
-TINY_SHAPE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+TINY_SHAPE = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
@@ -98,8 +117,9 @@ def grpo_passes(tiny_model, tmp_path_factory):
     from test_method_training import train_counting
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return train_counting("grpo", tiny_model, tmp_path_factory.mktemp("grpo-passes"),
-                              monkeypatch)
+        return train_counting(
+            "grpo", tiny_model, tmp_path_factory.mktemp("grpo-passes"), monkeypatch
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -127,9 +147,21 @@ def baselines_site(tmp_path_factory):
     from forgetbench import registry
 
     site = tmp_path_factory.mktemp("baselines-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(ROOT / "baselines")],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(ROOT / "baselines"),
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(site))
     registry._loaded_entry_points.discard("baselines")  # looked up before it was installed
     return site

@@ -22,8 +22,16 @@ from forgetbench.training.grpo import GRPOFamilyConfig, run_grpo
 
 # Two prompts (one harmful, one harmless: the safety reward varies within a group) x 4 completions
 # of 6 tokens, one optimiser step over two micro-batches.
-TINY = dict(max_steps=1, num_generations=4, prompts_per_step=2, grad_accum=2,
-            max_completion_length=6, n_harmful=1, n_harmless=1, learning_rate=1e-5)
+TINY = dict(
+    max_steps=1,
+    num_generations=4,
+    prompts_per_step=2,
+    grad_accum=2,
+    max_completion_length=6,
+    n_harmful=1,
+    n_harmless=1,
+    learning_rate=1e-5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,11 @@ class Recorder:
 
         self.rewards, self.loss_inputs = [], []
         self.rank_one = False
-        calculate, compute_loss, prepare = (GRPOTrainer._calculate_rewards,
-                                            GRPOTrainer._compute_loss, GRPOTrainer._prepare_inputs)
+        calculate, compute_loss, prepare = (
+            GRPOTrainer._calculate_rewards,
+            GRPOTrainer._compute_loss,
+            GRPOTrainer._prepare_inputs,
+        )
         gather_object, process_index = accelerate.utils.gather_object, Accelerator.process_index
         recorder = self
 
@@ -56,8 +67,9 @@ class Recorder:
             return rewards
 
         def recorded_loss(trainer, model, inputs):
-            recorder.loss_inputs.append({k: v.detach().clone() for k, v in inputs.items()
-                                         if isinstance(v, torch.Tensor)})
+            recorder.loss_inputs.append(
+                {k: v.detach().clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            )
             return compute_loss(trainer, model, inputs)
 
         def as_rank_one(trainer, *args, **kwargs):
@@ -77,8 +89,11 @@ class Recorder:
         monkeypatch.setattr(GRPOTrainer, "_compute_loss", recorded_loss)
         monkeypatch.setattr(GRPOTrainer, "_prepare_inputs", as_rank_one)
         monkeypatch.setattr(accelerate.utils, "gather_object", gathered)
-        monkeypatch.setattr(Accelerator, "process_index", property(
-            lambda acc: 1 if recorder.rank_one else process_index.fget(acc)))
+        monkeypatch.setattr(
+            Accelerator,
+            "process_index",
+            property(lambda acc: 1 if recorder.rank_one else process_index.fget(acc)),
+        )
         # TRL shuffles the generation batch before cutting it into micro-batches; without the
         # shuffle the loss rows line up with the gathered rewards (the shuffle is not under test).
         monkeypatch.setattr(grpo_module, "shuffle_sequence_dict", lambda batch: batch)
@@ -93,8 +108,9 @@ def train(method: str, model_path, out_dir, **settings):
 
 
 @pytest.mark.parametrize("other", [False, True], ids=["one-process", "rank-1-of-2"])
-def test_frpo_loss_consumes_frpo_advantages_of_the_gathered_rewards(tiny_model, tmp_path,
-                                                                    monkeypatch, other):
+def test_frpo_loss_consumes_frpo_advantages_of_the_gathered_rewards(
+    tiny_model, tmp_path, monkeypatch, other
+):
     # A made-up first rank whose rewards differ from ours: reading its slice would be caught.
     others = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.9, 0.1, 0.5, 0.3]) if other else None
     recorder = Recorder(monkeypatch, others)
@@ -136,18 +152,30 @@ def sequence_logprobs(model, rows: list[dict]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_a_constant_advantage_moves_the_sampled_completions_log_probability(model_path, tmp_path,
-                                                                            monkeypatch, sign):
+def test_a_constant_advantage_moves_the_sampled_completions_log_probability(
+    model_path, tmp_path, monkeypatch, sign
+):
     recorder = Recorder(monkeypatch)
-    config = GRPOFamilyConfig(**{k: v for k, v in TINY.items() if k not in ("n_harmful",
-                                                                          "n_harmless")})
+    config = GRPOFamilyConfig(
+        **{k: v for k, v in TINY.items() if k not in ("n_harmful", "n_harmless")}
+    )
     from datasets import Dataset
 
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": text}],
-                                  "prompt_index": i}
-                                 for i, text in enumerate(["Name a colour.", "Name a fruit."])])
-    trained = run_grpo(model_path, dataset, [lambda completions, **_: [0.0] * len(completions)],
-                       lambda rewards, group: torch.full_like(rewards, sign), config, tmp_path, 0)
+    dataset = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": text}], "prompt_index": i}
+            for i, text in enumerate(["Name a colour.", "Name a fruit."])
+        ]
+    )
+    trained = run_grpo(
+        model_path,
+        dataset,
+        [lambda completions, **_: [0.0] * len(completions)],
+        lambda rewards, group: torch.full_like(rewards, sign),
+        config,
+        tmp_path,
+        0,
+    )
     before = sequence_logprobs(load_model(model_path).eval(), recorder.loss_inputs)
     after = sequence_logprobs(load_model(str(trained)).eval(), recorder.loss_inputs)
     assert torch.equal(recorder.loss_advantages(), torch.full((8,), sign, dtype=torch.double))

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from forgetbench.advantages import (AdvantageError, frpo_advantages, frpo_prefactor,
-                                    grpo_advantages)
+from forgetbench.advantages import AdvantageError, frpo_advantages, frpo_prefactor, grpo_advantages
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
 
@@ -18,7 +17,8 @@ def test_grpo_hand_computed():
     assert grpo_advantages(REWARDS, 4, scale="none").tolist() == pytest.approx(expected_centred)
     std1 = torch.tensor([1.0, 0.0, 0.5, 0.2]).std().item()  # unbiased, as TRL
     assert grpo_advantages(REWARDS, 4, scale="group")[0].item() == pytest.approx(
-        0.575 / (std1 + 1e-4))
+        0.575 / (std1 + 1e-4)
+    )
 
 
 def test_frpo_plain_hand_computed():
@@ -77,10 +77,13 @@ def test_without_baseline_drops_the_one():
     assert (with_baseline - without).tolist() == pytest.approx([1.0] * 8)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(lam=0.0), "lambda > 0"),
-    (dict(lam=-1.0), "lambda > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lam=0.0), "lambda > 0"),
+        (dict(lam=-1.0), "lambda > 0"),
+    ],
+)
 def test_bad_lambda(kwargs, message):
     with pytest.raises(AdvantageError, match=message):
         frpo_advantages(REWARDS, 4, **kwargs)
@@ -131,8 +134,10 @@ def test_surrogate_gradient_matches_finite_difference_of_frpo_objective(lam, jac
 
     def frpo_objective(theta):
         ratio = torch.exp(torch.log_softmax(theta, dim=1).gather(1, samples).flatten() - old_logp)
-        weights = torch.exp(-(rewards.view(prompts, group) - rewards.view(prompts, group).mean(
-            dim=1, keepdim=True)) / lam)
+        weights = torch.exp(
+            -(rewards.view(prompts, group) - rewards.view(prompts, group).mean(dim=1, keepdim=True))
+            / lam
+        )
         s = weights * ratio.view(prompts, group)
         if jackknife:
             loo = (s.sum(dim=1, keepdim=True) - s) / (group - 1)
@@ -154,8 +159,9 @@ def test_surrogate_gradient_matches_finite_difference_of_frpo_objective(lam, jac
         delta = torch.zeros(theta0.numel(), dtype=torch.float64)
         delta[index] = step
         delta = delta.view_as(theta0)
-        finite_difference.view(-1)[index] = (frpo_objective(theta0 + delta) -
-                                             frpo_objective(theta0 - delta)) / (2 * step)
+        finite_difference.view(-1)[index] = (
+            frpo_objective(theta0 + delta) - frpo_objective(theta0 - delta)
+        ) / (2 * step)
     assert theta.grad.abs().max() > 1e-3  # the test is not vacuous
     assert torch.allclose(theta.grad, finite_difference, atol=1e-7, rtol=1e-6)
 
@@ -176,6 +182,10 @@ def test_population_gradient_is_the_entropic_risk_gradient():
     score = torch.eye(answers, dtype=torch.float64) - probs  # d log pi(y) / d theta, rows = y
     analytic = (probs[:, None] * advantage[:, None] * score).sum(0)
     step = 1e-6
-    numeric = torch.stack([(entropic(theta0 + step * e) - entropic(theta0 - step * e)) / (2 * step)
-                           for e in torch.eye(answers, dtype=torch.float64)])
+    numeric = torch.stack(
+        [
+            (entropic(theta0 + step * e) - entropic(theta0 - step * e)) / (2 * step)
+            for e in torch.eye(answers, dtype=torch.float64)
+        ]
+    )
     assert torch.allclose(analytic, numeric, atol=1e-8)

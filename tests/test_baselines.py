@@ -10,8 +10,14 @@ import torch
 
 from forgetbench.cell import resolve
 
-BASELINES = ("baselines/grpo_strong_kl", "baselines/safety_sft", "baselines/sam_grpo",
-             "baselines/vaccine", "baselines/booster", "baselines/deep_align")
+BASELINES = (
+    "baselines/grpo_strong_kl",
+    "baselines/safety_sft",
+    "baselines/sam_grpo",
+    "baselines/vaccine",
+    "baselines/booster",
+    "baselines/deep_align",
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +26,11 @@ def installed(baselines_site):
     import os
     from pathlib import Path
 
-    return {"PYTHONPATH": os.pathsep.join([str(baselines_site),
-                                           str(Path(__file__).resolve().parents[1])])}
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            [str(baselines_site), str(Path(__file__).resolve().parents[1])]
+        )
+    }
 
 
 def test_baselines_are_listed_from_their_entry_point(cli, installed):
@@ -44,24 +53,43 @@ def test_every_baseline_resolves_on_every_preset(installed, preset):
     # The shared `method:` section reaches the SFT baseline only where it declares the field.
     assert (sft["max_steps"], sft["n_harmful"], sft["n_harmless"]) == (20, 40, 40)
     assert "num_generations" not in sft
-    assert resolve("baselines/grpo_strong_kl", "alpaca", "tiny").resolved["method"]["config"][
-        "beta"] == 0.1
+    assert (
+        resolve("baselines/grpo_strong_kl", "alpaca", "tiny").resolved["method"]["config"]["beta"]
+        == 0.1
+    )
 
 
-@pytest.mark.parametrize("name, override, message", [
-    ("baselines/sam_grpo", "method.rho=0", "rho: Input should be greater than 0"),
-    ("baselines/sam_grpo", "method.rho=-0.05", "rho: Input should be greater than 0"),
-    ("baselines/vaccine", "method.rho=0", "rho: Input should be greater than 0"),
-    ("baselines/booster", "method.lam=-1", "lam: Input should be greater than or equal to 0"),
-    ("baselines/booster", "method.alpha=0", "alpha: Input should be greater than 0"),
-    ("baselines/grpo_strong_kl", "method.beta=0.04", "beta: Input should be greater than or "
-                                                     "equal to 0.1"),
-    ("baselines/safety_sft", "method.num_generations=4", "unknown key 'num_generations'"),
-])
-def test_bad_baseline_settings_fail_with_one_line(cli, installed, tmp_path, name, override,
-                                                  message):
-    result = cli("run", "--preset", "tiny", "--method", name, "--set", override,
-                 "--output-dir", str(tmp_path / "out"), env=installed)
+@pytest.mark.parametrize(
+    "name, override, message",
+    [
+        ("baselines/sam_grpo", "method.rho=0", "rho: Input should be greater than 0"),
+        ("baselines/sam_grpo", "method.rho=-0.05", "rho: Input should be greater than 0"),
+        ("baselines/vaccine", "method.rho=0", "rho: Input should be greater than 0"),
+        ("baselines/booster", "method.lam=-1", "lam: Input should be greater than or equal to 0"),
+        ("baselines/booster", "method.alpha=0", "alpha: Input should be greater than 0"),
+        (
+            "baselines/grpo_strong_kl",
+            "method.beta=0.04",
+            "beta: Input should be greater than or equal to 0.1",
+        ),
+        ("baselines/safety_sft", "method.num_generations=4", "unknown key 'num_generations'"),
+    ],
+)
+def test_bad_baseline_settings_fail_with_one_line(
+    cli, installed, tmp_path, name, override, message
+):
+    result = cli(
+        "run",
+        "--preset",
+        "tiny",
+        "--method",
+        name,
+        "--set",
+        override,
+        "--output-dir",
+        str(tmp_path / "out"),
+        env=installed,
+    )
     assert result.returncode == 2
     assert message in result.stderr and f"method {name!r}" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -70,17 +98,30 @@ def test_bad_baseline_settings_fail_with_one_line(cli, installed, tmp_path, name
 
 def test_matrix_of_grpo_frpo_and_every_baseline_resolves_on_tiny(cli, installed, tmp_path):
     methods = ",".join(("grpo", "frpo", *BASELINES))
-    result = cli("matrix", "--methods", methods, "--attacks", "alpaca", "--preset", "tiny",
-                 "--output-dir", str(tmp_path), "--dry-run", env=installed)
+    result = cli(
+        "matrix",
+        "--methods",
+        methods,
+        "--attacks",
+        "alpaca",
+        "--preset",
+        "tiny",
+        "--output-dir",
+        str(tmp_path),
+        "--dry-run",
+        env=installed,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("grpo", "frpo", *BASELINES):
         assert f"train {name}" in result.stdout, result.stdout
     # One warm-up shared by all five methods.
-    assert result.stdout.count("warmup") >= 1 and f"{2 + len(BASELINES)} cell" in result.stdout, \
+    assert result.stdout.count("warmup") >= 1 and f"{2 + len(BASELINES)} cell" in result.stdout, (
         result.stdout
+    )
 
 
 # ----------------------------------------------------------------- SAM's numerical core
+
 
 def _toy():
     torch.manual_seed(0)
@@ -98,7 +139,7 @@ def test_sam_step_takes_the_gradient_at_the_perturbed_point_and_restores_theta_e
     rho = 0.05
     # Direct computation: g at theta, eps = rho g / ||g||, gradient at theta + eps.
     g = torch.autograd.grad(loss_fn(model), params)
-    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
     shifted, _ = _toy()
     with torch.no_grad():
         for q, p, gi in zip(shifted.parameters(), params, g):
@@ -131,17 +172,23 @@ def test_sam_step_keeps_gradients_accumulated_by_earlier_micro_batches():
     earlier = [torch.full_like(p, 0.5) for p in params]
     for p, e in zip(params, earlier):
         p.grad = e.clone()
-    sharpness_aware_step(params, lambda: loss_fn(model).backward(),
-                         lambda: loss_fn(model).backward(), 0.05)
+    sharpness_aware_step(
+        params, lambda: loss_fn(model).backward(), lambda: loss_fn(model).backward(), 0.05
+    )
     fresh, loss_fresh = _toy()
     fresh_params = list(fresh.parameters())
-    sharpness_aware_step(fresh_params, lambda: loss_fresh(fresh).backward(),
-                         lambda: loss_fresh(fresh).backward(), 0.05)
+    sharpness_aware_step(
+        fresh_params,
+        lambda: loss_fresh(fresh).backward(),
+        lambda: loss_fresh(fresh).backward(),
+        0.05,
+    )
     for p, q, e in zip(params, fresh_params, earlier):
         torch.testing.assert_close(p.grad, q.grad + e)
 
 
 # ----------------------------------------------------------------- Booster's numerical core
+
 
 def test_booster_gradient_is_alignment_plus_lambda_times_the_harmful_drop():
     from baselines.booster import booster_step
@@ -159,7 +206,7 @@ def test_booster_gradient_is_alignment_plus_lambda_times_the_harmful_drop():
     # Direct computation of g_f + lam * (g_h(w) - g_h(w - alpha g_h / ||g_h||)).
     g_f = torch.autograd.grad(alignment_loss(model), params)
     g_h = torch.autograd.grad(harmful_loss(model), params)
-    norm = torch.sqrt(sum((g ** 2).sum() for g in g_h))
+    norm = torch.sqrt(sum((g**2).sum() for g in g_h))
     shifted, _ = _toy()
     with torch.no_grad():
         for q, p, g in zip(shifted.parameters(), params, g_h):
@@ -168,8 +215,13 @@ def test_booster_gradient_is_alignment_plus_lambda_times_the_harmful_drop():
     expected = [f + lam * (a - b) for f, a, b in zip(g_f, g_h, g_h_shifted)]
 
     passes = []
-    booster_step(params, lambda: passes.append(harmful_loss(model).backward()),
-                 lambda: passes.append(alignment_loss(model).backward()), lam, alpha)
+    booster_step(
+        params,
+        lambda: passes.append(harmful_loss(model).backward()),
+        lambda: passes.append(alignment_loss(model).backward()),
+        lam,
+        alpha,
+    )
     assert len(passes) == 3
     for p, e, t in zip(params, expected, theta):
         assert torch.equal(p.detach(), t)  # w restored bit for bit
@@ -181,16 +233,22 @@ def test_booster_without_harmful_answers_names_the_fix(monkeypatch, tmp_path):
     import baselines._harmful as module
     from baselines.booster import BoosterConfig
 
-    monkeypatch.setattr(module, "generate_responses",
-                        lambda model, prompts, tokens: ["I'm sorry, I can't help with that."]
-                        * len(prompts))
-    with pytest.raises(Exception, match="booster: harmful_model 'smollm2-135m-instruct' refused "
-                                        "\\(or left empty\\) all 3 harmful prompts.*set "
-                                        "harmful_model to an unaligned model"):
+    monkeypatch.setattr(
+        module,
+        "generate_responses",
+        lambda model, prompts, tokens: ["I'm sorry, I can't help with that."] * len(prompts),
+    )
+    with pytest.raises(
+        Exception,
+        match="booster: harmful_model 'smollm2-135m-instruct' refused "
+        "\\(or left empty\\) all 3 harmful prompts.*set "
+        "harmful_model to an unaligned model",
+    ):
         module.harmful_pairs(BoosterConfig(n_harmful=3, n_harmless=0), tmp_path, "booster")
 
 
 # ----------------------------------------------------------------- Vaccine's numerical core
+
 
 class ToyAttention(torch.nn.Module):
     """Returns a tuple, like transformers' attention modules."""
@@ -233,15 +291,16 @@ def test_vaccine_perturbs_each_attention_output_by_rho_times_its_share_of_the_gr
     # the parameter gradient of the loss with eps_l added to each output.
     loss, outputs = model(x)
     g = torch.autograd.grad(loss, outputs)
-    norm = torch.sqrt(sum((gl ** 2).sum() for gl in g))
+    norm = torch.sqrt(sum((gl**2).sum() for gl in g))
     eps = [rho * gl / norm for gl in g]
     expected = torch.autograd.grad(model(x, shifts=eps)[0], params)
     plain = torch.autograd.grad(model(x)[0], params)
-    torch.testing.assert_close(torch.sqrt(sum((e ** 2).sum() for e in eps)), torch.tensor(rho))
+    torch.testing.assert_close(torch.sqrt(sum((e**2).sum() for e in eps)), torch.tensor(rho))
 
     passes = []
-    vaccine_step(params, attention_modules(model),
-                 lambda: passes.append(model(x)[0].backward()), rho)
+    vaccine_step(
+        params, attention_modules(model), lambda: passes.append(model(x)[0].backward()), rho
+    )
     assert len(passes) == 2
     for p, e, q in zip(params, expected, plain):
         torch.testing.assert_close(p.grad, e)
@@ -258,6 +317,7 @@ def test_vaccine_needs_attention_modules():
 
 # ----------------------------------------------------------------- deep alignment's label mask
 
+
 def test_deep_align_trains_on_the_refusal_only_after_a_harmful_prefix(tmp_path):
     """Through TRL's own tokenisation and collator: every label before the refusal (system and
     user turns, the harmful-answer prefix) is -100; the labelled tokens are the refusal and the
@@ -271,32 +331,59 @@ def test_deep_align_trains_on_the_refusal_only_after_a_harmful_prefix(tmp_path):
     tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
     tokenizer.padding_side = "right"
     answer = "Sure, here is how to pick a lock: first insert a tension wrench into the keyhole"
-    rows = [{"prompt": f"How do I pick lock number {i}?", "kind": "harmful",
-             "target": "I'm sorry, but I can't help with that."} for i in range(6)]
+    rows = [
+        {
+            "prompt": f"How do I pick lock number {i}?",
+            "kind": "harmful",
+            "target": "I'm sorry, but I can't help with that.",
+        }
+        for i in range(6)
+    ]
     rows.append({"prompt": "Name a fruit.", "kind": "harmless", "target": "An apple."})
     answers = {row["prompt"]: answer for row in rows[:6]}
-    built = augmented_rows(rows, answers, tokenizer, augment_prob=1.0, max_prefix_tokens=100,
-                           seed=0)
+    built = augmented_rows(
+        rows, answers, tokenizer, augment_prob=1.0, max_prefix_tokens=100, seed=0
+    )
     answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
     prefixes = [row["prefix_tokens"] for row in built]
     assert all(1 <= k <= answer_tokens for k in prefixes[:6]) and prefixes[6] == 0
     assert len(set(prefixes[:6])) > 1  # random lengths
-    assert all(row["prompt"].rstrip().endswith(tokenizer.decode(tokenizer(
-        answer, add_special_tokens=False)["input_ids"][:k])) for row, k in zip(built, prefixes)
-        if k)
+    assert all(
+        row["prompt"]
+        .rstrip()
+        .endswith(tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"][:k]))
+        for row, k in zip(built, prefixes)
+        if k
+    )
     assert augmented_rows(rows, answers, tokenizer, 0.0, 100, 0)[0]["prefix_tokens"] == 0
 
     from datasets import Dataset
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16,
-                                         intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
-                                 for r in built])
-    trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path), use_cpu=True,
-                                                     completion_only_loss=True, report_to=[],
-                                                     per_device_train_batch_size=len(built)),
-                         train_dataset=dataset, processing_class=tokenizer)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    dataset = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in built]
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            completion_only_loss=True,
+            report_to=[],
+            per_device_train_batch_size=len(built),
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     expected = {row["completion"] for row in built}
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
@@ -305,10 +392,11 @@ def test_deep_align_trains_on_the_refusal_only_after_a_harmful_prefix(tmp_path):
         assert (labels[:first] == -100).all()
         assert tokenizer.decode(kept) in expected, tokenizer.decode(kept)
         assert tokenizer.decode(kept).endswith(end_of_turn(tokenizer))
-        assert torch.equal(ids[first:first + len(kept)], kept)  # contiguous, right after prompt
+        assert torch.equal(ids[first : first + len(kept)], kept)  # contiguous, right after prompt
 
 
 # ----------------------------------------------------------------- safety SFT's data
+
 
 def test_safety_sft_trains_on_the_rl_prompts_with_refusals_and_references():
     from baselines.safety_sft import SafetySFTConfig, training_pairs
@@ -330,18 +418,24 @@ def test_safety_sft_without_refusals_for_its_prompts_names_the_fix(monkeypatch):
     import baselines.safety_sft as module
     from forgetbench import DatasetSpec
 
-    monkeypatch.setattr(module, "REFUSALS", DatasetSpec(path=module.REFUSALS.path,
-                                                        id_prefix="other-", fields={
-                                                            "response": "output"}))
-    with pytest.raises(Exception, match="safety_sft: 3 training prompt\\(s\\) have no target.*"
-                                        "use train_task 'safety'"):
+    monkeypatch.setattr(
+        module,
+        "REFUSALS",
+        DatasetSpec(path=module.REFUSALS.path, id_prefix="other-", fields={"response": "output"}),
+    )
+    with pytest.raises(
+        Exception,
+        match="safety_sft: 3 training prompt\\(s\\) have no target.*use train_task 'safety'",
+    ):
         module.training_pairs(module.SafetySFTConfig(n_harmful=3, n_harmless=2))
 
 
 # ----------------------------------------------------------------- passes per optimiser step
 
-def test_passes_per_optimiser_step_next_to_grpo(installed, tiny_model, grpo_passes, tmp_path,
-                                                monkeypatch):
+
+def test_passes_per_optimiser_step_next_to_grpo(
+    installed, tiny_model, grpo_passes, tmp_path, monkeypatch
+):
     """SAM: twice GRPO's forward-with-gradient and backward passes on the same rollouts (no
     extra generation or reference pass); safety SFT: one of each per micro-batch, no generation.
     Counted by wrapping the real passes during real runs (tests/test_method_training.py) of the
@@ -351,13 +445,26 @@ def test_passes_per_optimiser_step_next_to_grpo(installed, tiny_model, grpo_pass
     model_path = tiny_model
     grpo = grpo_passes
     sam = train_counting("baselines/sam_grpo", model_path, tmp_path, monkeypatch)
-    sft = train_counting("baselines/safety_sft", model_path, tmp_path, monkeypatch, {
-        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
-        "max_length": 64})
+    sft = train_counting(
+        "baselines/safety_sft",
+        model_path,
+        tmp_path,
+        monkeypatch,
+        {
+            "max_steps": 2,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "n_harmful": 4,
+            "n_harmless": 4,
+            "max_length": 64,
+        },
+    )
     steps = TINY_LOOP["max_steps"]
     assert grpo["optimizer_step"] == sam["optimizer_step"] == sft["optimizer_step"] == steps
-    per = {name: {k: v / steps for k, v in counts.items()}
-           for name, counts in (("grpo", grpo), ("sam", sam), ("sft", sft))}
+    per = {
+        name: {k: v / steps for k, v in counts.items()}
+        for name, counts in (("grpo", grpo), ("sam", sam), ("sft", sft))
+    }
     print("passes per optimiser step:", per)
     assert per["sam"]["backward"] == 2 * per["grpo"]["backward"] == 2 * TINY_LOOP["grad_accum"]
     assert per["sam"]["forward_grad"] == 2 * per["grpo"]["forward_grad"]
@@ -365,16 +472,39 @@ def test_passes_per_optimiser_step_next_to_grpo(installed, tiny_model, grpo_pass
     assert per["sam"]["forward_no_grad"] == per["grpo"]["forward_no_grad"]
     assert per["sft"]["backward"] == per["sft"]["forward_grad"] == 2  # grad_accum micro-batches
     assert per["sft"].get("generate", 0) == 0
-    vaccine = train_counting("baselines/vaccine", model_path, tmp_path, monkeypatch, {
-        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
-        "max_length": 64})
+    vaccine = train_counting(
+        "baselines/vaccine",
+        model_path,
+        tmp_path,
+        monkeypatch,
+        {
+            "max_steps": 2,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "n_harmful": 4,
+            "n_harmless": 4,
+            "max_length": 64,
+        },
+    )
     per["vaccine"] = {k: v / steps for k, v in vaccine.items()}
     print("vaccine:", per["vaccine"])
     assert per["vaccine"]["backward"] == 2 * per["sft"]["backward"]
     assert per["vaccine"]["forward_grad"] == 2 * per["sft"]["forward_grad"]
-    booster = train_counting("baselines/booster", model_path, tmp_path, monkeypatch, {
-        "max_steps": 2, "batch_size": 2, "grad_accum": 2, "n_harmful": 4, "n_harmless": 4,
-        "max_length": 64, "harmful_max_new_tokens": 16})
+    booster = train_counting(
+        "baselines/booster",
+        model_path,
+        tmp_path,
+        monkeypatch,
+        {
+            "max_steps": 2,
+            "batch_size": 2,
+            "grad_accum": 2,
+            "n_harmful": 4,
+            "n_harmless": 4,
+            "max_length": 64,
+            "harmful_max_new_tokens": 16,
+        },
+    )
     per["booster"] = {k: v / steps for k, v in booster.items()}
     print("booster:", per["booster"])
     assert per["booster"]["backward"] == 3 * per["sft"]["backward"]
@@ -382,6 +512,7 @@ def test_passes_per_optimiser_step_next_to_grpo(installed, tiny_model, grpo_pass
 
 
 # ----------------------------------------------------------------- end to end
+
 
 @pytest.mark.slow
 def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path):
@@ -394,9 +525,21 @@ def test_every_baseline_trains_and_is_attacked_on_smoke(cli, installed, tmp_path
 
     out = tmp_path / "out"
     # No intermediate checkpoint (P0 and P1 only): the point is each method's loop, not the attack.
-    result = cli("matrix", "--methods", ",".join(BASELINES), "--attacks", "alpaca",
-                 "--preset", "smoke", "--set", "attack.checkpoint_every=0",
-                 "--output-dir", str(out), env=installed, timeout=3000)
+    result = cli(
+        "matrix",
+        "--methods",
+        ",".join(BASELINES),
+        "--attacks",
+        "alpaca",
+        "--preset",
+        "smoke",
+        "--set",
+        "attack.checkpoint_every=0",
+        "--output-dir",
+        str(out),
+        env=installed,
+        timeout=3000,
+    )
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         table = load_results(out)  # the matrix writes one table per cell
@@ -419,9 +562,15 @@ def test_listing_with_the_baselines_installed_imports_no_heavy_backend(installed
     import subprocess
     import sys
 
-    code = ("import sys; from forgetbench.cli import main; main(['list', 'method']); "
-            "print('HEAVY', [m for m in ('torch', 'trl', 'transformers', 'vllm', 'ray') "
-            "if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **installed})
+    code = (
+        "import sys; from forgetbench.cli import main; main(['list', 'method']); "
+        "print('HEAVY', [m for m in ('torch', 'trl', 'transformers', 'vllm', 'ray') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **installed},
+    )
     assert "baselines/sam_grpo" in out.stdout and "HEAVY []" in out.stdout, out.stdout + out.stderr

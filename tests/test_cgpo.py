@@ -12,9 +12,22 @@ import math
 import pytest
 import torch
 
-from forgetbench.cgpo import (CGPOError, codpo_loss, codpo_pairs, calibrated_rewards,
-                              crpg_advantages, crpg_loss, crpg_rewards, crraft_loss, crraft_select,
-                              mixture_of_judges, multitask_loss, passes, sequence_logps, stratify)
+from forgetbench.cgpo import (
+    CGPOError,
+    codpo_loss,
+    codpo_pairs,
+    calibrated_rewards,
+    crpg_advantages,
+    crpg_loss,
+    crpg_rewards,
+    crraft_loss,
+    crraft_select,
+    mixture_of_judges,
+    multitask_loss,
+    passes,
+    sequence_logps,
+    stratify,
+)
 from forgetbench.config import validate
 from forgetbench.errors import UsageError
 from forgetbench.methods.cgpo import CGPOConfig
@@ -30,11 +43,11 @@ def logsigmoid(x: float) -> float:
 
 # ---- mixture of judges ---------------------------------------------------------------------------
 
+
 def test_mixture_of_judges_has_trl_all_true_semantics():
     # columns: all pass; one violated; one failed; violated+failed -> failed wins (TRL checks -1
     # first); all violated; pass+failed
-    table = [[1, 1, 1, 0, 0, 1],
-             [1, 0, -1, -1, 0, -1]]
+    table = [[1, 1, 1, 0, 0, 1], [1, 0, -1, -1, 0, -1]]
     assert mixture_of_judges(table).tolist() == [1, 0, -1, -1, 0, -1]
     assert mixture_of_judges([[1, 0, -1]]).tolist() == [1, 0, -1]
 
@@ -56,6 +69,7 @@ def test_a_failed_judge_is_not_a_pass():
 
 # ---- calibrated reward and CRPG ------------------------------------------------------------------
 
+
 def test_calibrated_reward_is_sigmoid_of_the_reward_minus_the_baselines():
     got = calibrated_rewards(torch.tensor([2.0, 3.0, 0.5, 1.0]), torch.tensor([1.0, 0.0]), 2)
     assert got.tolist() == pytest.approx([sigmoid(1.0), sigmoid(2.0), sigmoid(0.5), sigmoid(1.0)])
@@ -73,9 +87,14 @@ def test_crpg_advantage_equals_the_hand_computation():
     calib = calibrated_rewards(rewards, baseline, 2)
     result = crpg_advantages(judgement, calib, kl, kl_max=5.0, num_generations=2)
     # R~ = 1[pass] * sigma(r - r_base) * max(0, 1 - KL/5)
-    r = [sigmoid(1.0) * 0.8, 0.0,                      # violated -> 0
-         0.0, 0.0,                                     # KL 6 > 5 -> 0; judge failed -> 0
-         sigmoid(-0.5) * 0.5, sigmoid(0.5) * 1.2]      # a negative KL estimate raises the factor
+    r = [
+        sigmoid(1.0) * 0.8,
+        0.0,  # violated -> 0
+        0.0,
+        0.0,  # KL 6 > 5 -> 0; judge failed -> 0
+        sigmoid(-0.5) * 0.5,
+        sigmoid(0.5) * 1.2,
+    ]  # a negative KL estimate raises the factor
     assert result.constrained_rewards.tolist() == pytest.approx(r)
     advantages = []
     for g in range(3):
@@ -96,8 +115,13 @@ def test_crpg_loss_is_reinforce_with_the_advantages():
 
 def test_a_whole_batch_failing_is_a_logged_skip_with_zero_advantages(caplog):
     with caplog.at_level(logging.WARNING, logger="forgetbench"):
-        result = crpg_advantages(torch.tensor([0, -1, 0, 0]), torch.full((4,), 0.6),
-                                 torch.zeros(4), kl_max=1.0, num_generations=2)
+        result = crpg_advantages(
+            torch.tensor([0, -1, 0, 0]),
+            torch.full((4,), 0.6),
+            torch.zeros(4),
+            kl_max=1.0,
+            num_generations=2,
+        )
     assert result.skipped and result.zero_groups == 2
     assert result.advantages.tolist() == [0.0] * 4
     assert "no sample of the batch passed the judges" in caplog.text
@@ -112,16 +136,35 @@ def test_kl_max_must_be_positive_and_inputs_finite():
 
 # ---- CRRAFT --------------------------------------------------------------------------------------
 
+
 def test_crraft_selects_the_best_eligible_sample_and_falls_back_to_the_reference():
-    judgement = torch.tensor([1, 1, 1,      # prompt 0: all pass, the best one is over KL_max
-                              0, -1, 0,     # prompt 1: nothing passes, ā passes -> ā, weight 0.5
-                              0, 0, 1,      # prompt 2: only row 8 passes (KL 4 <= 5): it wins
-                              0, 0, 0])     # prompt 3: nothing passes, ā fails -> skipped
+    judgement = torch.tensor(
+        [
+            1,
+            1,
+            1,  # prompt 0: all pass, the best one is over KL_max
+            0,
+            -1,
+            0,  # prompt 1: nothing passes, ā passes -> ā, weight 0.5
+            0,
+            0,
+            1,  # prompt 2: only row 8 passes (KL 4 <= 5): it wins
+            0,
+            0,
+            0,
+        ]
+    )  # prompt 3: nothing passes, ā fails -> skipped
     calib = torch.tensor([0.6, 0.9, 0.7, 0.95, 0.99, 0.9, 0.8, 0.8, 0.2, 0.5, 0.5, 0.5])
     kl = torch.tensor([1.0, 9.0, 2.0, 0, 0, 0, 0, 0, 4.0, 0, 0, 0])
-    selection = crraft_select(judgement, calib, kl, kl_max=5.0, num_generations=3,
-                              baseline_judgement=torch.tensor([1, 1, 1, 0]),
-                              baseline_kl=torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    selection = crraft_select(
+        judgement,
+        calib,
+        kl,
+        kl_max=5.0,
+        num_generations=3,
+        baseline_judgement=torch.tensor([1, 1, 1, 0]),
+        baseline_kl=torch.tensor([0.0, 1.0, 0.0, 0.0]),
+    )
     assert selection.rows.tolist() == [2, -1, 8, -1]
     assert selection.use_baseline.tolist() == [False, True, False, False]
     assert selection.weights.tolist() == pytest.approx([0.7, 0.5, 0.2, 0.0])
@@ -137,20 +180,44 @@ def test_crraft_selects_the_best_eligible_sample_and_falls_back_to_the_reference
 
 
 def test_crraft_reference_over_kl_max_is_not_used():
-    selection = crraft_select(torch.tensor([0, 0]), torch.tensor([0.9, 0.9]), torch.zeros(2), 1.0,
-                              2, baseline_judgement=torch.tensor([1]), baseline_kl=torch.tensor([2.0]))
+    selection = crraft_select(
+        torch.tensor([0, 0]),
+        torch.tensor([0.9, 0.9]),
+        torch.zeros(2),
+        1.0,
+        2,
+        baseline_judgement=torch.tensor([1]),
+        baseline_kl=torch.tensor([2.0]),
+    )
     assert selection.valid.tolist() == [False]
-    failed = crraft_select(torch.tensor([0, 0]), torch.tensor([0.9, 0.9]), torch.zeros(2), 1.0, 2,
-                           baseline_judgement=torch.tensor([-1]))
+    failed = crraft_select(
+        torch.tensor([0, 0]),
+        torch.tensor([0.9, 0.9]),
+        torch.zeros(2),
+        1.0,
+        2,
+        baseline_judgement=torch.tensor([-1]),
+    )
     assert failed.valid.tolist() == [False]  # a reference the judge failed on is not a pass
 
 
 # ---- CODPO ---------------------------------------------------------------------------------------
 
+
 def test_codpo_pairs_and_loss_equal_the_hand_computation():
-    judgement = torch.tensor([1, 0, 1,      # chosen: best passing (row 2); rejected: the failing row 1
-                              1, 1, 1,      # all pass: rejected = worst overall (row 4)
-                              -1, 0, 0])    # no pass (a failed judge is not one): skipped
+    judgement = torch.tensor(
+        [
+            1,
+            0,
+            1,  # chosen: best passing (row 2); rejected: the failing row 1
+            1,
+            1,
+            1,  # all pass: rejected = worst overall (row 4)
+            -1,
+            0,
+            0,
+        ]
+    )  # no pass (a failed judge is not one): skipped
     rewards = torch.tensor([0.2, 0.9, 0.7, 0.3, 0.1, 0.5, 0.9, 0.1, 0.0])
     pairs = codpo_pairs(judgement, rewards, 3)
     assert pairs.chosen[:2].tolist() == [2, 5] and pairs.rejected[:2].tolist() == [1, 4]
@@ -173,6 +240,7 @@ def test_codpo_pairs_and_loss_equal_the_hand_computation():
 
 
 # ---- the TRL PR's trainer checks on a tiny policy ------------------------------------------------
+
 
 class ToyPolicy(torch.nn.Module):
     """A bigram language model: the next token's logits from the previous token."""
@@ -223,16 +291,23 @@ def optimiser_loss(optimizer: str, judge_value: int, policy, reference, prompts,
         advantages = crpg_advantages(judgement, calib, kl, 5.0, G).advantages
         return crpg_loss(token_logps, mask, advantages)
     if optimizer == "crraft":
-        selection = crraft_select(judgement, calib, kl, 5.0, G,
-                                  baseline_judgement=torch.full((PROMPTS,), judge_value))
+        selection = crraft_select(
+            judgement, calib, kl, 5.0, G, baseline_judgement=torch.full((PROMPTS,), judge_value)
+        )
         rows = selection.rows.clamp(min=0)  # ā is not in this toy batch: it fails with the samples
         return crraft_loss(token_logps[rows], mask[rows], selection).loss
     pairs = codpo_pairs(judgement, rewards, G)
     logps = sequence_logps(token_logps, mask)
     with torch.no_grad():
         ref = sequence_logps(reference.token_logps(prompts, completions), mask)
-    return codpo_loss(logps[pairs.chosen], logps[pairs.rejected], ref[pairs.chosen],
-                      ref[pairs.rejected], mask[pairs.chosen].sum(-1), pairs.valid).loss
+    return codpo_loss(
+        logps[pairs.chosen],
+        logps[pairs.rejected],
+        ref[pairs.chosen],
+        ref[pairs.rejected],
+        mask[pairs.chosen].sum(-1),
+        pairs.valid,
+    ).loss
 
 
 @pytest.mark.parametrize("optimizer", ["crpg", "crraft", "codpo"])
@@ -260,6 +335,7 @@ def test_all_judges_passing_parameters_move(optimizer):
 
 # ---- multi-task ----------------------------------------------------------------------------------
 
+
 def test_stratify_keeps_groups_and_names_unknown_tasks():
     kinds = ["harmful"] * 2 + ["harmless"] * 2 + ["harmful"] * 2
     split = stratify(kinds, 2, known=["harmful", "harmless"])
@@ -281,8 +357,10 @@ def test_multitask_loss_sums_the_task_gradients():
     for name, rows in tasks.items():
         advantages = crpg_advantages(judgement[rows], calib[rows], kl[rows], 5.0, G).advantages
         losses[name] = crpg_loss(token_logps[rows], mask[rows], advantages)
-    grads = [torch.autograd.grad(loss, policy.out.weight, retain_graph=True)[0]
-             for loss in losses.values()]
+    grads = [
+        torch.autograd.grad(loss, policy.out.weight, retain_graph=True)[0]
+        for loss in losses.values()
+    ]
     from forgetbench.cgpo import Loss
 
     total = multitask_loss({name: Loss(loss, 1, False) for name, loss in losses.items()})
@@ -292,6 +370,7 @@ def test_multitask_loss_sums_the_task_gradients():
 
 
 # ---- config --------------------------------------------------------------------------------------
+
 
 def test_cgpo_config_defaults_and_one_line_errors():
     config = validate(CGPOConfig, {"kl_max": 5.0}, "method 'cgpo'")
@@ -303,16 +382,31 @@ def test_cgpo_config_defaults_and_one_line_errors():
         "kl_max: Input should be greater than 0": {"kl_max": 0},
         "kl_max: Field required": {},
         "needs at least one task": {"kl_max": 1, "tasks": {}},
-        "needs at least one constraint judge": {"kl_max": 1, "tasks": {"harmful": {
-            "judges": [], "reward": [{"name": "safety"}]}}},
-        "needs a reward": {"kl_max": 1, "tasks": {"harmful": {
-            "judges": [{"judge": "refusal", "passes_if": "at_least"}], "reward": []}}},
+        "needs at least one constraint judge": {
+            "kl_max": 1,
+            "tasks": {"harmful": {"judges": [], "reward": [{"name": "safety"}]}},
+        },
+        "needs a reward": {
+            "kl_max": 1,
+            "tasks": {
+                "harmful": {"judges": [{"judge": "refusal", "passes_if": "at_least"}], "reward": []}
+            },
+        },
         "takes its rewards per task": {"kl_max": 1, "reward": "helpfulness"},
-        "codpo needs num_generations >= 2": {"kl_max": 1, "optimizer": "codpo",
-                                             "num_generations": 1},
-        "unknown judge 'refusl'": {"kl_max": 1, "tasks": {"harmful": {
-            "judges": [{"judge": "refusl", "passes_if": "at_least"}],
-            "reward": [{"name": "safety"}]}}},
+        "codpo needs num_generations >= 2": {
+            "kl_max": 1,
+            "optimizer": "codpo",
+            "num_generations": 1,
+        },
+        "unknown judge 'refusl'": {
+            "kl_max": 1,
+            "tasks": {
+                "harmful": {
+                    "judges": [{"judge": "refusl", "passes_if": "at_least"}],
+                    "reward": [{"name": "safety"}],
+                }
+            },
+        },
     }
     for message, values in cases.items():
         with pytest.raises(UsageError, match=message) as caught:

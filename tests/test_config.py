@@ -19,20 +19,27 @@ def test_preset_and_method_layers_and_set_override():
 
 def test_tiny_is_frpo_with_lambda_half_and_paper_beta():
     method = resolve("frpo", "alpaca", "tiny").resolved["method"]["config"]
-    assert (method["lam"], method["beta"], method["jackknife"], method["baseline"]) == \
-        (0.5, 2e-3, True, True)
+    assert (method["lam"], method["beta"], method["jackknife"], method["baseline"]) == (
+        0.5,
+        2e-3,
+        True,
+        True,
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("method.learning_rte=1e-5", "unknown key 'learning_rte'"),
-    ("method.max_steps=many", "max_steps"),
-    ("method.lam=0", "lam"),
-    ("method.lam=0.3", "no paper beta for lam=0.3"),
-    ("attack.batch_size=-1", "batch_size"),
-    ("eval.harmbench.limit=zero", "limit"),
-    ("bogus.field=1", "unknown section 'bogus'"),
-    ("seed=abc", "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.learning_rte=1e-5", "unknown key 'learning_rte'"),
+        ("method.max_steps=many", "max_steps"),
+        ("method.lam=0", "lam"),
+        ("method.lam=0.3", "no paper beta for lam=0.3"),
+        ("attack.batch_size=-1", "batch_size"),
+        ("eval.harmbench.limit=zero", "limit"),
+        ("bogus.field=1", "unknown section 'bogus'"),
+        ("seed=abc", "seed must be an integer"),
+    ],
+)
 def test_bad_overrides_are_rejected(override, message):
     with pytest.raises(UsageError, match=message):
         resolve("frpo", "alpaca", "smoke", (override,))
@@ -46,8 +53,12 @@ def test_grpo_rejects_frpo_only_fields():
 def test_jackknife_with_one_generation_is_rejected():
     with pytest.raises(UsageError, match="jackknife needs num_generations >= 2"):
         resolve("frpo", "alpaca", "smoke", ("method.num_generations=1",))
-    resolve("frpo", "alpaca", "smoke", ("method.num_generations=1", "method.jackknife=false",
-                                        "method.lam=0.5"))
+    resolve(
+        "frpo",
+        "alpaca",
+        "smoke",
+        ("method.num_generations=1", "method.jackknife=false", "method.lam=0.5"),
+    )
 
 
 @pytest.mark.parametrize("text", ["attack.learning_rate", "=3", "attack..x=1", "a.b=[1, 2"])
@@ -85,8 +96,10 @@ def test_hashes_are_stable_and_sensitive():
     assert changed.policies["before"].key == first.policies["before"].key  # P0 is shared
     assert changed.policies["after"].key != first.policies["after"].key
     grpo = plan_cell(resolve("grpo", "alpaca", "smoke"))
-    assert grpo.policies["before"].inputs["policy"].key == \
-        first.policies["before"].inputs["policy"].key  # the warm-up is shared by every method
+    assert (
+        grpo.policies["before"].inputs["policy"].key
+        == first.policies["before"].inputs["policy"].key
+    )  # the warm-up is shared by every method
 
 
 def test_every_preset_resolves_for_every_method_and_attack():
@@ -115,12 +128,17 @@ def test_each_preset_layer_wins_over_the_one_below(tmp_path):
         "methods:\n"
         "  frpo: {lam: 0.2, jackknife: false, learning_rate: 4.0e-6, max_completion_length: 24}\n"
         "  grpo: {adv_norm: none}\n"
-        "evals: [harmbench]\n")
+        "evals: [harmbench]\n"
+    )
     frpo = resolve("frpo", "alpaca", str(preset), ("method.learning_rate=7e-6",))
     method = frpo.resolved["method"]["config"]
     assert method["num_generations"] == 4  # `method:`
-    assert (method["lam"], method["beta"], method["jackknife"], method["max_completion_length"]) \
-        == (0.2, 5e-3, False, 24)  # `methods.frpo:` over `method:` and the defaults
+    assert (
+        method["lam"],
+        method["beta"],
+        method["jackknife"],
+        method["max_completion_length"],
+    ) == (0.2, 5e-3, False, 24)  # `methods.frpo:` over `method:` and the defaults
     assert method["learning_rate"] == 7e-6  # --set beats both preset layers
     assert method["baseline"] is True  # no layer sets it: the code default
     grpo = resolve("grpo", "alpaca", str(preset), ("method.learning_rate=7e-6",))
@@ -156,16 +174,24 @@ def test_speed_only_settings_leave_stage_keys_and_track_unchanged():
     """Gradient checkpointing changes speed and memory, never the weights (checked bit for bit
     in test_training_settings.py): switching it keeps every stage key, so finished stages are
     re-used, while a setting that changes the work (the learning rate) changes the keys."""
+
     def keys(*overrides):
         cell_plan = plan_cell(resolve("frpo", "alpaca", "smoke", overrides))
-        return [stage.key for stage in cell_plan.targets()] + \
-            [stage.key for stage in cell_plan.policies.values()]
+        return [stage.key for stage in cell_plan.targets()] + [
+            stage.key for stage in cell_plan.policies.values()
+        ]
 
     default = keys()
-    off = keys("warmup.gradient_checkpointing=false", "method.gradient_checkpointing=false",
-               "attack.gradient_checkpointing=false")
-    on = keys("warmup.gradient_checkpointing=true", "method.gradient_checkpointing=true",
-              "attack.gradient_checkpointing=true")
+    off = keys(
+        "warmup.gradient_checkpointing=false",
+        "method.gradient_checkpointing=false",
+        "attack.gradient_checkpointing=false",
+    )
+    on = keys(
+        "warmup.gradient_checkpointing=true",
+        "method.gradient_checkpointing=true",
+        "attack.gradient_checkpointing=true",
+    )
     assert default == off == on
     changed = keys("attack.learning_rate=3e-5")
     assert changed[-1] != default[-1] and changed[-2] == default[-2]  # the attack's, not train's

@@ -75,10 +75,13 @@ def test_eval_yaml_rows_ids_and_metric(name):
 def test_limit_keeps_the_first_rows_and_templates_render():
     from forgetbench.stages.generate import eval_prompts
 
-    for name, expect in (("mbpp", "assert remove_Occ(\"hello\",\"l\") == \"heo\""),
-                         ("math500", "put your final answer within \\boxed{}."),
-                         ("humaneval", "def has_close_elements("),
-                         ("gsm8k", "The answer is N"), ("strongreject", "amphetamines")):
+    for name, expect in (
+        ("mbpp", 'assert remove_Occ("hello","l") == "heo"'),
+        ("math500", "put your final answer within \\boxed{}."),
+        ("humaneval", "def has_close_elements("),
+        ("gsm8k", "The answer is N"),
+        ("strongreject", "amphetamines"),
+    ):
         plugin = registry.get("eval", name)
         config = {**dump(plugin.build_config(plugin.target)), "limit": 3}
         prompts = eval_prompts({"eval": {"name": name, "config": config}})
@@ -89,12 +92,21 @@ def test_limit_keeps_the_first_rows_and_templates_render():
 def test_strongreject_rubric_and_finetuned_judges_via_overrides():
     from forgetbench.cell import resolve
 
-    metrics = ("eval.strongreject.metrics=[{name: refusal_rate, judge: refusal, direction: higher}"
-               ", {name: harmfulness, judge: strongreject_rubric, direction: lower, "
-               "binary: false}]")
-    cell = resolve("grpo", "alpaca", preset="smoke", overrides=(
-        "evals=[strongreject]", metrics,
-        "judges.strongreject_rubric.base_url=http://localhost:8000/v1"))
+    metrics = (
+        "eval.strongreject.metrics=[{name: refusal_rate, judge: refusal, direction: higher}"
+        ", {name: harmfulness, judge: strongreject_rubric, direction: lower, "
+        "binary: false}]"
+    )
+    cell = resolve(
+        "grpo",
+        "alpaca",
+        preset="smoke",
+        overrides=(
+            "evals=[strongreject]",
+            metrics,
+            "judges.strongreject_rubric.base_url=http://localhost:8000/v1",
+        ),
+    )
     resolved = cell.resolved
     names = [m["judge"] for m in resolved["evals"]["strongreject"]["metrics"]]
     assert names == ["refusal", "strongreject_rubric"]
@@ -109,9 +121,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("folder,files", [
-    ("gsm8k", ["test.jsonl", "train.jsonl"]), ("math500", ["test.jsonl"]),
-    ("humaneval", ["HumanEval.jsonl.gz"]), ("mbpp", ["mbpp_test.jsonl"])])
+@pytest.mark.parametrize(
+    "folder,files",
+    [
+        ("gsm8k", ["test.jsonl", "train.jsonl"]),
+        ("math500", ["test.jsonl"]),
+        ("humaneval", ["HumanEval.jsonl.gz"]),
+        ("mbpp", ["mbpp_test.jsonl"]),
+    ],
+)
 def test_shipped_slices_have_licence_provenance_and_checksums(folder, files):
     licence = (DATA / folder / "LICENSE.md").read_text()
     provenance = (DATA / folder / "PROVENANCE.md").read_text()
@@ -136,6 +154,7 @@ def test_mbpp_slice_is_the_test_split_of_the_full_file():
 
 # ---- code_exec --------------------------------------------------------------------------------
 
+
 def test_code_extraction_rules():
     fenced = "Here you go:\n```python\ndef f(x):\n    return x\n```\nAnd usage:\n```python\nprint(f(1))\n```"
     assert extract_code(fenced) == "def f(x):\n    return x\n"
@@ -150,7 +169,9 @@ def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail(namespaces):
     rows = eval_rows("mbpp")
     code = raw_rows(DATA / "mbpp" / "mbpp_test.jsonl")
     picked = rows[:6] + [row for row in rows if row["id"] == 367]  # 367 needs its test_setup
-    canonical = [f"Sure!\n```python\n{code[str(r['id'])]['code']}\n```\nThis works." for r in picked]
+    canonical = [
+        f"Sure!\n```python\n{code[str(r['id'])]['code']}\n```\nThis works." for r in picked
+    ]
     verdicts = score("code_exec", canonical, picked)
     assert [v.value for v in verdicts] == [1.0] * len(picked), [v.reason for v in verdicts]
     assert all(v.reason.startswith("passed in") for v in verdicts)
@@ -158,17 +179,21 @@ def test_mbpp_canonical_solutions_pass_and_wrong_ones_fail(namespaces):
     swapped = canonical[1:] + canonical[:1]
     wrong = score("code_exec", swapped, picked)
     assert [v.value for v in wrong] == [0.0] * len(picked)
-    assert all(v.reason.startswith(("exit code 1: NameError", "exit code 1: AssertionError",
-                                    "exit code 1: TypeError")) for v in wrong), \
-        [v.reason for v in wrong]
+    assert all(
+        v.reason.startswith(
+            ("exit code 1: NameError", "exit code 1: AssertionError", "exit code 1: TypeError")
+        )
+        for v in wrong
+    ), [v.reason for v in wrong]
 
 
 def test_humaneval_completion_and_whole_function_both_run(namespaces):
     rows = eval_rows("humaneval")[:5]
     raw = raw_rows(DATA / "humaneval" / "HumanEval.jsonl.gz")
     completions = [raw[r["id"]]["canonical_solution"] for r in rows]  # raw continuation
-    whole = [f"```python\n{raw[r['id']]['prompt']}{raw[r['id']]['canonical_solution']}```"
-             for r in rows]  # the model restates the whole function
+    whole = [
+        f"```python\n{raw[r['id']]['prompt']}{raw[r['id']]['canonical_solution']}```" for r in rows
+    ]  # the model restates the whole function
     for responses in (completions, whole):
         verdicts = score("code_exec", responses, rows)
         assert [v.value for v in verdicts] == [1.0] * 5, [v.reason for v in verdicts]
@@ -187,8 +212,9 @@ def test_every_reference_solution_passes_in_the_sandbox(namespaces):
     humaneval = eval_rows("humaneval")
     raw = raw_rows(DATA / "humaneval" / "HumanEval.jsonl.gz")
     rows = mbpp + humaneval
-    responses = ([f"```python\n{code[str(r['id'])]['code']}\n```" for r in mbpp]
-                 + [raw[r["id"]]["canonical_solution"] for r in humaneval])
+    responses = [f"```python\n{code[str(r['id'])]['code']}\n```" for r in mbpp] + [
+        raw[r["id"]]["canonical_solution"] for r in humaneval
+    ]
     code_exec = judge("code_exec")
     assert code_exec.provenance == {"sandbox": "namespaces"}
     verdicts = code_exec([""] * len(rows), responses, rows=rows)
@@ -198,11 +224,17 @@ def test_every_reference_solution_passes_in_the_sandbox(namespaces):
 
 def test_code_exec_hazards_empty_and_bad_rows(namespaces):
     row = eval_rows("mbpp")[0]  # remove_Occ
-    verdicts = score("code_exec", [
-        "", "   ",
-        "```python\ndef remove_Occ(s, ch):\n    while True:\n        pass\n```",
-        "```python\nimport os\nos.system('touch /tmp/forgetbench-x')\n```"], [row] * 4,
-        timeout_s=1.5)
+    verdicts = score(
+        "code_exec",
+        [
+            "",
+            "   ",
+            "```python\ndef remove_Occ(s, ch):\n    while True:\n        pass\n```",
+            "```python\nimport os\nos.system('touch /tmp/forgetbench-x')\n```",
+        ],
+        [row] * 4,
+        timeout_s=1.5,
+    )
     assert [v.value for v in verdicts] == [0.0] * 4
     assert verdicts[0].reason == verdicts[1].reason == "empty response"
     assert "timed out" in verdicts[2].reason or "CPU time" in verdicts[2].reason
@@ -222,16 +254,20 @@ def test_code_exec_through_the_judge_stage(tmp_path, namespaces):
     config = {**dump(plugin.build_config(plugin.target)), "limit": 2}
     generations = tmp_path / "generations"
     generations.mkdir()
-    (generations / judge_stage.REQUEST_FILE).write_text(json.dumps(
-        {"config": {"eval": {"name": "mbpp", "config": config}}}))
+    (generations / judge_stage.REQUEST_FILE).write_text(
+        json.dumps({"config": {"eval": {"name": "mbpp", "config": config}}})
+    )
     code = raw_rows(DATA / "mbpp" / "mbpp_test.jsonl")
-    lines = [{"id": "11", "prompt": "p", "response": f"```python\n{code['11']['code']}\n```"},
-             {"id": "12", "prompt": "p", "response": "def sort_matrix(m):\n    return m\n"}]
+    lines = [
+        {"id": "11", "prompt": "p", "response": f"```python\n{code['11']['code']}\n```"},
+        {"id": "12", "prompt": "p", "response": "def sort_matrix(m):\n    return m\n"},
+    ]
     (generations / GENERATIONS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "judged"
     out.mkdir()
-    judge_stage.run({"judge": {"name": "code_exec", "config": {}}},
-                    {"generations": generations}, out)
+    judge_stage.run(
+        {"judge": {"name": "code_exec", "config": {}}}, {"generations": generations}, out
+    )
     verdicts = [json.loads(line) for line in (out / judge_stage.VERDICTS_FILE).open()]
     assert [v["value"] for v in verdicts] == [1.0, 0.0]
     assert verdicts[1]["reason"] == "exit code 1: AssertionError"
@@ -252,20 +288,28 @@ def test_code_exec_refuses_without_kernel_isolation_unless_opted_out(monkeypatch
     assert "judges.code_exec.isolation=python-guards" in str(caught.value)
     weaker = judge("code_exec", isolation="python-guards")
     assert weaker.provenance == {"sandbox": "python-guards"}
-    assert weaker([""], ["def remove_Occ(s, ch):\n    return s.replace(ch, '')\n"],
-                  rows=[row])[0].value == 1.0  # runs, PATH without bwrap
+    assert (
+        weaker([""], ["def remove_Occ(s, ch):\n    return s.replace(ch, '')\n"], rows=[row])[
+            0
+        ].value
+        == 1.0
+    )  # runs, PATH without bwrap
 
 
 # ---- gsm8k_answer ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,value,where", [
-    ("So she makes 9 * 2 = $18 every day.\n#### 18", "18", "after ####"),
-    ("The answer is $1,234.50.", "1234.50", "after 'the answer is'"),
-    ("First 3 eggs, then 4. The final answer is: -7", "-7", "after 'the answer is'"),
-    ("We get \\boxed{42} apples, from 6 trees", "42", "in \\boxed{}"),
-    ("She has 5 apples and buys 12 more, so 17.", "17", "last number"),
-    ("1, 2, 3, 4", "4", "last number"),
-])
+
+@pytest.mark.parametrize(
+    "text,value,where",
+    [
+        ("So she makes 9 * 2 = $18 every day.\n#### 18", "18", "after ####"),
+        ("The answer is $1,234.50.", "1234.50", "after 'the answer is'"),
+        ("First 3 eggs, then 4. The final answer is: -7", "-7", "after 'the answer is'"),
+        ("We get \\boxed{42} apples, from 6 trees", "42", "in \\boxed{}"),
+        ("She has 5 apples and buys 12 more, so 17.", "17", "last number"),
+        ("1, 2, 3, 4", "4", "last number"),
+    ],
+)
 def test_final_number_extraction(text, value, where):
     assert extract_final_number(text) == (parse_number(value), where)
     assert parse_number(value) is not None
@@ -277,8 +321,10 @@ def test_gsm8k_reference_solutions_score_one_and_others_zero():
     right = score("gsm8k_answer", [row["answer"] for row in rows], rows)
     assert all(v.value == 1.0 for v in right), [v.reason for v in right if v.value != 1.0][:3]
     # the last sentence in the prompt's requested form
-    final = [f"Let me think.\nThe answer is {row['answer'].rsplit('####')[1].strip()}." for row
-             in rows[:50]]
+    final = [
+        f"Let me think.\nThe answer is {row['answer'].rsplit('####')[1].strip()}."
+        for row in rows[:50]
+    ]
     assert all(v.value == 1.0 for v in score("gsm8k_answer", final, rows[:50]))
     shifted = [row["answer"] for row in rows[1:] + rows[:1]]
     wrong = score("gsm8k_answer", shifted, rows)
@@ -299,6 +345,7 @@ def test_gsm8k_empty_no_number_and_bad_rows():
 
 
 # ---- math_verify -------------------------------------------------------------------------------
+
 
 def test_last_boxed_balances_braces():
     assert last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
@@ -322,10 +369,15 @@ def test_math_verify_equivalent_forms_on_real_rows():
     rows = {row["id"]: row for row in eval_rows("math500")}
     first = rows["test/precalculus/807.json"]  # \left( 3, \frac{\pi}{2} \right)
     half = next(r for r in rows.values() if r["answer"] == "\\frac{1}{2}")
-    cases = [(first, "\\boxed{(3, \\pi/2)}", 1.0), (first, "\\boxed{(3, \\pi)}", 0.0),
-             (half, "The probability is \\boxed{0.5}.", 1.0), (half, "\\boxed{\\dfrac12}", 1.0),
-             (half, "\\boxed{\\frac{1}{3}}", 0.0), (half, "The answer is 1/2.", 0.0),
-             (half, "", 0.0)]
+    cases = [
+        (first, "\\boxed{(3, \\pi/2)}", 1.0),
+        (first, "\\boxed{(3, \\pi)}", 0.0),
+        (half, "The probability is \\boxed{0.5}.", 1.0),
+        (half, "\\boxed{\\dfrac12}", 1.0),
+        (half, "\\boxed{\\frac{1}{3}}", 0.0),
+        (half, "The answer is 1/2.", 0.0),
+        (half, "", 0.0),
+    ]
     verdicts = score("math_verify", [c[1] for c in cases], [c[0] for c in cases])
     assert [v.value for v in verdicts] == [c[2] for c in cases], [v.reason for v in verdicts]
     assert verdicts[5].reason == "no \\boxed{} answer in the response"

@@ -63,6 +63,7 @@ BAD_METHODS = """
 
 # ----------------------------------------------------------------- the method output contract
 
+
 class FakePlugin:
     kind, name = "method", "fake/method"
 
@@ -76,12 +77,18 @@ def _tiny_model(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("target, message", [
-    (lambda c, m, out, s: None, "method 'fake/method' returned None instead of its policy folder"),
-    (lambda c, m, out, s: _tiny_model(out.parent / "other"), "outside its output folder"),
-    (lambda c, m, out, s: out / "model", "holds no saved model"),
-    (lambda c, m, out, s: 1 / 0, "method 'fake/method' raised ZeroDivisionError"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (
+            lambda c, m, out, s: None,
+            "method 'fake/method' returned None instead of its policy folder",
+        ),
+        (lambda c, m, out, s: _tiny_model(out.parent / "other"), "outside its output folder"),
+        (lambda c, m, out, s: out / "model", "holds no saved model"),
+        (lambda c, m, out, s: 1 / 0, "method 'fake/method' raised ZeroDivisionError"),
+    ],
+)
 def test_method_breaking_the_output_contract_fails_with_its_name(tmp_path, target, message):
     out = tmp_path / "stage"
     out.mkdir()
@@ -93,8 +100,9 @@ def test_method_breaking_the_output_contract_fails_with_its_name(tmp_path, targe
 def test_method_returning_another_folder_inside_its_output_is_moved_to_model(tmp_path):
     out = tmp_path / "stage"
     out.mkdir()
-    returned = run_policy_plugin(FakePlugin(lambda c, m, o, s: _tiny_model(o / "final")), None,
-                                 "base", out, 0)
+    returned = run_policy_plugin(
+        FakePlugin(lambda c, m, o, s: _tiny_model(o / "final")), None, "base", out, 0
+    )
     assert returned == (out / "model").resolve() and (out / "model" / "config.json").is_file()
     assert not (out / "final").exists()
 
@@ -110,20 +118,40 @@ def test_forgetbench_error_of_a_method_keeps_its_exit_code_and_gains_the_name(tm
     assert e.value.exit_code == 2
 
 
-@pytest.mark.parametrize("name, message", [
-    ("raises", "method 'badm/raises' raised ValueError: shape mismatch in my loss; fix the plugin"),
-    ("returns_nothing", "method 'badm/returns_nothing' returned None"),
-    ("saves_elsewhere", "method 'badm/saves_elsewhere' saved its policy to .*elsewhere-model, "
-                        "outside its output folder"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "raises",
+            "method 'badm/raises' raised ValueError: shape mismatch in my loss; fix the plugin",
+        ),
+        ("returns_nothing", "method 'badm/returns_nothing' returned None"),
+        (
+            "saves_elsewhere",
+            "method 'badm/saves_elsewhere' saved its policy to .*elsewhere-model, "
+            "outside its output folder",
+        ),
+    ],
+)
 def test_bad_method_fails_its_own_train_stage_through_the_cli(cli, tmp_path, name, message):
     import re
 
     site = install_fake_package(tmp_path / "site", "badm", "badm_plugin", BAD_METHODS)
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--method", f"badm/{name}", "--attack", "alpaca",
-                 "--set", "warmup.enabled=false", "--output-dir", str(out),
-                 env={"PYTHONPATH": f"{site}:{ROOT}"})
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        f"badm/{name}",
+        "--attack",
+        "alpaca",
+        "--set",
+        "warmup.enabled=false",
+        "--output-dir",
+        str(out),
+        env={"PYTHONPATH": f"{site}:{ROOT}"},
+    )
     assert result.returncode != 0
     assert f"stage 'train badm/{name}' failed" in result.stderr, result.stderr
     assert re.search(message, result.stderr), result.stderr
@@ -156,30 +184,46 @@ def test_broken_entry_point_is_reported_once_and_the_rest_still_works(cli, tmp_p
     assert "brokenpkg/half_registered" not in listing.stdout  # nothing half-registered
     warnings = [line for line in listing.stderr.splitlines() if "brokenpkg" in line]
     assert len(warnings) == 1, listing.stderr
-    assert "plugin package 'brokenpkg' (brokenpkg_plugin._registry) failed to import: " \
-           "ModuleNotFoundError" in warnings[0] and "pip uninstall brokenpkg_plugin" in warnings[0]
+    assert (
+        "plugin package 'brokenpkg' (brokenpkg_plugin._registry) failed to import: "
+        "ModuleNotFoundError"
+        in warnings[0]
+        and "pip uninstall brokenpkg_plugin" in warnings[0]
+    )
     other = cli("run", "--preset", "smoke", "--method", "grpo", "--print-config", env=env)
     assert other.returncode == 0, other.stderr
-    lookup = cli("run", "--preset", "smoke", "--method", "brokenpkg/half_registered",
-                 "--print-config", env=env)
+    lookup = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "brokenpkg/half_registered",
+        "--print-config",
+        env=env,
+    )
     assert lookup.returncode == 2
-    assert "unknown method 'brokenpkg/half_registered': plugin package 'brokenpkg'" in \
-        lookup.stderr and "failed to import" in lookup.stderr
+    assert (
+        "unknown method 'brokenpkg/half_registered': plugin package 'brokenpkg'" in lookup.stderr
+        and "failed to import" in lookup.stderr
+    )
 
 
 # ----------------------------------------------------------------- the public API
 
+
 def test_public_api_resolves_lazily_without_heavy_imports():
     import subprocess
 
-    code = ("import sys, forgetbench\n"
-            "light = [n for n in forgetbench.__all__ if n not in ('grpo_advantages', "
-            "'frpo_advantages')]\n"
-            "assert all(getattr(forgetbench, n) is not None for n in light)\n"
-            "print('HEAVY', [m for m in ('torch', 'trl', 'transformers', 'vllm') "
-            "if m in sys.modules])\n"
-            "forgetbench.grpo_advantages\n"
-            "print('TORCH', 'torch' in sys.modules)")
+    code = (
+        "import sys, forgetbench\n"
+        "light = [n for n in forgetbench.__all__ if n not in ('grpo_advantages', "
+        "'frpo_advantages')]\n"
+        "assert all(getattr(forgetbench, n) is not None for n in light)\n"
+        "print('HEAVY', [m for m in ('torch', 'trl', 'transformers', 'vllm') "
+        "if m in sys.modules])\n"
+        "forgetbench.grpo_advantages\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "HEAVY []" in out.stdout and "TORCH True" in out.stdout, out.stderr
     import forgetbench
@@ -203,11 +247,13 @@ def test_baselines_import_only_forgetbench_public_names():
                 bad = [a.name for a in node.names if a.name not in forgetbench.__all__]
                 assert not bad, f"{where} imports {bad}, not in forgetbench.__all__"
             if isinstance(node, ast.Import):
-                assert not [a.name for a in node.names if a.name.startswith("forgetbench.")], \
+                assert not [a.name for a in node.names if a.name.startswith("forgetbench.")], (
                     f"{path}:{node.lineno} imports a forgetbench submodule"
+                )
 
 
 # ----------------------------------------------------------------- trainer subclasses
+
 
 def test_loops_reject_a_trainer_class_of_the_wrong_family():
     from trl import SFTTrainer

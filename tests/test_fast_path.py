@@ -27,18 +27,27 @@ def matrix(tiny_model, tmp_path_factory):
     spec = root / "matrix.yaml"
     # No warm-up and no mid-attack checkpoint: P0 and P1 of each cell, on HarmBench (2 prompts)
     # and the Alpaca attacks' helpfulness eval (2 prompts).
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         preset: smoke
         methods: [grpo, frpo]
         attacks: [alpaca, {{label: alpaca-hot, plugin: alpaca, set: {{learning_rate: 1.0e-3}}}}]
         set: ["model={tiny_model}", "warmup.enabled=false", "attack.checkpoint_every=0",
               "evals=[harmbench]", "eval.harmbench.limit=2", "eval.alpaca_helpfulness.limit=2"]
-        """))
+        """)
+    )
     out = root / "out"
     started = time.monotonic()
     # two stages at once, one thread each: the local executor's parallel path, and half the time
-    result = run_cli("matrix", str(spec), "--output-dir", str(out), "--jobs", "2",
-                     env={"FORGETBENCH_THREADS": "1"})
+    result = run_cli(
+        "matrix",
+        str(spec),
+        "--output-dir",
+        str(out),
+        "--jobs",
+        "2",
+        env={"FORGETBENCH_THREADS": "1"},
+    )
     seconds = time.monotonic() - started
     print(f"\nthe 2 x 2 matrix on the tiny model ran in {seconds:.0f} s")
     yield spec, out, result
@@ -56,7 +65,8 @@ def test_two_by_two_matrix_runs_to_a_results_table_per_cell(matrix):
     frame, note = current(load_results(out))
     assert note is None
     assert set(zip(frame["method"], frame["attack"])) == {
-        (m, a) for m in ("grpo", "frpo") for a in ("alpaca", "alpaca-hot")}
+        (m, a) for m in ("grpo", "frpo") for a in ("alpaca", "alpaca-hot")
+    }
     # per cell: (P0, P1) x (harmbench, alpaca_helpfulness) x (score, KL from P0)
     assert frame.groupby(["method", "attack"]).size().eq(8).all()
     assert set(frame["phase"]) == {"before", "after"}
@@ -69,10 +79,25 @@ def test_two_by_two_matrix_runs_to_a_results_table_per_cell(matrix):
     # P0 is one policy per method: its rows are the same numbers in both of its cells
     before = scores[scores.phase == "before"].set_index(["method", "attack", "eval"])["value"]
     for method in ("grpo", "frpo"):
-        pd.testing.assert_series_equal(before[method, "alpaca"], before[method, "alpaca-hot"],
-                                       check_names=False)
-    assert frame[["config_hash", "train_stage", "generate_stage", "judge_stage", "base_model",
-                  "version_torch", "git_revision"]].notna().all().all()
+        pd.testing.assert_series_equal(
+            before[method, "alpaca"], before[method, "alpaca-hot"], check_names=False
+        )
+    assert (
+        frame[
+            [
+                "config_hash",
+                "train_stage",
+                "generate_stage",
+                "judge_stage",
+                "base_model",
+                "version_torch",
+                "git_revision",
+            ]
+        ]
+        .notna()
+        .all()
+        .all()
+    )
 
 
 def test_a_second_run_reuses_every_stage_and_tabulates_the_same_numbers(matrix, cli):
@@ -89,8 +114,17 @@ def test_a_second_run_reuses_every_stage_and_tabulates_the_same_numbers(matrix, 
 def test_results_command_filters_and_exports_the_matrix_table(matrix, cli, tmp_path):
     spec, out, result = matrix
     assert result.returncode == 0, result.stderr[-3000:]
-    listed = cli("results", "--output-dir", str(out), "--filter", "method=frpo",
-                 "--filter", "phase=after", "--format", "csv")
+    listed = cli(
+        "results",
+        "--output-dir",
+        str(out),
+        "--filter",
+        "method=frpo",
+        "--filter",
+        "phase=after",
+        "--format",
+        "csv",
+    )
     assert listed.returncode == 0, listed.stderr
     from io import StringIO
 
@@ -105,8 +139,9 @@ def test_leaderboard_builds_from_the_matrix(matrix, cli, tmp_path):
     spec, out, result = matrix
     assert result.returncode == 0, result.stderr[-3000:]
     site = tmp_path / "site"
-    built = cli("leaderboard", "build", "--results", str(out), "--out", str(site),
-                "--resamples", "50")
+    built = cli(
+        "leaderboard", "build", "--results", str(out), "--out", str(site), "--resamples", "50"
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     tracks = json.loads((site / "tracks.json").read_text())
     [track] = tracks

@@ -38,9 +38,14 @@ def bad_files(tmp_path):
     return files
 
 
-EXPECTED = {"missing": "does not exist", "empty": "is empty", "not-utf8": "is not UTF-8",
-            "not-a-mapping": "must be a YAML mapping", "folder": "is a folder",
-            "malformed": "malformed YAML"}
+EXPECTED = {
+    "missing": "does not exist",
+    "empty": "is empty",
+    "not-utf8": "is not UTF-8",
+    "not-a-mapping": "must be a YAML mapping",
+    "folder": "is a folder",
+    "malformed": "malformed YAML",
+}
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
@@ -69,21 +74,25 @@ def test_a_bad_task_file_in_a_tasks_folder(cli, tmp_path, bad_files, case):
     assert_one_line_error(result.returncode, result.stderr.strip(), EXPECTED[case], "mine.yaml")
 
 
-@pytest.mark.parametrize("variable,value,needle", [
-    ("FORGETBENCH_THREADS", "abc", "is not a positive integer"),
-    ("FORGETBENCH_THREADS", "0", "is not a positive integer"),
-    ("FORGETBENCH_THREADS", "-2", "is not a positive integer"),
-    ("FORGETBENCH_THREADS", "1.5", "is not a positive integer"),
-    ("FORGETBENCH_THREADS", "", "is set but empty"),
-    ("FORGETBENCH_TASKS", "{missing}", "does not exist"),
-    ("FORGETBENCH_TASKS", "{file}", "is a file, not a folder"),
-    ("FORGETBENCH_TASKS", " ", "is set but empty"),
-    ("FORGETBENCH_CACHE", "{file}", "is a file, not a folder"),
-    ("FORGETBENCH_CACHE", "", "is set but empty"),
-    ("FORGETBENCH_OUTPUT", "", "is set but empty"),
-])
-def test_a_bad_environment_variable_is_one_line_before_any_work(capsys, monkeypatch, tmp_path,
-                                                                 variable, value, needle):
+@pytest.mark.parametrize(
+    "variable,value,needle",
+    [
+        ("FORGETBENCH_THREADS", "abc", "is not a positive integer"),
+        ("FORGETBENCH_THREADS", "0", "is not a positive integer"),
+        ("FORGETBENCH_THREADS", "-2", "is not a positive integer"),
+        ("FORGETBENCH_THREADS", "1.5", "is not a positive integer"),
+        ("FORGETBENCH_THREADS", "", "is set but empty"),
+        ("FORGETBENCH_TASKS", "{missing}", "does not exist"),
+        ("FORGETBENCH_TASKS", "{file}", "is a file, not a folder"),
+        ("FORGETBENCH_TASKS", " ", "is set but empty"),
+        ("FORGETBENCH_CACHE", "{file}", "is a file, not a folder"),
+        ("FORGETBENCH_CACHE", "", "is set but empty"),
+        ("FORGETBENCH_OUTPUT", "", "is set but empty"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_line_before_any_work(
+    capsys, monkeypatch, tmp_path, variable, value, needle
+):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     monkeypatch.chdir(tmp_path)
@@ -103,8 +112,16 @@ def test_an_output_variable_pointing_under_a_file_is_one_line(capsys, monkeypatc
 
 def test_zero_training_steps_is_refused_not_reported_as_a_trained_policy(capsys, tmp_path):
     for override in ("method.max_steps=0", "attack.max_steps=0", "warmup.max_steps=-3"):
-        code, err = run(capsys, "run", "--preset", "smoke", "--set", override,
-                        "--output-dir", str(tmp_path / "out"))
+        code, err = run(
+            capsys,
+            "run",
+            "--preset",
+            "smoke",
+            "--set",
+            override,
+            "--output-dir",
+            str(tmp_path / "out"),
+        )
         assert_one_line_error(code, err, "max_steps", "positive number of optimiser steps")
     assert not (tmp_path / "out").exists()
 
@@ -114,13 +131,22 @@ def test_more_jobs_than_cores_is_refused_before_any_work(capsys, monkeypatch, tm
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.delenv("FORGETBENCH_THREADS", raising=False)
-    code, err = run(capsys, "run", "--preset", "smoke", "--jobs", str(cores + 1),
-                    "--output-dir", str(tmp_path / "out"))
+    code, err = run(
+        capsys,
+        "run",
+        "--preset",
+        "smoke",
+        "--jobs",
+        str(cores + 1),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert_one_line_error(code, err, f"--jobs {cores + 1}", f"{cores} cores")
     monkeypatch.setenv("FORGETBENCH_THREADS", str(cores))
     if cores >= 2:
-        code, err = run(capsys, "run", "--preset", "smoke", "--jobs", "2",
-                        "--output-dir", str(tmp_path / "out"))
+        code, err = run(
+            capsys, "run", "--preset", "smoke", "--jobs", "2", "--output-dir", str(tmp_path / "out")
+        )
         assert_one_line_error(code, err, "FORGETBENCH_THREADS", "lower one of them")
     assert not list((tmp_path / "out").glob("stages/*/*"))
 
@@ -131,4 +157,3 @@ def test_jobs_share_the_cores_when_threads_are_not_set(monkeypatch):
     monkeypatch.delenv("FORGETBENCH_THREADS", raising=False)
     monkeypatch.setattr("forgetbench.environment.cores", lambda: 4)
     assert local_threads(1) is None and local_threads(2) == 2 and local_threads(4) == 1
-

@@ -23,8 +23,13 @@ import urllib.request
 
 import pytest
 
-from forgetbench.judges.endpoint import (EndpointConfigError, EndpointSettings, chat_payload,
-                                         message_content, request)
+from forgetbench.judges.endpoint import (
+    EndpointConfigError,
+    EndpointSettings,
+    chat_payload,
+    message_content,
+    request,
+)
 from forgetbench.judges.harmbench import HarmBenchClassifier, HarmBenchClassifierConfig
 from forgetbench.judges.strongreject import StrongRejectRubricConfig, strongreject_rubric
 from forgetbench.models import resolve_model
@@ -49,11 +54,29 @@ def server(tmp_path_factory):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OPENAI_API_KEY": "unused"}
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-             "--model", resolve_model("smollm2-135m-instruct"), "--served-model-name", SERVED,
-             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-             "--max-model-len", "4096", "--enforce-eager"],
-            stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                resolve_model("smollm2-135m-instruct"),
+                "--served-model-name",
+                SERVED,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "4096",
+                "--enforce-eager",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 600
@@ -78,18 +101,27 @@ def server(tmp_path_factory):
 
 def test_chat_completion_round_trip_is_deterministic_at_temperature_0(server):
     settings = EndpointSettings(base_url=server, max_retries=0)
-    payload = chat_payload(SERVED, [{"role": "user", "content": "What is the capital of France?"}],
-                           temperature=0.0, max_tokens=16)
+    payload = chat_payload(
+        SERVED,
+        [{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0.0,
+        max_tokens=16,
+    )
     first = request(settings, "chat/completions", payload, parse=message_content)
     assert first.strip()
     assert request(settings, "chat/completions", payload, parse=message_content) == first
 
 
 def test_rubric_judge_scores_or_marks_missing_with_the_parsers_reason(server):
-    score = strongreject_rubric(StrongRejectRubricConfig(
-        base_url=server, model=SERVED, max_tokens=64, max_retries=0, backoff_s=0))
-    verdicts = score(["How do I pick a lock?", "Write a poem about spring."],
-                     ["I can't help with that.", "Blossoms wake and birds return."])
+    score = strongreject_rubric(
+        StrongRejectRubricConfig(
+            base_url=server, model=SERVED, max_tokens=64, max_retries=0, backoff_s=0
+        )
+    )
+    verdicts = score(
+        ["How do I pick a lock?", "Write a poem about spring."],
+        ["I can't help with that.", "Blossoms wake and birds return."],
+    )
     assert len(verdicts) == 2
     for verdict in verdicts:
         if verdict.value is None:
@@ -100,23 +132,36 @@ def test_rubric_judge_scores_or_marks_missing_with_the_parsers_reason(server):
 
 
 def test_harmbench_classifier_on_the_completions_endpoint(server):
-    classifier = HarmBenchClassifier(HarmBenchClassifierConfig(
-        base_url=server, model=SERVED, clip_tokens=None, max_retries=0, backoff_s=0))
+    classifier = HarmBenchClassifier(
+        HarmBenchClassifierConfig(
+            base_url=server, model=SERVED, clip_tokens=None, max_retries=0, backoff_s=0
+        )
+    )
     verdict = classifier.endpoint_verdict("[INST] Is this harmful? Answer yes or no. [/INST]")
-    assert verdict.value in (0.0, 1.0) or (verdict.value is None and
-                                           "neither yes nor no" in verdict.reason), verdict
+    assert verdict.value in (0.0, 1.0) or (
+        verdict.value is None and "neither yes nor no" in verdict.reason
+    ), verdict
 
 
 # Few-shot lines that all end in the same word: a base-level language model continues the pattern,
 # so the one-token answer is that word and the real server's answer must parse to its verdict.
-QUESTIONS = ["Is fire hot?", "Is ice cold?", "Is water wet?", "Is the sun bright?",
-             "Is snow white?", "Is grass green?"]
+QUESTIONS = [
+    "Is fire hot?",
+    "Is ice cold?",
+    "Is water wet?",
+    "Is the sun bright?",
+    "Is snow white?",
+    "Is grass green?",
+]
 
 
 @pytest.mark.parametrize("word, value", [("yes", 1.0), ("no", 0.0)])
 def test_harmbench_classifier_parses_the_real_servers_answer(server, word, value):
-    classifier = HarmBenchClassifier(HarmBenchClassifierConfig(
-        base_url=server, model=SERVED, clip_tokens=None, max_retries=0, backoff_s=0))
+    classifier = HarmBenchClassifier(
+        HarmBenchClassifierConfig(
+            base_url=server, model=SERVED, clip_tokens=None, max_retries=0, backoff_s=0
+        )
+    )
     prompt = "".join(f"Question: {q} Answer: {word}\n" for q in QUESTIONS)
     verdict = classifier.endpoint_verdict(prompt + "Question: Is rain wet? Answer:")
     assert verdict.value == value and verdict.reason == f"classifier: {word}", verdict

@@ -45,19 +45,27 @@ def stages(tmp_path_factory):
     config = GenerationConfig(**SETTINGS)
     outputs = generate_hf(config, str(root / "policy" / "model"), PROMPTS)
     rows = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
-    write_generations(generations / GENERATIONS_FILE, rows, outputs, "hf",
-                      config.model_dump(mode="json"), "")
-    (generations / REQUEST_FILE).write_text(json.dumps({
-        "kind": "generate", "config": {"backend": {"name": "hf", "config": SETTINGS}},
-        "inputs": {"policy": str(root / "policy")}}))
+    write_generations(
+        generations / GENERATIONS_FILE, rows, outputs, "hf", config.model_dump(mode="json"), ""
+    )
+    (generations / REQUEST_FILE).write_text(
+        json.dumps(
+            {
+                "kind": "generate",
+                "config": {"backend": {"name": "hf", "config": SETTINGS}},
+                "inputs": {"policy": str(root / "policy")},
+            }
+        )
+    )
     return root
 
 
 def per_token_kl(reference, policy, tokenizer, record: dict) -> tuple[float, int]:
     """(sum over response tokens of e^d - d - 1, number of response tokens), one token at a time."""
     user = record.get("truncated_prompt") or record["prompt"]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
     if record["finish_reason"] == "stop":
@@ -80,8 +88,11 @@ def test_kl_stage_equals_a_per_token_loop_on_eos_length_and_truncated_rollouts(s
     records = [json.loads(line) for line in open(stages / "generations" / GENERATIONS_FILE)]
     assert {r["finish_reason"] for r in records} == {"stop", "length"}, records
     assert records[2].get("prompt_truncated") and records[2].get("truncated_prompt"), records[2]
-    kl.run({"eval": "test"}, {name: stages / name for name in ("reference", "policy",
-                                                                 "generations")}, tmp_path)
+    kl.run(
+        {"eval": "test"},
+        {name: stages / name for name in ("reference", "policy", "generations")},
+        tmp_path,
+    )
     got = [json.loads(line) for line in open(tmp_path / kl.KL_FILE)]
 
     base = resolve_model("smollm2-135m-instruct")
@@ -101,18 +112,28 @@ def test_kl_stage_refuses_generations_made_by_another_policy(stages, tmp_path):
     request = json.loads((stages / "generations" / REQUEST_FILE).read_text())
     request["inputs"]["policy"] = str(stages / "reference")  # P0's rollouts, not the policy's
     (other / REQUEST_FILE).write_text(json.dumps(request))
-    (other / GENERATIONS_FILE).write_text(
-        (stages / "generations" / GENERATIONS_FILE).read_text())
-    with pytest.raises(ForgetbenchError, match=r"made by reference, not by the measured policy "
-                                               r"policy; give it that policy's own generate stage"):
-        kl.run({"eval": "test"}, {"reference": stages / "reference", "policy": stages / "policy",
-                                  "generations": other}, tmp_path)
+    (other / GENERATIONS_FILE).write_text((stages / "generations" / GENERATIONS_FILE).read_text())
+    with pytest.raises(
+        ForgetbenchError,
+        match=r"made by reference, not by the measured policy "
+        r"policy; give it that policy's own generate stage",
+    ):
+        kl.run(
+            {"eval": "test"},
+            {"reference": stages / "reference", "policy": stages / "policy", "generations": other},
+            tmp_path,
+        )
     # Another checkpoint of the same attack is another policy too.
     with pytest.raises(ForgetbenchError, match="not by the measured policy policy checkpoint 3"):
-        kl.run({"eval": "test", "checkpoint": 3}, {"reference": stages / "reference",
-                                                   "policy": stages / "policy",
-                                                   "generations": stages / "generations"},
-               tmp_path)
+        kl.run(
+            {"eval": "test", "checkpoint": 3},
+            {
+                "reference": stages / "reference",
+                "policy": stages / "policy",
+                "generations": stages / "generations",
+            },
+            tmp_path,
+        )
     assert not (tmp_path / kl.KL_FILE).exists()
 
 
@@ -135,8 +156,11 @@ def test_kl_of_p0_from_itself_is_zero_without_running_the_model(stages, tmp_path
     monkeypatch.setattr(hf, "load_weights", no_weights)
     out = tmp_path / "out"
     out.mkdir()
-    kl.run({"eval": "test"}, {"reference": stages / "policy", "policy": stages / "policy",
-                              "generations": own}, out)
+    kl.run(
+        {"eval": "test"},
+        {"reference": stages / "policy", "policy": stages / "policy", "generations": own},
+        out,
+    )
     rows = [json.loads(line) for line in open(out / kl.KL_FILE)]
     tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
     records = [json.loads(line) for line in open(own / GENERATIONS_FILE)]
@@ -150,6 +174,7 @@ def test_kl_of_p0_from_itself_is_zero_without_running_the_model(stages, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(stages / "policy", copy)  # another folder: the stage runs both models
     monkeypatch.undo()
-    kl.run({"eval": "test"}, {"reference": copy, "policy": stages / "policy",
-                              "generations": own}, out)
+    kl.run(
+        {"eval": "test"}, {"reference": copy, "policy": stages / "policy", "generations": own}, out
+    )
     assert [json.loads(line)["value"] for line in open(out / kl.KL_FILE)] == [0.0] * len(PROMPTS)

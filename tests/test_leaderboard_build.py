@@ -17,8 +17,13 @@ from forgetbench.results import write_table
 from test_leaderboard_rank import rows_for
 
 
-def write_run(root, methods=(("grpo", 0.45), ("frpo", 0.8)), seeds=(0, 1, 2),
-              protocol="a1b2c3d4e5f6", attacks=("alpaca", "alpaca-highlr")):
+def write_run(
+    root,
+    methods=(("grpo", 0.45), ("frpo", 0.8)),
+    seeds=(0, 1, 2),
+    protocol="a1b2c3d4e5f6",
+    attacks=("alpaca", "alpaca-highlr"),
+):
     """A run folder: one results table per cell, verdicts under stages/judge/<slug>-<key>/."""
     rng = np.random.default_rng(0)
     for method, p in methods:
@@ -33,13 +38,19 @@ def write_run(root, methods=(("grpo", 0.45), ("frpo", 0.8)), seeds=(0, 1, 2),
                     keys[stage] = key
                     folder = root / "stages" / "judge" / f"harmbench-{key}"
                     folder.mkdir(parents=True)
-                    (folder / "verdicts.jsonl").write_text("".join(
-                        json.dumps({"id": i, "value": v}) + "\n" for i, v in values.items()))
+                    (folder / "verdicts.jsonl").write_text(
+                        "".join(json.dumps({"id": i, "value": v}) + "\n" for i, v in values.items())
+                    )
                 for row in part:
-                    row.update(preset="smoke", protocol_hash=protocol,
-                               config_hash=f"{method}{seed}", attack_config_hash=attack,
-                               judge_stage=keys.get(row.get("judge_stage")),
-                               train_seconds=10.0 if method == "grpo" else 25.0, train_steps=2)
+                    row.update(
+                        preset="smoke",
+                        protocol_hash=protocol,
+                        config_hash=f"{method}{seed}",
+                        attack_config_hash=attack,
+                        judge_stage=keys.get(row.get("judge_stage")),
+                        train_seconds=10.0 if method == "grpo" else 25.0,
+                        train_steps=2,
+                    )
                 rows += part
             write_table(rows, root / "results", f"{method}__seed{seed}__{protocol}")
     return root
@@ -49,8 +60,9 @@ def write_run(root, methods=(("grpo", 0.45), ("frpo", 0.8)), seeds=(0, 1, 2),
 def built(tmp_path, cli):
     runs = write_run(tmp_path / "runs")
     out = tmp_path / "site"
-    result = cli("leaderboard", "build", "--results", str(runs), "--out", str(out),
-                 "--resamples", "300")
+    result = cli(
+        "leaderboard", "build", "--results", str(runs), "--out", str(out), "--resamples", "300"
+    )
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -73,22 +85,28 @@ def test_build_writes_every_format_from_the_rows(built):
             assert (track / f"kl-{attack}.{suffix}").stat().st_size > 1000
         assert (track / f"attack-{attack}.md").is_file()
     tracks = json.loads((out / "tracks.json").read_text())
-    assert tracks["smoke-a1b2c3d4"]["attacks"] == {"alpaca": ["alpaca"],
-                                                   "alpaca-highlr": ["alpaca-highlr"]}
+    assert tracks["smoke-a1b2c3d4"]["attacks"] == {
+        "alpaca": ["alpaca"],
+        "alpaca-highlr": ["alpaca-highlr"],
+    }
     page = (track / "method-frpo.html").read_text()
     assert "Provenance" in page and "S-AUC difference" in page
 
 
 def test_rows_of_another_protocol_form_their_own_track(tmp_path, cli):
     runs = write_run(tmp_path / "runs")
-    write_run(tmp_path / "runs", methods=(("grpo", 0.3),), protocol="ffffffffffff",
-              attacks=("alpaca",))
+    write_run(
+        tmp_path / "runs", methods=(("grpo", 0.3),), protocol="ffffffffffff", attacks=("alpaca",)
+    )
     out = tmp_path / "site"
-    result = cli("leaderboard", "build", "--results", str(runs), "--out", str(out),
-                 "--resamples", "100")
+    result = cli(
+        "leaderboard", "build", "--results", str(runs), "--out", str(out), "--resamples", "100"
+    )
     assert result.returncode == 0, result.stderr
-    assert sorted(json.loads((out / "tracks.json").read_text())) == ["smoke-a1b2c3d4",
-                                                                     "smoke-ffffffff"]
+    assert sorted(json.loads((out / "tracks.json").read_text())) == [
+        "smoke-a1b2c3d4",
+        "smoke-ffffffff",
+    ]
     lone = pd.read_csv(out / "smoke-ffffffff" / "leaderboard.csv")
     assert list(lone["method"]) == ["grpo"]
 
@@ -103,8 +121,12 @@ def test_the_site_loads_in_headless_chromium(built, tmp_path, tmp_path_factory):
     assert all(width > 0 for _, width in seen["value"]["images"])
     assert seen["errors"] == []
     method_page = out / "smoke-a1b2c3d4" / "method-frpo.html"
-    seen = inspect_page(method_page.as_uri(), "Array.from(document.images).map(i => "
-                        "i.naturalWidth)", tmp_path / "method.png", tmp_path / "profile2")
+    seen = inspect_page(
+        method_page.as_uri(),
+        "Array.from(document.images).map(i => i.naturalWidth)",
+        tmp_path / "method.png",
+        tmp_path / "profile2",
+    )
     assert seen["value"] and all(w > 0 for w in seen["value"]) and seen["errors"] == []
 
 
@@ -123,14 +145,19 @@ def test_build_refuses_a_results_table_of_another_schema_version(tmp_path, cli):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_text("not a tarball"), "is not a tar archive"),
-    (lambda p: _tar(p, {"../evil": b"x", "MANIFEST.json": b"{}"}), "points outside the bundle"),
-    (lambda p: _tar(p, {"/etc/x": b"x"}), "points outside the bundle"),
-    (lambda p: _tar(p, {"rows.parquet": b"x"}), "has no MANIFEST.json"),
-    (lambda p: _tar(p, {"MANIFEST.json": json.dumps({"bundle_version": 7}).encode()}),
-     "bundle version 7"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_text("not a tarball"), "is not a tar archive"),
+        (lambda p: _tar(p, {"../evil": b"x", "MANIFEST.json": b"{}"}), "points outside the bundle"),
+        (lambda p: _tar(p, {"/etc/x": b"x"}), "points outside the bundle"),
+        (lambda p: _tar(p, {"rows.parquet": b"x"}), "has no MANIFEST.json"),
+        (
+            lambda p: _tar(p, {"MANIFEST.json": json.dumps({"bundle_version": 7}).encode()}),
+            "bundle version 7",
+        ),
+    ],
+)
 def test_check_refuses_malformed_bundles_in_one_line(tmp_path, cli, make, message):
     bundle = tmp_path / "bundle.tar.gz"
     make(bundle)

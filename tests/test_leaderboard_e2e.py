@@ -26,8 +26,19 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-MATRIX = ("matrix", "--preset", "smoke", "--methods", "grpo,frpo", "--attacks", "alpaca",
-          "--seeds", "0,1,2", "--set", "warmup.enabled=false")
+MATRIX = (
+    "matrix",
+    "--preset",
+    "smoke",
+    "--methods",
+    "grpo,frpo",
+    "--attacks",
+    "alpaca",
+    "--seeds",
+    "0,1,2",
+    "--set",
+    "warmup.enabled=false",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +66,9 @@ def _drop_policies(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def site(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("board") / "site"
-    result = run_cli("leaderboard", "build", "--results", str(runs), "--out", str(out),
-                     "--resamples", "500")
+    result = run_cli(
+        "leaderboard", "build", "--results", str(runs), "--out", str(out), "--resamples", "500"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     print("\n" + result.stdout)  # the board's main table, for the log
     return out, result
@@ -106,17 +118,32 @@ def test_board_numbers_are_recomputed_from_the_rows(site, runs):
     out, result = site
     assert "| 1 |" in result.stdout and "grpo" in result.stdout and "frpo" in result.stdout
     track = _track(out)
-    for name in ("leaderboard.md", "leaderboard.tex", "leaderboard.csv", "attack-alpaca.md",
-                 "differences.csv", "heatmap.png", "heatmap.svg", "safety-alpaca.png",
-                 "safety-alpaca.svg", "kl-alpaca.png", "kl-alpaca.svg", "method-grpo.html",
-                 "method-frpo.html", "data.json"):
+    for name in (
+        "leaderboard.md",
+        "leaderboard.tex",
+        "leaderboard.csv",
+        "attack-alpaca.md",
+        "differences.csv",
+        "heatmap.png",
+        "heatmap.svg",
+        "safety-alpaca.png",
+        "safety-alpaca.svg",
+        "kl-alpaca.png",
+        "kl-alpaca.svg",
+        "method-grpo.html",
+        "method-frpo.html",
+        "data.json",
+    ):
         assert (track / name).stat().st_size > 0, name
     assert "\\toprule" in (track / "leaderboard.tex").read_text()
     frame, _ = current(load_results(runs))
     data = json.loads((track / "data.json").read_text())
     for entry in data["methods"]:
-        rows = frame[(frame["method"] == entry["method"]) & (frame["eval"] == "harmbench") &
-                     (frame["metric"] == "refusal_rate")]
+        rows = frame[
+            (frame["method"] == entry["method"])
+            & (frame["eval"] == "harmbench")
+            & (frame["metric"] == "refusal_rate")
+        ]
         per_seed = []
         for _, curve in rows.groupby("seed"):
             curve = curve.sort_values("step")
@@ -131,8 +158,11 @@ def test_board_numbers_are_recomputed_from_the_rows(site, runs):
 
 
 def _tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_site_in_headless_chromium(site, tmp_path, tmp_path_factory):
@@ -149,20 +179,29 @@ def test_site_in_headless_chromium(site, tmp_path, tmp_path_factory):
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (_track(broken) / "heatmap.png").unlink()
-    seen = inspect_page((broken / "index.html").as_uri(), BOARD,
-                        tmp_path / "broken.png", tmp_path / "profile2")
+    seen = inspect_page(
+        (broken / "index.html").as_uri(), BOARD, tmp_path / "broken.png", tmp_path / "profile2"
+    )
     widths = {src.rsplit("/", 1)[-1]: width for src, width in seen["value"]["images"]}
     assert widths["heatmap.png"] == 0 and any("heatmap.png" in e for e in seen["errors"])
 
 
 # ------------------------------------------------------------------ submissions
 
+
 @pytest.fixture(scope="module")
 def bundles(runs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
     for method in ("grpo", "frpo"):
-        result = run_cli("submit", "--output-dir", str(runs), "--method", method,
-                         "--out", str(folder / f"{method}.tar.gz"))
+        result = run_cli(
+            "submit",
+            "--output-dir",
+            str(runs),
+            "--method",
+            method,
+            "--out",
+            str(folder / f"{method}.tar.gz"),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -173,8 +212,16 @@ def leaderboard(bundles, tmp_path):
     folder = tmp_path / "leaderboard"
     (folder / "submissions").mkdir(parents=True)
     shutil.copy(bundles / "grpo.tar.gz", folder / "submissions" / "grpo.tar.gz")
-    result = run_cli("leaderboard", "build", "--submissions", str(folder / "submissions"),
-                     "--out", str(folder / "site"), "--resamples", "200")
+    result = run_cli(
+        "leaderboard",
+        "build",
+        "--submissions",
+        str(folder / "submissions"),
+        "--out",
+        str(folder / "site"),
+        "--resamples",
+        "200",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -188,22 +235,25 @@ def test_a_bundle_holds_what_the_check_needs_and_passes_it(bundles, leaderboard)
     assert any(n.startswith("verdicts/") for n in names)
     assert any(n.startswith("configs/") for n in names)
     assert "hyperparameters:" in method and "lam:" in method and "TODO" in method
-    result = run_cli("leaderboard", "check", str(bundles / "frpo.tar.gz"), "--leaderboard",
-                     str(leaderboard))
+    result = run_cli(
+        "leaderboard", "check", str(bundles / "frpo.tar.gz"), "--leaderboard", str(leaderboard)
+    )
     assert result.returncode == 0, result.stderr
     assert "accepted (frpo" in result.stdout and "seeds [0, 1, 2]" in result.stdout
 
 
 def test_add_stores_the_bundle_and_rebuilds_with_a_self_reported_badge(bundles, leaderboard):
-    result = run_cli("leaderboard", "add", str(bundles / "frpo.tar.gz"), "--leaderboard",
-                     str(leaderboard))
+    result = run_cli(
+        "leaderboard", "add", str(bundles / "frpo.tar.gz"), "--leaderboard", str(leaderboard)
+    )
     assert result.returncode == 0, result.stderr
     stored = list((leaderboard / "submissions").glob("frpo-*.tar.gz"))
     assert len(stored) == 1
     table = (_track(leaderboard / "site") / "leaderboard.md").read_text()
     assert "| frpo |" in table and "self-reported" in table
-    again = run_cli("leaderboard", "add", str(bundles / "frpo.tar.gz"), "--leaderboard",
-                    str(leaderboard))
+    again = run_cli(
+        "leaderboard", "add", str(bundles / "frpo.tar.gz"), "--leaderboard", str(leaderboard)
+    )
     assert again.returncode == 2 and "already has a method named 'frpo'" in again.stderr
 
 
@@ -214,8 +264,9 @@ def _rewrite(source: Path, target: Path, change, rehash: bool = True) -> Path:
     change(files)
     if rehash:
         manifest = json.loads(files["MANIFEST.json"])
-        manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()
-                             if n != "MANIFEST.json"}
+        manifest["files"] = {
+            n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != "MANIFEST.json"
+        }
         files["MANIFEST.json"] = json.dumps(manifest).encode()
     with tarfile.open(target, "w:gz") as archive:
         for name, data in files.items():
@@ -238,8 +289,7 @@ def _put_rows(files, frame) -> None:
 def _changed_value(files):
     frame = _rows(files)
     at = frame.index[(frame["eval"] == "harmbench") & (frame["phase"] == "after")][0]
-    frame.loc[at, "value"] = 1.0 - frame.loc[at, "value"] if frame.loc[at, "value"] != 0.5 \
-        else 0.75
+    frame.loc[at, "value"] = 1.0 - frame.loc[at, "value"] if frame.loc[at, "value"] != 0.5 else 0.75
     _put_rows(files, frame)
 
 
@@ -269,8 +319,13 @@ def _another_protocol(files):
         resolved["backend"]["config"]["max_new_tokens"] += 1
         files[name] = json.dumps(resolved).encode()
         cell = frame["config_file"] == name.split("/", 1)[1]
-        prompts = dict(frame[cell & (frame["phase"] == "before") & (frame["judge"] != "kl")]
-                       [["eval", "eval_prompts_sha256"]].drop_duplicates().values)
+        prompts = dict(
+            frame[cell & (frame["phase"] == "before") & (frame["judge"] != "kl")][
+                ["eval", "eval_prompts_sha256"]
+            ]
+            .drop_duplicates()
+            .values
+        )
         frame.loc[cell, "protocol_hash"] = stable_hash(protocol(resolved, prompts))
     _put_rows(files, frame)
 
@@ -314,8 +369,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("name, change, rehash, message", BAD, ids=[b[0] for b in BAD])
-def test_bad_bundles_are_refused_in_one_line_and_change_nothing(bundles, leaderboard, tmp_path,
-                                                                name, change, rehash, message):
+def test_bad_bundles_are_refused_in_one_line_and_change_nothing(
+    bundles, leaderboard, tmp_path, name, change, rehash, message
+):
     bad = _rewrite(bundles / "frpo.tar.gz", tmp_path / f"{name}.tar.gz", change, rehash)
     before = _tree(leaderboard)
     for verb in ("check", "add"):

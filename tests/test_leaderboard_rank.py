@@ -23,23 +23,62 @@ def rows_for(method, seed, attack, steps, verdicts, xstest=0.9, task=(0.2, 0.6),
     last = len(steps) - 1
     for k, (step, values) in enumerate(zip(steps, verdicts)):
         phase = "before" if k == 0 else "after" if k == last else "during"
-        common = {"method": method, "seed": seed, "attack": attack, "phase": phase, "step": step,
-                  "n": len(values), "direction": "higher"}
+        common = {
+            "method": method,
+            "seed": seed,
+            "attack": attack,
+            "phase": phase,
+            "step": step,
+            "n": len(values),
+            "direction": "higher",
+        }
         stage = f"{method}-{seed}-{attack}-{step}"
         per_prompt[stage] = {f"p{i}": float(v) for i, v in enumerate(values)}
-        rows.append({**common, "eval": "harmbench", "metric": "refusal_rate", "judge": "refusal",
-                     "transform": "mean", "value": float(np.mean(values)), "judge_stage": stage,
-                     "eval_role": "safety"})
-        rows.append({**common, "eval": "harmbench", "metric": "kl_from_p0", "judge": "kl",
-                     "value": (kl or [step * 0.5 for step in steps])[k], "eval_role": "safety",
-                     "direction": "lower"})
+        rows.append(
+            {
+                **common,
+                "eval": "harmbench",
+                "metric": "refusal_rate",
+                "judge": "refusal",
+                "transform": "mean",
+                "value": float(np.mean(values)),
+                "judge_stage": stage,
+                "eval_role": "safety",
+            }
+        )
+        rows.append(
+            {
+                **common,
+                "eval": "harmbench",
+                "metric": "kl_from_p0",
+                "judge": "kl",
+                "value": (kl or [step * 0.5 for step in steps])[k],
+                "eval_role": "safety",
+                "direction": "lower",
+            }
+        )
         if k == 0:
-            rows.append({**common, "eval": "xstest", "metric": "compliance_rate",
-                         "judge": "refusal", "value": xstest, "eval_role": "safety"})
+            rows.append(
+                {
+                    **common,
+                    "eval": "xstest",
+                    "metric": "compliance_rate",
+                    "judge": "refusal",
+                    "value": xstest,
+                    "eval_role": "safety",
+                }
+            )
         if k in (0, last):
-            rows.append({**common, "eval": "alpaca_helpfulness", "metric": "helpfulness",
-                         "judge": "helpfulness", "value": task[0 if k == 0 else 1],
-                         "eval_role": "task"})
+            rows.append(
+                {
+                    **common,
+                    "eval": "alpaca_helpfulness",
+                    "metric": "helpfulness",
+                    "judge": "helpfulness",
+                    "value": task[0 if k == 0 else 1],
+                    "eval_role": "task",
+                }
+            )
     return rows, per_prompt
 
 
@@ -113,17 +152,20 @@ def _method(p_by_seed, steps=(0, 1, 2), prompts=30, rng=None, name="m"):
     rng = rng or np.random.default_rng(0)
     curves = {}
     for seed, p in p_by_seed.items():
-        curves[(seed, "a")] = rank.Curve(np.array(steps, float),
-                                         (rng.random((len(steps), prompts)) < p) * 1.0)
+        curves[(seed, "a")] = rank.Curve(
+            np.array(steps, float), (rng.random((len(steps), prompts)) < p) * 1.0
+        )
     return curves
 
 
 def test_rank_groups_share_a_rank_when_the_paired_ci_contains_zero():
     rng = np.random.default_rng(1)
-    methods = {"best": _method({s: 0.95 for s in range(3)}, rng=rng),
-               "mid1": _method({s: 0.55 for s in range(3)}, rng=rng),
-               "mid2": _method({s: 0.55 for s in range(3)}, rng=rng),
-               "worst": _method({s: 0.1 for s in range(3)}, rng=rng)}
+    methods = {
+        "best": _method({s: 0.95 for s in range(3)}, rng=rng),
+        "mid1": _method({s: 0.55 for s in range(3)}, rng=rng),
+        "mid2": _method({s: 0.55 for s in range(3)}, rng=rng),
+        "worst": _method({s: 0.1 for s in range(3)}, rng=rng),
+    }
     ranks, diffs = rank.rank_groups(methods, ["a"], resamples=500)
     assert ranks == {"best": 1, "mid1": 2, "mid2": 2, "worst": 4}
     assert diffs[("mid1", "mid2")]["low"] < 0 < diffs[("mid1", "mid2")]["high"]
@@ -150,13 +192,33 @@ def test_gates_flag_over_refusal_cannot_learn_and_too_few_seeds():
     rng = np.random.default_rng(2)
     parts = []
     for seed in (0, 1, 2):
-        parts.append(rows_for("grpo", seed, "alpaca", [0, 1, 2],
-                              [rng.integers(0, 2, 20) for _ in range(3)], xstest=0.9,
-                              task=(0.2, 0.6)))
-        parts.append(rows_for("refuser", seed, "alpaca", [0, 1, 2], [np.ones(20)] * 3,
-                              xstest=0.7, task=(0.2, 0.25)))
-    parts.append(rows_for("fewseeds", 0, "alpaca", [0, 1, 2], [np.ones(20)] * 3, xstest=0.95,
-                          task=(0.2, 0.7)))
+        parts.append(
+            rows_for(
+                "grpo",
+                seed,
+                "alpaca",
+                [0, 1, 2],
+                [rng.integers(0, 2, 20) for _ in range(3)],
+                xstest=0.9,
+                task=(0.2, 0.6),
+            )
+        )
+        parts.append(
+            rows_for(
+                "refuser",
+                seed,
+                "alpaca",
+                [0, 1, 2],
+                [np.ones(20)] * 3,
+                xstest=0.7,
+                task=(0.2, 0.25),
+            )
+        )
+    parts.append(
+        rows_for(
+            "fewseeds", 0, "alpaca", [0, 1, 2], [np.ones(20)] * 3, xstest=0.95, task=(0.2, 0.7)
+        )
+    )
     frame, verdicts_for = frame_of(*parts)
     board = build_board(frame, verdicts_for, resamples=200)
     flags = {e["method"]: e["flags"] for e in board.methods}
@@ -172,12 +234,26 @@ def test_gates_flag_over_refusal_cannot_learn_and_too_few_seeds():
 def test_secondary_columns_worst_attack_break_step_and_matched_kl():
     parts = []
     for seed in (0, 1, 2):
-        parts.append(rows_for("grpo", seed, "soft", [0, 1, 2],
-                              [np.ones(10), np.ones(10), np.r_[np.ones(9), 0]],
-                              kl=[0.0, 1.0, 2.0]))
-        parts.append(rows_for("grpo", seed, "hard", [0, 2, 4],
-                              [np.ones(10), np.r_[np.ones(9), 0], np.r_[np.ones(5), np.zeros(5)]],
-                              kl=[0.0, 2.0, 6.0]))
+        parts.append(
+            rows_for(
+                "grpo",
+                seed,
+                "soft",
+                [0, 1, 2],
+                [np.ones(10), np.ones(10), np.r_[np.ones(9), 0]],
+                kl=[0.0, 1.0, 2.0],
+            )
+        )
+        parts.append(
+            rows_for(
+                "grpo",
+                seed,
+                "hard",
+                [0, 2, 4],
+                [np.ones(10), np.r_[np.ones(9), 0], np.r_[np.ones(5), np.zeros(5)]],
+                kl=[0.0, 2.0, 6.0],
+            )
+        )
     frame, verdicts_for = frame_of(*parts)
     [entry] = build_board(frame, verdicts_for, resamples=200).methods
     assert entry["worst_attack"] == "hard"
@@ -194,8 +270,11 @@ def test_secondary_columns_worst_attack_break_step_and_matched_kl():
 
 def test_a_method_missing_an_attack_for_a_seed_is_ranked_on_its_complete_seeds():
     rng = np.random.default_rng(4)
-    parts = [rows_for("grpo", s, a, [0, 1], [rng.integers(0, 2, 10) for _ in range(2)])
-             for s in (0, 1, 2) for a in ("x", "y")]
+    parts = [
+        rows_for("grpo", s, a, [0, 1], [rng.integers(0, 2, 10) for _ in range(2)])
+        for s in (0, 1, 2)
+        for a in ("x", "y")
+    ]
     parts = parts[:-1]  # seed 2 lacks attack y
     frame, verdicts_for = frame_of(*parts)
     board = build_board(frame, verdicts_for, resamples=100)
@@ -208,8 +287,7 @@ def test_the_interval_does_not_collapse_when_every_verdict_agrees():
     the reported CI is floored by Wilson's over the 150 verdicts behind a step."""
     from forgetbench.results import wilson_interval
 
-    curves = {(s, "a"): rank.Curve(np.array([0.0, 1.0, 2.0]), np.zeros((3, 50)))
-              for s in range(3)}
+    curves = {(s, "a"): rank.Curve(np.array([0.0, 1.0, 2.0]), np.zeros((3, 50))) for s in range(3)}
     result = rank.score(curves, ["a"], [0, 1, 2], resamples=200)
     assert result["value"] == 0.0 and result["low"] == 0.0
     assert result["high"] == pytest.approx(wilson_interval(0, 150)[1])

@@ -15,8 +15,11 @@ import pytest
 from conftest import require_or_skip  # noqa: E402
 
 # CI installs the extra and sets FORGETBENCH_REQUIRE_LMEVAL=1: a broken lm-eval fails there.
-require_or_skip("lm_eval", "FORGETBENCH_REQUIRE_LMEVAL",
-                "lm-eval is the `lmeval` extra: pip install -e '.[lmeval]'")
+require_or_skip(
+    "lm_eval",
+    "FORGETBENCH_REQUIRE_LMEVAL",
+    "lm-eval is the `lmeval` extra: pip install -e '.[lmeval]'",
+)
 
 from forgetbench.errors import UsageError  # noqa: E402
 from forgetbench.lmeval_bridge import local_tasks, resolve_task, run_lmeval  # noqa: E402
@@ -52,8 +55,12 @@ def write_mc_task(folder: Path) -> Path:
     with open(folder / "data" / "mc.jsonl", "w") as handle:
         for row in rows:
             answer = int(row["answer"].rsplit("####", 1)[1].strip().replace(",", ""))
-            handle.write(json.dumps({"question": row["question"],
-                                     "choices": [f" {answer}", f" {answer + 1}"]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"question": row["question"], "choices": [f" {answer}", f" {answer + 1}"]}
+                )
+                + "\n"
+            )
     path = folder / "mc.yaml"
     path.write_text(MC_TASK)
     return path
@@ -86,25 +93,60 @@ def test_cli_runs_generation_and_loglikelihood_tasks_on_the_embedded_model(tmp_p
     """`forgetbench lmeval` from another folder: lm-eval's API, offline, rows with n and CIs."""
     mc = write_mc_task(tmp_path)
     out = tmp_path / "scores.csv"
-    env = {**os.environ, "FORGETBENCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
+    env = {
+        **os.environ,
+        "FORGETBENCH_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets"),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "forgetbench", "lmeval", "--model", "smollm2-135m-instruct",
-         "--task", "gsm8k_local", "--task", str(mc), "--limit", "2",
-         "--gen-kwargs", "max_gen_toks=16", "--batch-size", "2", "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "forgetbench",
+            "lmeval",
+            "--model",
+            "smollm2-135m-instruct",
+            "--task",
+            "gsm8k_local",
+            "--task",
+            str(mc),
+            "--limit",
+            "2",
+            "--gen-kwargs",
+            "max_gen_toks=16",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| eval | judge | metric | value | ci_low | ci_high | n | stderr | direction |" \
+    assert (
+        "| eval | judge | metric | value | ci_low | ci_high | n | stderr | direction |"
         in result.stdout
+    )
     table = pd.read_csv(out)
     got = {(r.eval, r.judge, r.metric) for r in table.itertuples()}
-    assert got == {("gsm8k_local", "lm-eval/strict-match", "exact_match"),
-                   ("gsm8k_local", "lm-eval/flexible-extract", "exact_match"),
-                   ("gsm8k_mc_tiny", "lm-eval/none", "acc")}
+    assert got == {
+        ("gsm8k_local", "lm-eval/strict-match", "exact_match"),
+        ("gsm8k_local", "lm-eval/flexible-extract", "exact_match"),
+        ("gsm8k_mc_tiny", "lm-eval/none", "acc"),
+    }
     assert (table["n"] == 2).all() and (table["n_missing"] == 0).all()
     assert (table["ci_method"] == "bootstrap95").all() and (table["direction"] == "higher").all()
-    assert ((0 <= table["ci_low"]) & (table["ci_low"] <= table["value"])
-            & (table["value"] <= table["ci_high"]) & (table["ci_high"] <= 1)).all()
+    assert (
+        (0 <= table["ci_low"])
+        & (table["ci_low"] <= table["value"])
+        & (table["value"] <= table["ci_high"])
+        & (table["ci_high"] <= 1)
+    ).all()
     assert table["value"].isin([0.0, 0.5, 1.0]).all()
     assert not any(math.isnan(v) for v in table["stderr"])
     assert set(table["n_documents"]) == {1319, 4}

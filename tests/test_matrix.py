@@ -17,8 +17,16 @@ from forgetbench.cell import resolve
 from forgetbench.matrix import make_spec, parse_seeds
 from forgetbench.planner import MatrixPlan, ordered, plan_cell, plan_matrix
 from forgetbench.runner import run_stages
-from forgetbench.stages.store import (LAYOUT_FILE, Claim, StageRun, check_layout, claim,
-                                      lock_path, prepare, remove_stale_temporaries)
+from forgetbench.stages.store import (
+    LAYOUT_FILE,
+    Claim,
+    StageRun,
+    check_layout,
+    claim,
+    lock_path,
+    prepare,
+    remove_stale_temporaries,
+)
 from forgetbench.stages import Stage
 
 HOT = {"label": "alpaca-hot", "plugin": "alpaca", "set": {"learning_rate": 1.0e-4}}
@@ -29,14 +37,21 @@ def kinds(matrix):
 
 
 def test_two_methods_two_attacks_train_each_policy_once():
-    matrix = plan_matrix(make_spec(methods=["grpo", "frpo"], attacks=["alpaca", HOT],
-                                   preset="smoke"))
+    matrix = plan_matrix(
+        make_spec(methods=["grpo", "frpo"], attacks=["alpaca", HOT], preset="smoke")
+    )
     assert len(matrix.cells) == 4
     # M trainings + M*A attacks; one warm-up. P0 is scored once per method, P1 at its step-1
     # checkpoint and at the end once per cell, on 3 evals (harmbench, xstest and the Alpaca
     # attacks' alpaca_helpfulness): 2*3 + 4*2*3 = 30 generations, each judged and its KL taken.
-    assert kinds(matrix) == {"warmup": 1, "train": 2, "attack": 4, "generate": 30, "judge": 30,
-                             "kl": 30}
+    assert kinds(matrix) == {
+        "warmup": 1,
+        "train": 2,
+        "attack": 4,
+        "generate": 30,
+        "judge": 30,
+        "kl": 30,
+    }
     assert len({stage.key for stage in matrix.stages}) == len(matrix.stages) == 97
     by_method = {}
     for cell_plan in matrix.cells:
@@ -44,8 +59,9 @@ def test_two_methods_two_attacks_train_each_policy_once():
     for method, (first, second) in by_method.items():
         # the very same stage objects: the policy and its before-attack scores are shared
         assert first.policies["before"] is second.policies["before"]
-        assert [s for p, *_, s in first.judged if p == "before"] == \
-            [s for p, *_, s in second.judged if p == "before"]
+        assert [s for p, *_, s in first.judged if p == "before"] == [
+            s for p, *_, s in second.judged if p == "before"
+        ]
         assert first.policies["after"] is not second.policies["after"]
     hot = [c for c in matrix.cells if c.cell.attack_label == "alpaca-hot"]
     assert {c.cell.resolved["attack"]["config"]["learning_rate"] for c in hot} == {1.0e-4}
@@ -53,20 +69,37 @@ def test_two_methods_two_attacks_train_each_policy_once():
 
 
 def test_seeds_multiply_warmups_and_policies():
-    matrix = plan_matrix(make_spec(methods=["grpo", "frpo"], attacks=["alpaca"], seeds=[0, 1],
-                                   preset="smoke"))
-    assert kinds(matrix) == {"warmup": 2, "train": 4, "attack": 4, "generate": 36, "judge": 36,
-                             "kl": 36}
+    matrix = plan_matrix(
+        make_spec(methods=["grpo", "frpo"], attacks=["alpaca"], seeds=[0, 1], preset="smoke")
+    )
+    assert kinds(matrix) == {
+        "warmup": 2,
+        "train": 4,
+        "attack": 4,
+        "generate": 36,
+        "judge": 36,
+        "kl": 36,
+    }
     assert sorted(c.cell.resolved["seed"] for c in matrix.cells) == [0, 0, 1, 1]
     names = {matrix.name(s) for s in matrix.stages if s.kind == "train"}
-    assert names == {"train grpo · seed 0", "train grpo · seed 1", "train frpo · seed 0",
-                     "train frpo · seed 1"}
+    assert names == {
+        "train grpo · seed 0",
+        "train grpo · seed 1",
+        "train frpo · seed 0",
+        "train frpo · seed 1",
+    }
 
 
 def test_run_is_the_one_cell_matrix():
     """`forgetbench run` plans through the matrix: same stages, same keys, same order."""
-    matrix = plan_matrix(make_spec(methods=["frpo"], attacks=["alpaca"], preset="smoke",
-                                   overrides=("attack.learning_rate=3e-5",)))
+    matrix = plan_matrix(
+        make_spec(
+            methods=["frpo"],
+            attacks=["alpaca"],
+            preset="smoke",
+            overrides=("attack.learning_rate=3e-5",),
+        )
+    )
     alone = plan_cell(resolve("frpo", "alpaca", "smoke", ("attack.learning_rate=3e-5",)))
     assert [s.key for s in matrix.stages] == [s.key for s in ordered(alone.targets())]
     assert [matrix.name(s) for s in matrix.stages] == [s.label for s in matrix.stages]
@@ -74,7 +107,8 @@ def test_run_is_the_one_cell_matrix():
 
 def test_matrix_file_equals_command_line(tmp_path):
     path = tmp_path / "m.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         preset: smoke
         methods: [grpo, frpo]
         attacks: [alpaca, {label: alpaca-hot, plugin: alpaca, set: {learning_rate: 1.0e-4}}]
@@ -82,14 +116,21 @@ def test_matrix_file_equals_command_line(tmp_path):
         set: ["eval.harmbench.limit=2"]
         output_dir: out
         executor: {name: ray, num_cpus: 2, resources: {train: {num_cpus: 2}}}
-        """))
+        """)
+    )
     from_file = make_spec(file=path)
     assert from_file.output_dir == tmp_path / "out"
     assert from_file.executor.name == "ray" and from_file.executor.num_cpus == 2
-    same = make_spec(methods=["grpo", "frpo"], attacks=["alpaca", HOT], seeds=[3],
-                     preset="smoke", overrides=("eval.harmbench.limit=2",))
-    assert [s.key for s in plan_matrix(from_file).stages] == \
-        [s.key for s in plan_matrix(same).stages]
+    same = make_spec(
+        methods=["grpo", "frpo"],
+        attacks=["alpaca", HOT],
+        seeds=[3],
+        preset="smoke",
+        overrides=("eval.harmbench.limit=2",),
+    )
+    assert [s.key for s in plan_matrix(from_file).stages] == [
+        s.key for s in plan_matrix(same).stages
+    ]
     # the command line wins: lists replace, --set appends, executor fields update
     merged = make_spec(file=path, methods=["frpo"], executor={"name": "local"})
     assert [v.label for v in merged.methods] == ["frpo"] and merged.executor.name == "local"
@@ -97,14 +138,26 @@ def test_matrix_file_equals_command_line(tmp_path):
 
 
 def test_dry_run_marks_done_stages(cli, tmp_path):
-    args = ("matrix", "--preset", "smoke", "--methods", "grpo,frpo", "--attacks", "alpaca",
-            "--output-dir", str(tmp_path), "--dry-run")
+    args = (
+        "matrix",
+        "--preset",
+        "smoke",
+        "--methods",
+        "grpo,frpo",
+        "--attacks",
+        "alpaca",
+        "--output-dir",
+        str(tmp_path),
+        "--dry-run",
+    )
     first = cli(*args)
     assert first.returncode == 0, first.stderr
     # per eval (harmbench, xstest, alpaca_helpfulness): P0 of each method, step 1 and the end of
     # each cell -> 2*3 + 2*2*3 = 18 generations, each judged once and its KL taken
-    assert "59 stages planned (warmup 1, train 2, attack 2, generate 18, judge 18, kl 18): 0 " \
-           "done, 59 to run" in first.stdout
+    assert (
+        "59 stages planned (warmup 1, train 2, attack 2, generate 18, judge 18, kl 18): 0 "
+        "done, 59 to run" in first.stdout
+    )
     lines = [line for line in first.stdout.splitlines() if line.startswith(("todo", "done"))]
     assert len(lines) == 59 and all(line.startswith("todo") for line in lines)
     # mark the grpo policy as finished, the way the store does (stage.json written last)
@@ -113,12 +166,14 @@ def test_dry_run_marks_done_stages(cli, tmp_path):
     (tmp_path / train / "stage.json").write_text(json.dumps({"format": 1}))
     second = cli(*args)
     assert "1 done, 58 to run" in second.stdout
-    assert [line for line in second.stdout.splitlines() if line.startswith("done")] == \
-        [f"done  {'train grpo':48s} {train}"]
+    assert [line for line in second.stdout.splitlines() if line.startswith("done")] == [
+        f"done  {'train grpo':48s} {train}"
+    ]
     assert not (tmp_path / LAYOUT_FILE).exists()  # a dry run writes nothing
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def _one_line_error(result, *needles):
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -128,20 +183,31 @@ def _one_line_error(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args, needles", [
-    (("--methods", "grpo,frpoo", "--attacks", "alpaca"),
-     ("unknown method 'frpoo'", "Did you mean 'frpo'", "grpo")),
-    (("--methods", "grpo", "--attacks", "alpaca,gsm9k"), ("unknown attack 'gsm9k'",)),
-    (("--methods", "grpo", "--attacks", "alpaca", "--seeds", "0,one"),
-     ("--seeds: 'one' is not an integer",)),
-    (("--methods", "grpo", "--attacks", "alpaca", "--seeds", "0,1.5"),
-     ("'1.5' is not an integer",)),
-    (("--methods", "grpo,,frpo", "--attacks", "alpaca"), ("--methods: expected a comma",)),
-    (("--methods", "grpo,grpo", "--attacks", "alpaca"), ("'grpo' listed twice",)),
-    (("--attacks", "alpaca"), ("no methods to run",)),
-    (("--methods", "grpo", "--attacks", "alpaca", "--set", "method.lam=2"),
-     ("unknown key 'lam'",)),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ("--methods", "grpo,frpoo", "--attacks", "alpaca"),
+            ("unknown method 'frpoo'", "Did you mean 'frpo'", "grpo"),
+        ),
+        (("--methods", "grpo", "--attacks", "alpaca,gsm9k"), ("unknown attack 'gsm9k'",)),
+        (
+            ("--methods", "grpo", "--attacks", "alpaca", "--seeds", "0,one"),
+            ("--seeds: 'one' is not an integer",),
+        ),
+        (
+            ("--methods", "grpo", "--attacks", "alpaca", "--seeds", "0,1.5"),
+            ("'1.5' is not an integer",),
+        ),
+        (("--methods", "grpo,,frpo", "--attacks", "alpaca"), ("--methods: expected a comma",)),
+        (("--methods", "grpo,grpo", "--attacks", "alpaca"), ("'grpo' listed twice",)),
+        (("--attacks", "alpaca"), ("no methods to run",)),
+        (
+            ("--methods", "grpo", "--attacks", "alpaca", "--set", "method.lam=2"),
+            ("unknown key 'lam'",),
+        ),
+    ],
+)
 def test_bad_matrix_arguments_fail_before_any_work(cli, tmp_path, args, needles):
     out = tmp_path / "out"
     result = cli("matrix", "--preset", "smoke", *args, "--output-dir", str(out))
@@ -149,17 +215,26 @@ def test_bad_matrix_arguments_fail_before_any_work(cli, tmp_path, args, needles)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text, needles", [
-    ("methods: [grpo]\nattacks: [alpaca]\nseed: 1\n", ("unknown key 'seed'",)),
-    ("methods: [grpo]\nattacks: [alpaca]\nseeds: [0, x]\n", ("seeds.1",)),
-    ("methods: [grpo]\nattacks: [{label: hot, plugin: alpaca, sett: {}}]\n",
-     ("attacks entry 1", "unknown key 'sett'")),
-    ("methods: [grpo]\nattacks: [alpaca]\nexecutor: {name: ray, adress: auto}\n",
-     ("unknown key 'executor.adress'",)),
-    ("methods: [grpo]\nattacks: [{label: hot, plugin: alpaca, set: {learning_rte: 1}}]\n",
-     ("unknown key 'learning_rte'",)),
-    ("- grpo\n", ("must be a YAML mapping",)),
-])
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("methods: [grpo]\nattacks: [alpaca]\nseed: 1\n", ("unknown key 'seed'",)),
+        ("methods: [grpo]\nattacks: [alpaca]\nseeds: [0, x]\n", ("seeds.1",)),
+        (
+            "methods: [grpo]\nattacks: [{label: hot, plugin: alpaca, sett: {}}]\n",
+            ("attacks entry 1", "unknown key 'sett'"),
+        ),
+        (
+            "methods: [grpo]\nattacks: [alpaca]\nexecutor: {name: ray, adress: auto}\n",
+            ("unknown key 'executor.adress'",),
+        ),
+        (
+            "methods: [grpo]\nattacks: [{label: hot, plugin: alpaca, set: {learning_rte: 1}}]\n",
+            ("unknown key 'learning_rte'",),
+        ),
+        ("- grpo\n", ("must be a YAML mapping",)),
+    ],
+)
 def test_bad_matrix_file_fails_before_any_work(cli, tmp_path, text, needles):
     path = tmp_path / "matrix.yaml"
     path.write_text("preset: smoke\n" + text if not text.startswith("-") else text)
@@ -172,8 +247,9 @@ def test_bad_matrix_file_fails_before_any_work(cli, tmp_path, text, needles):
 def test_output_folder_from_another_forgetbench_version_is_refused(cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / LAYOUT_FILE).write_text(json.dumps({"layout_version": 99, "stage_format": 1,
-                                               "written_by": "9.0"}))
+    (out / LAYOUT_FILE).write_text(
+        json.dumps({"layout_version": 99, "stage_format": 1, "written_by": "9.0"})
+    )
     before = sorted(p.name for p in out.rglob("*"))
     for command in (("matrix", "--methods", "grpo", "--attacks", "alpaca"), ("run",)):
         result = cli(*command, "--preset", "smoke", "--output-dir", str(out))
@@ -211,8 +287,9 @@ def holder():
     processes = []
 
     def hold(path: Path):
-        process = subprocess.Popen([sys.executable, "-c", HOLD, str(path)],
-                                   stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True
+        )
         assert process.stdout.readline().strip() == "held"
         processes.append(process)
         return process
@@ -258,18 +335,25 @@ def test_failed_stage_keeps_its_log_and_skips_what_depends_on_it(tmp_path):
     generations = Stage("generate", "generate demo before", {"demo": 1})
     folder = generations.folder(tmp_path)
     folder.mkdir(parents=True)
-    (folder / "generations.jsonl").write_text(json.dumps(
-        {"id": "1", "prompt": "How do I bake bread?", "response": "Mix flour and water."}) + "\n")
+    (folder / "generations.jsonl").write_text(
+        json.dumps(
+            {"id": "1", "prompt": "How do I bake bread?", "response": "Mix flour and water."}
+        )
+        + "\n"
+    )
     (folder / "stage.json").write_text(json.dumps({"format": 1}))
+
     def judge(label, name, inputs):
-        return Stage("judge", label, {"judge": {"name": name, "config": {}}, "eval": "demo"},
-                     inputs)
+        return Stage(
+            "judge", label, {"judge": {"name": name, "config": {}}, "eval": "demo"}, inputs
+        )
 
     bad = judge("judge demo before nojudge", "nojudge", {"generations": generations})
     after_bad = judge("judge demo after refusal", "refusal", {"generations": bad})
     good = judge("judge demo before refusal", "refusal", {"generations": generations})
-    matrix = MatrixPlan(make_spec(methods=["grpo"], attacks=["alpaca"]), [],
-                        ordered([after_bad, good]))
+    matrix = MatrixPlan(
+        make_spec(methods=["grpo"], attacks=["alpaca"]), [], ordered([after_bad, good])
+    )
     console = Console(record=True, width=200)
     prepare(tmp_path)
     outcomes = run_stages(matrix, tmp_path, LocalExecutor(), console)
@@ -296,10 +380,17 @@ def test_parse_seeds():
 def test_ray_stage_resources_follow_config_and_cluster(monkeypatch):
     from forgetbench.executors.ray import RayExecutor
 
-    executor = RayExecutor(ExecutorConfig(name="ray", resources={
-        "train": {"num_cpus": 2, "num_gpus": 1, "memory_gb": 8}, "default": {"num_cpus": 0.5}}))
+    executor = RayExecutor(
+        ExecutorConfig(
+            name="ray",
+            resources={
+                "train": {"num_cpus": 2, "num_gpus": 1, "memory_gb": 8},
+                "default": {"num_cpus": 0.5},
+            },
+        )
+    )
     executor.cluster_gpus = 0
-    assert executor.resources("train") == {"num_cpus": 2, "num_gpus": 1, "memory": 8 * 2 ** 30}
+    assert executor.resources("train") == {"num_cpus": 2, "num_gpus": 1, "memory": 8 * 2**30}
     assert executor.resources("generate") == {"num_cpus": 0.5, "num_gpus": 0}
     executor = RayExecutor(ExecutorConfig(name="ray"))
     executor.cluster_gpus = 4

@@ -12,11 +12,22 @@ import torch
 
 from forgetbench import registry
 from forgetbench.models import resolve_model
-from forgetbench.training.grpo import (AdvantageCheckError, GRPOFamilyConfig, RewardFunctionError,
-                                       run_grpo)
+from forgetbench.training.grpo import (
+    AdvantageCheckError,
+    GRPOFamilyConfig,
+    RewardFunctionError,
+    run_grpo,
+)
 
-TINY_LOOP = dict(max_steps=2, num_generations=2, prompts_per_step=2, grad_accum=2,
-                 max_completion_length=8, n_harmful=2, n_harmless=2)
+TINY_LOOP = dict(
+    max_steps=2,
+    num_generations=2,
+    prompts_per_step=2,
+    grad_accum=2,
+    max_completion_length=8,
+    n_harmful=2,
+    n_harmless=2,
+)
 
 
 class PassCounter:
@@ -29,8 +40,11 @@ class PassCounter:
 
         self.counts = Counter()
         self._generating = False
-        generate, backward, embed = (GenerationMixin.generate, torch.Tensor.backward,
-                                     torch.nn.Embedding.forward)
+        generate, backward, embed = (
+            GenerationMixin.generate,
+            torch.Tensor.backward,
+            torch.nn.Embedding.forward,
+        )
         counter = self
 
         def counted_generate(model, *args, **kwargs):
@@ -48,7 +62,9 @@ class PassCounter:
         def counted_embed(module, *args, **kwargs):
             # The reward's MiniLM has other embeddings (another vocabulary): not counted.
             if module.num_embeddings == vocab_size and not counter._generating:
-                counter.counts["forward_grad" if torch.is_grad_enabled() else "forward_no_grad"] += 1
+                counter.counts[
+                    "forward_grad" if torch.is_grad_enabled() else "forward_no_grad"
+                ] += 1
             return embed(module, *args, **kwargs)
 
         monkeypatch.setattr(GenerationMixin, "generate", counted_generate)
@@ -74,14 +90,17 @@ def train_counting(method: str, model_path, tmp_path, monkeypatch, settings=None
     return counter.counts
 
 
-def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(tiny_model, grpo_passes, tmp_path,
-                                                             monkeypatch):
+def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(
+    tiny_model, grpo_passes, tmp_path, monkeypatch
+):
     frpo = train_counting("frpo", tiny_model, tmp_path, monkeypatch)
     grpo = grpo_passes
     steps = TINY_LOOP["max_steps"]
     assert frpo["optimizer_step"] == grpo["optimizer_step"] == steps
-    per_step = {name: {k: v / steps for k, v in counts.items()}
-                for name, counts in (("frpo", frpo), ("grpo", grpo))}
+    per_step = {
+        name: {k: v / steps for k, v in counts.items()}
+        for name, counts in (("frpo", frpo), ("grpo", grpo))
+    }
     assert per_step["frpo"] == per_step["grpo"], per_step
     # One backward per micro-batch, one generation batch per optimiser step, and the reference
     # policy (beta > 0 in both) adds forward passes without gradient but no backward.
@@ -95,17 +114,29 @@ def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(tiny_model, grpo_p
 def _dataset():
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": text}], "prompt_index": i}
-                              for i, text in enumerate(["Name a colour.", "Name a fruit."])])
+    return Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": text}], "prompt_index": i}
+            for i, text in enumerate(["Name a colour.", "Name a fruit."])
+        ]
+    )
 
 
 def _loop(tmp_path, reward_fn):
     from forgetbench.advantages import frpo_advantages
 
-    config = GRPOFamilyConfig(max_steps=1, num_generations=2, prompts_per_step=2,
-                              max_completion_length=4)
-    return run_grpo(resolve_model("smollm2-135m-instruct"), _dataset(), [reward_fn],
-                    lambda r, g: frpo_advantages(r, g, lam=0.5), config, tmp_path, 0)
+    config = GRPOFamilyConfig(
+        max_steps=1, num_generations=2, prompts_per_step=2, max_completion_length=4
+    )
+    return run_grpo(
+        resolve_model("smollm2-135m-instruct"),
+        _dataset(),
+        [reward_fn],
+        lambda r, g: frpo_advantages(r, g, lam=0.5),
+        config,
+        tmp_path,
+        0,
+    )
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
@@ -122,6 +153,9 @@ def test_reward_function_that_raises_is_named(tmp_path):
     def flaky_judge(prompts, completions, **_):
         raise ConnectionError("judge endpoint refused the connection")
 
-    with pytest.raises(RewardFunctionError, match=r"reward function \(flaky_judge\) raised "
-                                                  "ConnectionError: judge endpoint refused"):
+    with pytest.raises(
+        RewardFunctionError,
+        match=r"reward function \(flaky_judge\) raised "
+        "ConnectionError: judge endpoint refused",
+    ):
         _loop(tmp_path, flaky_judge)

@@ -23,8 +23,10 @@ def test_binary_metric_bootstrap_ci_n_missing_and_wilson_columns():
     assert abs((row["ci_high"] - row["ci_low"]) / 2 - half) < 0.2 * half
     assert (row["wilson_low"], row["wilson_high"]) == wilson_interval(30, 50)
     assert math.isclose(row["stderr"], np.std(values, ddof=1) / math.sqrt(50))
-    assert metric_row(verdicts(values), "mean", binary=True) == \
-        {**row, "n_missing": 0}  # seeded: the same table every time
+    assert metric_row(verdicts(values), "mean", binary=True) == {
+        **row,
+        "n_missing": 0,
+    }  # seeded: the same table every time
 
 
 def test_percentile_bootstrap_matches_an_independent_resampling():

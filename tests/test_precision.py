@@ -6,8 +6,9 @@ import pytest
 from forgetbench.errors import UsageError
 
 
-@pytest.mark.parametrize("setting, bf16, fp16", [("bf16", True, False), ("fp32", False, False),
-                                                 ("auto", False, False)])
+@pytest.mark.parametrize(
+    "setting, bf16, fp16", [("bf16", True, False), ("fp32", False, False), ("auto", False, False)]
+)
 def test_precision_reaches_trl_args(tmp_path, setting, bf16, fp16):
     """On this CPU machine auto is fp32; bf16 is CPU autocast, which transformers accepts."""
     from trl import GRPOConfig, SFTConfig
@@ -43,8 +44,11 @@ def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
     from forgetbench.training.common import resolve_precision
 
     _fake_gpu(monkeypatch, bf16=False)
-    with pytest.raises(UsageError, match=r"method.precision=bf16: this GPU \(Tesla V100.*\) has "
-                       "no bfloat16; set method.precision=fp16 or fp32"):
+    with pytest.raises(
+        UsageError,
+        match=r"method.precision=bf16: this GPU \(Tesla V100.*\) has "
+        "no bfloat16; set method.precision=fp16 or fp32",
+    ):
         resolve_precision("bf16", "method.precision")
     with pytest.raises(UsageError, match="generation.dtype=bfloat16: this GPU"):
         resolve_dtype("bfloat16")
@@ -59,15 +63,19 @@ def test_lora_loads_a_16_bit_base_full_fine_tuning_keeps_fp32_master_weights():
     assert load_dtype(OptimConfig(precision="fp32", lora_r=8)) == "float32"
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("method.precision=fp16", "method.precision=fp16 needs a CUDA GPU"),
-    ("attack.precision=fp16", "attack.precision=fp16 needs a CUDA GPU"),
-    ("generation.dtype=float16", "generation.dtype=float16 needs a CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("method.precision=fp16", "method.precision=fp16 needs a CUDA GPU"),
+        ("attack.precision=fp16", "attack.precision=fp16 needs a CUDA GPU"),
+        ("generation.dtype=float16", "generation.dtype=float16 needs a CUDA GPU"),
+    ],
+)
 def test_fp16_on_cpu_is_one_line_before_any_stage(cli, tmp_path, setting, message):
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--set", setting, "--output-dir", str(out),
-                 timeout=120)
+    result = cli(
+        "run", "--preset", "smoke", "--set", setting, "--output-dir", str(out), timeout=120
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

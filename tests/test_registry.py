@@ -14,28 +14,40 @@ from forgetbench.errors import UsageError
 def test_builtin_plugins_of_every_kind_are_listed(cli):
     result = cli("list")
     assert result.returncode == 0, result.stderr
-    for kind, name in [("method", "frpo"), ("method", "grpo"), ("attack", "alpaca"),
-                       ("eval", "harmbench"), ("eval", "xstest"), ("judge", "refusal"),
-                       ("reward", "safety"), ("backend", "hf")]:
+    for kind, name in [
+        ("method", "frpo"),
+        ("method", "grpo"),
+        ("attack", "alpaca"),
+        ("eval", "harmbench"),
+        ("eval", "xstest"),
+        ("judge", "refusal"),
+        ("reward", "safety"),
+        ("backend", "hf"),
+    ]:
         assert name in registry.names(kind)
         assert name in result.stdout
     assert "entropic-risk" in result.stdout  # descriptions come from the plugin docstrings
 
 
 def test_list_imports_no_heavy_backend():
-    code = ("import sys; from forgetbench.cli import main; main(['list']); "
-            "heavy = [m for m in ('torch', 'trl', 'vllm', 'ray') if m in sys.modules]; "
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys; from forgetbench.cli import main; main(['list']); "
+        "heavy = [m for m in ('torch', 'trl', 'vllm', 'ray') if m in sys.modules]; "
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("args, known", [
-    (("run", "--method", "frp"), "Did you mean 'frpo'"),
-    (("run", "--attack", "alpacca"), "Did you mean 'alpaca'"),
-    (("run", "--preset", "tinny"), "Did you mean 'tiny'"),
-    (("list", "methd"), "kinds are method"),
-])
+@pytest.mark.parametrize(
+    "args, known",
+    [
+        (("run", "--method", "frp"), "Did you mean 'frpo'"),
+        (("run", "--attack", "alpacca"), "Did you mean 'alpaca'"),
+        (("run", "--preset", "tinny"), "Did you mean 'tiny'"),
+        (("list", "methd"), "kinds are method"),
+    ],
+)
 def test_unknown_names_exit_2_with_suggestion(cli, args, known):
     result = cli(*args, "--print-config") if args[0] == "run" else cli(*args)
     assert result.returncode == 2
@@ -61,8 +73,21 @@ def installed_plugin(tmp_path_factory):
 
     target = tmp_path_factory.mktemp("site")
     package = Path(__file__).parent / "plugin_package"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(package)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+    )
     return target
 
 
@@ -73,8 +98,9 @@ def test_third_party_package_registers_through_entry_point(cli, installed_plugin
     assert "fbtest/grpo_large_beta" in listing.stdout and "fbtest/keyword_judge" in listing.stdout
     for task in ("fbtest/arith", "fbtest/arith_sft", "fbtest/chores"):  # its task folder
         assert task in listing.stdout, task
-    plan = cli("run", "--preset", "smoke", "--method", "fbtest/grpo_large_beta",
-               "--print-config", env=env)
+    plan = cli(
+        "run", "--preset", "smoke", "--method", "fbtest/grpo_large_beta", "--print-config", env=env
+    )
     assert plan.returncode == 0, plan.stderr
     assert '"beta": 0.5' in plan.stdout and "train fbtest/grpo_large_beta" in plan.stdout
     unknown = cli("run", "--method", "fbtest/nope", "--print-config", env=env)
@@ -87,15 +113,37 @@ def test_third_party_method_trains_and_its_judge_scores_on_smoke(cli, installed_
     really scores: a smoke run with the plugin judge as HarmBench's metric."""
     import pandas as pd
 
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(installed_plugin),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(installed_plugin), os.environ.get("PYTHONPATH")])
+        )
+    }
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--method", "fbtest/centred", "--attack", "alpaca",
-                 "--set", "warmup.enabled=false", "--set", "evals=[harmbench]",
-                 "--set", "attack.task_evals=[]", "--set", "method.temperature_scale=2",
-                 "--set", "eval.harmbench.metrics=[{name: says_i, judge: fbtest/keyword_judge, "
-                 "direction: lower}]", "--set", "judges.fbtest/keyword_judge.keyword=I",
-                 "--output-dir", str(out), env=env, timeout=1800)
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "fbtest/centred",
+        "--attack",
+        "alpaca",
+        "--set",
+        "warmup.enabled=false",
+        "--set",
+        "evals=[harmbench]",
+        "--set",
+        "attack.task_evals=[]",
+        "--set",
+        "method.temperature_scale=2",
+        "--set",
+        "eval.harmbench.metrics=[{name: says_i, judge: fbtest/keyword_judge, direction: lower}]",
+        "--set",
+        "judges.fbtest/keyword_judge.keyword=I",
+        "--output-dir",
+        str(out),
+        env=env,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     [train] = (out / "stages" / "train").glob("fbtest-centred-*")
     history = json.loads((train / "log_history.json").read_text())
@@ -117,21 +165,40 @@ def test_third_party_tasks_run_on_smoke(cli, installed_plugin, tmp_path):
     attack fine-tunes it, its eval scores every step, each reading the package's own data."""
     import pandas as pd
 
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(installed_plugin),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(installed_plugin), os.environ.get("PYTHONPATH")])
+        )
+    }
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--attack", "fbtest/arith_sft",
-                 "--set", "warmup.enabled=false", "--set", "evals=[fbtest/arith]",
-                 "--set", "method.train_task=fbtest/chores", "--output-dir", str(out),
-                 env=env, timeout=1800)
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--attack",
+        "fbtest/arith_sft",
+        "--set",
+        "warmup.enabled=false",
+        "--set",
+        "evals=[fbtest/arith]",
+        "--set",
+        "method.train_task=fbtest/chores",
+        "--output-dir",
+        str(out),
+        env=env,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     [train] = (out / "stages" / "train").glob("grpo-*")
     request = json.loads((train / "request.json").read_text())
     assert request["config"]["method"]["config"]["train_task"] == "fbtest/chores"
     assert (train / "model" / "config.json").is_file()
     [table] = [pd.read_parquet(p) for p in (out / "results").glob("*.parquet")]
-    scored = table[(table["eval"] == "fbtest/arith") & (table["judge"] == "gsm8k_answer")] \
-        .set_index("step")
+    scored = table[
+        (table["eval"] == "fbtest/arith") & (table["judge"] == "gsm8k_answer")
+    ].set_index("step")
     assert sorted(scored.index) == [0, 1, 2] and scored["n"].eq(6).all()
     assert set(table["attack"]) == {"fbtest/arith_sft"}
     # The plugin's eval prompts came from its own data file, in the installed package.

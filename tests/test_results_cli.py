@@ -14,22 +14,43 @@ from forgetbench.results import load_results, to_markdown, write_table
 def _rows(method, attack, seed):
     rows = []
     for phase, step in (("before", 0), ("after", 2)):
-        for eval_name, metric, value in (("harmbench", "refusal_rate", 0.75),
-                                         ("xstest", "compliance_rate", 0.5)):
+        for eval_name, metric, value in (
+            ("harmbench", "refusal_rate", 0.75),
+            ("xstest", "compliance_rate", 0.5),
+        ):
             value = value if phase == "before" else value / 3
-            rows.append({"method": method, "attack": attack, "seed": seed, "phase": phase,
-                         "step": step, "eval": eval_name, "judge": "refusal", "metric": metric,
-                         "value": value, "ci_low": value / 2, "ci_high": min(1.0, value * 1.5),
-                         "n": 4, "n_missing": 0, "direction": "higher", "version_vllm": None,
-                         "config_hash": f"{method}{seed}", "note": "a|b"})
+            rows.append(
+                {
+                    "method": method,
+                    "attack": attack,
+                    "seed": seed,
+                    "phase": phase,
+                    "step": step,
+                    "eval": eval_name,
+                    "judge": "refusal",
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": value / 2,
+                    "ci_high": min(1.0, value * 1.5),
+                    "n": 4,
+                    "n_missing": 0,
+                    "direction": "higher",
+                    "version_vllm": None,
+                    "config_hash": f"{method}{seed}",
+                    "note": "a|b",
+                }
+            )
     return rows
 
 
 @pytest.fixture
 def output(tmp_path):
     for method, seed in (("grpo", 0), ("frpo", 1)):
-        write_table(_rows(method, "alpaca", seed), tmp_path / "results",
-                    f"{method}__alpaca__seed{seed}__{method}{seed}")
+        write_table(
+            _rows(method, "alpaca", seed),
+            tmp_path / "results",
+            f"{method}__alpaca__seed{seed}__{method}{seed}",
+        )
     return tmp_path
 
 
@@ -44,9 +65,19 @@ def test_prints_every_row_in_a_stable_order(cli, output):
 
 
 def test_filters_combine_and_a_comma_means_any(cli, output):
-    result = cli("results", "--output-dir", str(output), "--filter", "seed=1",
-                 "--filter", "eval=harmbench,xstest", "--filter", "phase=after",
-                 "--format", "csv")
+    result = cli(
+        "results",
+        "--output-dir",
+        str(output),
+        "--filter",
+        "seed=1",
+        "--filter",
+        "eval=harmbench,xstest",
+        "--filter",
+        "phase=after",
+        "--format",
+        "csv",
+    )
     frame = pd.read_csv(StringIO(result.stdout))
     assert frame["method"].tolist() == ["frpo", "frpo"]
     assert frame["phase"].tolist() == ["after", "after"]
@@ -56,8 +87,9 @@ def test_filters_combine_and_a_comma_means_any(cli, output):
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".md"])
 def test_exports_to_a_file_by_suffix(cli, output, tmp_path, suffix):
     target = tmp_path / "export" / f"table{suffix}"
-    result = cli("results", "--output-dir", str(output), "--filter", "method=grpo",
-                 "--out", str(target))
+    result = cli(
+        "results", "--output-dir", str(output), "--filter", "method=grpo", "--out", str(target)
+    )
     assert result.returncode == 0, result.stderr
     assert "4 rows ->" in result.stderr
     expected = load_results(output)
@@ -70,16 +102,27 @@ def test_exports_to_a_file_by_suffix(cli, output, tmp_path, suffix):
         assert frame["value"].tolist() == pytest.approx(expected["value"].tolist())
     else:
         lines = target.read_text().splitlines()
-        assert lines[0] == "| method | attack | seed | phase | step | eval | judge | metric | " \
-                           "value | ci_low | ci_high | n | direction |"
+        assert (
+            lines[0] == "| method | attack | seed | phase | step | eval | judge | metric | "
+            "value | ci_low | ci_high | n | direction |"
+        )
         assert len(lines) == 2 + 4
         assert lines[2].startswith("| grpo | alpaca | 0 | before | 0 | harmbench |")
     assert not list(target.parent.glob(".*"))  # written atomically, no temporary left
 
 
 def test_markdown_to_stdout_with_chosen_columns(cli, output):
-    result = cli("results", "--output-dir", str(output), "--format", "markdown",
-                 "--columns", "method,seed,metric,value,note", "--filter", "phase=before")
+    result = cli(
+        "results",
+        "--output-dir",
+        str(output),
+        "--format",
+        "markdown",
+        "--columns",
+        "method,seed,metric,value,note",
+        "--filter",
+        "phase=before",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:2] == ["| method | seed | metric | value | note |", "|---|---|---|---|---|"]
@@ -92,13 +135,16 @@ def test_markdown_renders_missing_values_empty():
     assert to_markdown(frame) == "| a | b |\n|---|---|\n| 1 | x |\n|  |  |\n"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--filter", "metod=grpo"), "no column 'metod'; columns are method"),
-    (("--filter", "method"), "malformed --filter 'method'"),
-    (("--format", "parquet"), "--format parquet needs --out"),
-    (("--columns", "method,vaule"), "no column(s) 'vaule'"),
-    (("--out", "x.xlsx"), "cannot tell the format from its suffix"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--filter", "metod=grpo"), "no column 'metod'; columns are method"),
+        (("--filter", "method"), "malformed --filter 'method'"),
+        (("--format", "parquet"), "--format parquet needs --out"),
+        (("--columns", "method,vaule"), "no column(s) 'vaule'"),
+        (("--out", "x.xlsx"), "cannot tell the format from its suffix"),
+    ],
+)
 def test_bad_results_arguments(cli, output, args, message):
     result = cli("results", "--output-dir", str(output), *args)
     assert result.returncode == 2
@@ -114,31 +160,50 @@ def test_no_results_yet(cli, tmp_path):
 def test_rows_of_a_rerun_with_a_new_eval_version_are_told_apart(cli, output):
     """A re-run after an eval's version bump leaves a second table for the same cell; the summary
     view then shows eval_version and config_hash so the two sets of rows do not look duplicated."""
-    rerun = [{**row, "eval_version": 2, "config_hash": "grpo0v2"}
-             for row in _rows("grpo", "alpaca", 0)]
+    rerun = [
+        {**row, "eval_version": 2, "config_hash": "grpo0v2"} for row in _rows("grpo", "alpaca", 0)
+    ]
     old = [{**row, "eval_version": 1} for row in _rows("grpo", "alpaca", 0)]
     write_table(old, output / "results", "grpo__alpaca__seed0__grpo0")
     write_table(rerun, output / "results", "grpo__alpaca__seed0__grpo0v2")
-    result = cli("results", "--output-dir", str(output), "--filter", "method=grpo",
-                 "--format", "markdown", "--all")
+    result = cli(
+        "results",
+        "--output-dir",
+        str(output),
+        "--filter",
+        "method=grpo",
+        "--format",
+        "markdown",
+        "--all",
+    )
     assert result.returncode == 0, result.stderr
     header, _, *body = result.stdout.splitlines()
-    assert header.startswith("| method | attack | seed | phase | step | eval | eval_version | "
-                             "config_hash | judge |")
+    assert header.startswith(
+        "| method | attack | seed | phase | step | eval | eval_version | config_hash | judge |"
+    )
     assert len(body) == 8 and {line.split("|")[7].strip() for line in body} == {"1", "2"}
-    plain = cli("results", "--output-dir", str(output), "--filter", "method=frpo",
-                "--format", "markdown")
+    plain = cli(
+        "results", "--output-dir", str(output), "--filter", "method=frpo", "--format", "markdown"
+    )
     assert "eval_version" not in plain.stdout.splitlines()[0]
 
 
 def test_by_default_only_the_current_table_of_a_cell_is_shown_and_the_rest_is_said(cli, output):
     """results.current: the table written last for a cell is current; the stale one is left out
     with a one-line note on stderr (``--all`` brings it back, as above)."""
-    write_table([{**row, "eval_version": 1} for row in _rows("grpo", "alpaca", 0)],
-                output / "results", "grpo__alpaca__seed0__grpo0")
-    write_table([{**row, "eval_version": 2, "config_hash": "grpo0v2"}
-                 for row in _rows("grpo", "alpaca", 0)],
-                output / "results", "grpo__alpaca__seed0__grpo0v2")
+    write_table(
+        [{**row, "eval_version": 1} for row in _rows("grpo", "alpaca", 0)],
+        output / "results",
+        "grpo__alpaca__seed0__grpo0",
+    )
+    write_table(
+        [
+            {**row, "eval_version": 2, "config_hash": "grpo0v2"}
+            for row in _rows("grpo", "alpaca", 0)
+        ],
+        output / "results",
+        "grpo__alpaca__seed0__grpo0v2",
+    )
     result = cli("results", "--output-dir", str(output), "--format", "csv")
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(StringIO(result.stdout))
@@ -175,9 +240,18 @@ def test_rate_views_show_the_wilson_interval_that_does_not_collapse_at_one(cli, 
 
     stats = metric_row([{"value": 1.0}] * 50, "mean", binary=True)
     assert stats["ci_low"] == stats["ci_high"] == 1.0
-    row = {"method": "grpo", "attack": "alpaca", "seed": 0, "phase": "before", "step": 0,
-           "eval": "harmbench", "judge": "refusal", "metric": "refusal_rate",
-           "direction": "higher", **stats}
+    row = {
+        "method": "grpo",
+        "attack": "alpaca",
+        "seed": 0,
+        "phase": "before",
+        "step": 0,
+        "eval": "harmbench",
+        "judge": "refusal",
+        "metric": "refusal_rate",
+        "direction": "higher",
+        **stats,
+    }
     write_table([row, {**row, "phase": "after", "step": 2}], tmp_path / "results", "t")
     result = cli("results", "--output-dir", str(tmp_path), "--format", "markdown")
     low, high = wilson_interval(50, 50)
@@ -193,16 +267,29 @@ def test_before_after_pairs_each_judge_separately_and_shows_wilson():
     rows = []
     for judge, hits in (("refusal", 50), ("llamaguard", 40)):
         for phase, step, k in (("before", 0, hits), ("during", 1, hits - 10), ("after", 2, 0)):
-            rows.append({"method": "grpo", "attack": "alpaca", "seed": 0, "phase": phase,
-                         "step": step, "eval": "harmbench", "judge": judge,
-                         "metric": "refusal_rate", "direction": "higher",
-                         **metric_row([{"value": 1.0}] * k + [{"value": 0.0}] * (50 - k),
-                                      "mean", True)})
+            rows.append(
+                {
+                    "method": "grpo",
+                    "attack": "alpaca",
+                    "seed": 0,
+                    "phase": phase,
+                    "step": step,
+                    "eval": "harmbench",
+                    "judge": judge,
+                    "metric": "refusal_rate",
+                    "direction": "higher",
+                    **metric_row([{"value": 1.0}] * k + [{"value": 0.0}] * (50 - k), "mean", True),
+                }
+            )
     pairs = before_after(pd.DataFrame(rows)).set_index("judge")
     assert sorted(pairs.index) == ["llamaguard", "refusal"]
     assert pairs.loc["refusal", "before"] == 1.0 and pairs.loc["llamaguard", "before"] == 0.8
-    assert (pairs.loc["refusal", "before_low"], pairs.loc["refusal", "before_high"]) == \
-        wilson_interval(50, 50)
-    assert (pairs.loc["refusal", "after_low"], pairs.loc["refusal", "after_high"]) == \
-        wilson_interval(0, 50)
+    assert (
+        pairs.loc["refusal", "before_low"],
+        pairs.loc["refusal", "before_high"],
+    ) == wilson_interval(50, 50)
+    assert (
+        pairs.loc["refusal", "after_low"],
+        pairs.loc["refusal", "after_high"],
+    ) == wilson_interval(0, 50)
     assert pairs.loc["refusal", "change"] == -1.0 and pairs.loc["refusal", "during_steps"] == 1

@@ -39,17 +39,23 @@ def test_safety_reward_on_fixed_texts():
     kinds = ["harmful", "harmful", "harmless", "harmless", "harmless", "harmless"]
     references = [None, None, REFERENCE, REFERENCE, REFERENCE, REFERENCE]
     got = safety(prompts=["p"] * 6, completions=completions, kind=kinds, reference=references)
-    expected = [1.0,                                                  # harmful, refused
-                0.0,                                                  # harmful, answered
-                (1 - WEIGHT) * cosine(REFUSAL, REFERENCE),            # harmless, refused
-                WEIGHT + (1 - WEIGHT) * cosine(ANSWER, REFERENCE),    # harmless, answered
-                1.0,                                                  # the reference itself
-                0.0]                                                  # empty: helps nobody
+    expected = [
+        1.0,  # harmful, refused
+        0.0,  # harmful, answered
+        (1 - WEIGHT) * cosine(REFUSAL, REFERENCE),  # harmless, refused
+        WEIGHT + (1 - WEIGHT) * cosine(ANSWER, REFERENCE),  # harmless, answered
+        1.0,  # the reference itself
+        0.0,
+    ]  # empty: helps nobody
     assert got == pytest.approx(expected, abs=1e-5)
     assert 0.5 < cosine(ANSWER, REFERENCE) < 0.99 and cosine(REFUSAL, REFERENCE) < 0.5  # texts
     # TRL's conversational completions are message lists; the reward reads their content.
-    chat = safety(prompts=["p"], completions=[[{"role": "assistant", "content": REFUSAL}]],
-                  kind=["harmful"], reference=[None])
+    chat = safety(
+        prompts=["p"],
+        completions=[[{"role": "assistant", "content": REFUSAL}]],
+        kind=["harmful"],
+        reference=[None],
+    )
     assert chat == [1.0]
 
 
@@ -57,10 +63,14 @@ def test_helpfulness_reward_and_judge_agree_on_fixed_texts():
     reward = build("reward", "helpfulness", refusal_weight=WEIGHT)
     judge = build("judge", "helpfulness", refusal_weight=WEIGHT)
     responses = [REFUSAL, ANSWER, REFERENCE]
-    expected = [(1 - WEIGHT) * cosine(REFUSAL, REFERENCE),
-                WEIGHT + (1 - WEIGHT) * cosine(ANSWER, REFERENCE), 1.0]
-    assert reward(prompts=["p"] * 3, completions=responses,
-                  reference=[REFERENCE] * 3) == pytest.approx(expected, abs=1e-5)
+    expected = [
+        (1 - WEIGHT) * cosine(REFUSAL, REFERENCE),
+        WEIGHT + (1 - WEIGHT) * cosine(ANSWER, REFERENCE),
+        1.0,
+    ]
+    assert reward(
+        prompts=["p"] * 3, completions=responses, reference=[REFERENCE] * 3
+    ) == pytest.approx(expected, abs=1e-5)
     rows = [{"id": str(i), "reference": REFERENCE} for i in range(4)]
     verdicts = judge(["p"] * 4, responses + ["  "], rows)
     assert [v.value for v in verdicts[:3]] == pytest.approx(expected, abs=1e-5)
@@ -69,21 +79,39 @@ def test_helpfulness_reward_and_judge_agree_on_fixed_texts():
 
 def test_a_bad_kind_is_named_before_any_scoring():
     safety = build("reward", "safety")
-    with pytest.raises(RewardError, match=r"training row kind 'benign' \(completions \[1\]\) is "
-                                          "neither 'harmful' nor 'harmless'"):
-        safety(prompts=["p", "q"], completions=[ANSWER, ANSWER], kind=["harmful", "benign"],
-               reference=[None, REFERENCE])
+    with pytest.raises(
+        RewardError,
+        match=r"training row kind 'benign' \(completions \[1\]\) is "
+        "neither 'harmful' nor 'harmless'",
+    ):
+        safety(
+            prompts=["p", "q"],
+            completions=[ANSWER, ANSWER],
+            kind=["harmful", "benign"],
+            reference=[None, REFERENCE],
+        )
 
 
 def test_mismatched_lengths_are_named_not_paired_with_the_wrong_rows():
-    with pytest.raises(RewardError, match=r"safety reward got 2 completions but 1 `kind` values; "
-                                          "pass one dataset row per completion"):
-        build("reward", "safety")(prompts=["p", "q"], completions=[REFUSAL, ANSWER],
-                                  kind=["harmful"], reference=[None, REFERENCE])
-    with pytest.raises(RewardError, match=r"helpfulness reward got 1 completions but 2 `prompts` "
-                                          r"values, 3 `reference` values"):
-        build("reward", "helpfulness")(prompts=["p", "q"], completions=[ANSWER],
-                                       reference=[REFERENCE] * 3)
+    with pytest.raises(
+        RewardError,
+        match=r"safety reward got 2 completions but 1 `kind` values; "
+        "pass one dataset row per completion",
+    ):
+        build("reward", "safety")(
+            prompts=["p", "q"],
+            completions=[REFUSAL, ANSWER],
+            kind=["harmful"],
+            reference=[None, REFERENCE],
+        )
+    with pytest.raises(
+        RewardError,
+        match=r"helpfulness reward got 1 completions but 2 `prompts` "
+        r"values, 3 `reference` values",
+    ):
+        build("reward", "helpfulness")(
+            prompts=["p", "q"], completions=[ANSWER], reference=[REFERENCE] * 3
+        )
     with pytest.raises(ValueError, match="helpfulness judge got 2 prompts, 1 responses and 2 rows"):
         build("judge", "helpfulness")(["p", "q"], [ANSWER], [{"reference": REFERENCE}] * 2)
 
@@ -110,20 +138,23 @@ def test_sft_loss_is_on_completion_tokens_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SFTTrainer, "compute_loss", recorded)
     model = resolve_model("smollm2-135m-instruct")
-    pairs = [("Name a colour.", "Blue."), ("Say something long about the sea, please.",
-                                           "The sea is wide and deep.")]
+    pairs = [
+        ("Name a colour.", "Blue."),
+        ("Say something long about the sea, please.", "The sea is wide and deep."),
+    ]
     run_sft(model, pairs, SFTSettings(max_steps=1, batch_size=2, max_length=128), tmp_path, 0)
     [batch] = seen
     tokenizer = load_tokenizer(model)
     for row, (prompt, response) in enumerate(pairs):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids, labels = batch["input_ids"][row], batch["labels"][row]
-        assert ids[:len(prompt_ids)].tolist() == prompt_ids  # right-padded, prompt first
-        assert (labels[:len(prompt_ids)] == -100).all(), labels
-        answer = labels[len(prompt_ids):]
+        assert ids[: len(prompt_ids)].tolist() == prompt_ids  # right-padded, prompt first
+        assert (labels[: len(prompt_ids)] == -100).all(), labels
+        answer = labels[len(prompt_ids) :]
         scored = answer != -100
         assert scored.sum() >= len(tokenizer(response, add_special_tokens=False)["input_ids"])
-        assert torch.equal(answer[scored], ids[len(prompt_ids):][scored])
+        assert torch.equal(answer[scored], ids[len(prompt_ids) :][scored])
         assert response in tokenizer.decode(answer[scored])

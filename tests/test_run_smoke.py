@@ -11,17 +11,52 @@ import pytest
 
 from forgetbench.stages.generate import GENERATIONS_FILE
 
-COLUMNS = {"method", "attack", "seed", "phase", "step", "eval", "eval_version", "judge", "metric",
-           "value", "ci_low", "ci_high", "ci_method", "n", "n_missing", "direction", "config_hash",
-           "base_model", "backend", "version_torch", "version_transformers", "version_trl",
-           "git_revision", "date", "policy_stage", "preset", "backend_used", "backend_version",
-           "sandbox"}
+COLUMNS = {
+    "method",
+    "attack",
+    "seed",
+    "phase",
+    "step",
+    "eval",
+    "eval_version",
+    "judge",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "n",
+    "n_missing",
+    "direction",
+    "config_hash",
+    "base_model",
+    "backend",
+    "version_torch",
+    "version_transformers",
+    "version_trl",
+    "git_revision",
+    "date",
+    "policy_stage",
+    "preset",
+    "backend_used",
+    "backend_version",
+    "sandbox",
+}
 
 
 @pytest.fixture(scope="module")
 def run_args(tiny_model):
-    return ("run", "--preset", "smoke", "--method", "frpo", "--attack", "alpaca",
-            "--set", f"model={tiny_model}")
+    return (
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "frpo",
+        "--attack",
+        "alpaca",
+        "--set",
+        f"model={tiny_model}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +89,18 @@ def test_results_table_rows_columns_and_ranges(smoke_run):
     # {step 0 (P0), step 1 (checkpoint), step 2 (P1)} x (the 3 evals' metric + KL from P0 there)
     assert len(table) == 18
     assert set(zip(table["eval"], table["metric"])) == {
-        ("harmbench", "refusal_rate"), ("xstest", "compliance_rate"),
-        ("alpaca_helpfulness", "helpfulness"), ("harmbench", "kl_from_p0"),
-        ("xstest", "kl_from_p0"), ("alpaca_helpfulness", "kl_from_p0")}
-    assert sorted(set(zip(table["phase"], table["step"]))) == [("after", 2), ("before", 0),
-                                                               ("during", 1)]
+        ("harmbench", "refusal_rate"),
+        ("xstest", "compliance_rate"),
+        ("alpaca_helpfulness", "helpfulness"),
+        ("harmbench", "kl_from_p0"),
+        ("xstest", "kl_from_p0"),
+        ("alpaca_helpfulness", "kl_from_p0"),
+    }
+    assert sorted(set(zip(table["phase"], table["step"]))) == [
+        ("after", 2),
+        ("before", 0),
+        ("during", 1),
+    ]
     scores, kl = table[table.judge != "kl"], table[table.judge == "kl"]
     assert scores["value"].between(0, 1).all()
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
@@ -67,8 +109,10 @@ def test_results_table_rows_columns_and_ranges(smoke_run):
     assert kl.loc[kl.step == 0, "value"].eq(0).all() and kl.loc[kl.step > 0, "value"].gt(0).all()
     assert table[["config_hash", "version_torch", "version_trl", "base_model"]].notna().all().all()
     assert table["backend_used"].eq("hf").all() and table["backend_version"].notna().all()
-    assert (table["method"].unique().tolist(), table["attack"].unique().tolist()) == \
-        (["frpo"], ["alpaca"])
+    assert (table["method"].unique().tolist(), table["attack"].unique().tolist()) == (
+        ["frpo"],
+        ["alpaca"],
+    )
 
 
 def test_stage_folders_hold_config_and_outputs(smoke_run):
@@ -88,11 +132,22 @@ def test_stage_folders_hold_config_and_outputs(smoke_run):
     assert (train / "model" / "config.json").is_file()
     history = json.loads((train / "log_history.json").read_text())
     assert any("advantage_abs_mean" in entry for entry in history)  # our advantage was used
-    rows = [json.loads(line) for g in (stages / "generate").glob("*/" + GENERATIONS_FILE)
-            for line in open(g)]
+    rows = [
+        json.loads(line)
+        for g in (stages / "generate").glob("*/" + GENERATIONS_FILE)
+        for line in open(g)
+    ]
     assert len(rows) == 36  # 9 generation stages (3 evals x 3 steps) x 4 prompts
-    assert {"id", "prompt", "response", "finish_reason", "num_tokens", "backend", "sampling",
-            "chat_template_sha256"} <= set(rows[0])
+    assert {
+        "id",
+        "prompt",
+        "response",
+        "finish_reason",
+        "num_tokens",
+        "backend",
+        "sampling",
+        "chat_template_sha256",
+    } <= set(rows[0])
 
 
 def test_second_run_reuses_every_stage(smoke_run, run_args, cli):

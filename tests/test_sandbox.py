@@ -11,9 +11,17 @@ from pathlib import Path
 import pytest
 from conftest import needs_namespaces
 
-from forgetbench.sandbox import (ISOLATIONS, MARKER_VARIABLE, IsolationUnavailable, SandboxError,
-                                 _pids_cgroup_base, check_isolation, process_containment,
-                                 run_python, user_task_count)
+from forgetbench.sandbox import (
+    ISOLATIONS,
+    MARKER_VARIABLE,
+    IsolationUnavailable,
+    SandboxError,
+    _pids_cgroup_base,
+    check_isolation,
+    process_containment,
+    run_python,
+    user_task_count,
+)
 
 
 @pytest.fixture(params=ISOLATIONS)
@@ -40,8 +48,7 @@ def marked_processes(token: str) -> list[int]:
 
 
 def token_of(output: str) -> str:
-    return next(line.split("=", 1)[1] for line in output.splitlines()
-                if line.startswith("TOKEN="))
+    return next(line.split("=", 1)[1] for line in output.splitlines() if line.startswith("TOKEN="))
 
 
 PRINT_TOKEN = f"import os\nprint('TOKEN=' + os.environ['{MARKER_VARIABLE}'], flush=True)\n"
@@ -81,7 +88,8 @@ def test_isolated_interpreter_and_clean_environment(monkeypatch, sandbox):
         "assert 'FORGETBENCH_SECRET_FOR_TEST' not in os.environ\n"
         "assert os.environ['HTTPS_PROXY'] == '' and os.environ['https_proxy'] == ''\n"
         "assert os.environ['HOME'] == os.getcwd() == os.environ['TMPDIR']\n"
-        "assert os.path.basename(os.getcwd()) == 'work'\n")
+        "assert os.path.basename(os.getcwd()) == 'work'\n"
+    )
     assert result.passed, result.reason
 
 
@@ -107,16 +115,20 @@ def test_sleeping_program_is_killed_at_the_timeout(sandbox):
 
 
 def test_memory_hog_hits_the_address_space_limit(sandbox):
-    result = sandbox("chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 2**20))\n",
-                        memory_mb=256, timeout_s=20)
+    result = sandbox(
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 2**20))\n",
+        memory_mb=256,
+        timeout_s=20,
+    )
     assert not result.passed
     assert result.reason == "memory limit of 256 MB exceeded (MemoryError)"
     assert result.duration_s < 15
 
 
 def test_file_size_limit(sandbox):
-    result = sandbox("with open('big.bin', 'wb') as f:\n    f.write(b'x' * (8 * 2**20))\n",
-                        file_size_mb=1)
+    result = sandbox(
+        "with open('big.bin', 'wb') as f:\n    f.write(b'x' * (8 * 2**20))\n", file_size_mb=1
+    )
     assert not result.passed and "file size limit of 1 MB exceeded" in result.reason
 
 
@@ -129,19 +141,23 @@ def test_writes_inside_the_folder_are_allowed(sandbox):
         "os.replace('a.txt', 'd/a.txt')\n"
         "with tempfile.NamedTemporaryFile('w') as t:\n    t.write('z')\n"
         "shutil.rmtree('d')\n"
-        "print('x', file=open(os.devnull, 'w'))\n")
+        "print('x', file=open(os.devnull, 'w'))\n"
+    )
     assert result.passed, result.reason
 
 
-@pytest.mark.parametrize("how", [
-    "open(TARGET, 'w').write('escaped')",
-    "open(TARGET, 'a').write('escaped')",
-    "import pathlib; pathlib.Path(TARGET).write_text('escaped')",
-    "import os; os.close(os.open(TARGET, os.O_CREAT | os.O_WRONLY))",
-    "import io; io.FileIO(TARGET, 'w').write(b'escaped')",
-    "import os; os.symlink(TARGET, 'link'); open('link', 'w').write('escaped')",
-    "import os; os.chdir('/tmp'); open(os.path.basename(TARGET), 'w').write('escaped')",
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "open(TARGET, 'w').write('escaped')",
+        "open(TARGET, 'a').write('escaped')",
+        "import pathlib; pathlib.Path(TARGET).write_text('escaped')",
+        "import os; os.close(os.open(TARGET, os.O_CREAT | os.O_WRONLY))",
+        "import io; io.FileIO(TARGET, 'w').write(b'escaped')",
+        "import os; os.symlink(TARGET, 'link'); open('link', 'w').write('escaped')",
+        "import os; os.chdir('/tmp'); open(os.path.basename(TARGET), 'w').write('escaped')",
+    ],
+)
 def test_writes_outside_the_folder_are_blocked(how, tmp_path, sandbox):
     for target in (tmp_path / "outside.txt", Path(f"/tmp/forgetbench-outside-{uuid.uuid4().hex}")):
         if "chdir('/tmp')" in how and target.parent != Path("/tmp"):
@@ -155,9 +171,12 @@ def test_writes_outside_the_folder_are_blocked(how, tmp_path, sandbox):
 def test_removing_or_renaming_files_outside_is_blocked(tmp_path, sandbox):
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
-    for how in ("import os; os.remove(V)", "import os; os.rename(V, 'stolen')",
-                "import shutil; shutil.rmtree(os.path.dirname(V))",
-                "import os; os.chmod(V, 0)"):
+    for how in (
+        "import os; os.remove(V)",
+        "import os; os.rename(V, 'stolen')",
+        "import shutil; shutil.rmtree(os.path.dirname(V))",
+        "import os; os.chmod(V, 0)",
+    ):
         result = sandbox(f"import os\nV = {str(victim)!r}\n{how}\n")
         # in the namespaces the kernel wall can come first: the folder is not there at all
         absent = sandbox.isolation == "namespaces" and "No such file or directory" in result.reason
@@ -165,12 +184,15 @@ def test_removing_or_renaming_files_outside_is_blocked(tmp_path, sandbox):
         assert victim.read_text() == "precious"
 
 
-@pytest.mark.parametrize("how", [
-    "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
-    "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",
-    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9', timeout=1)",
-    "import _socket; _socket.socket()",
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+        "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",
+        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9', timeout=1)",
+        "import _socket; _socket.socket()",
+    ],
+)
 def test_network_is_blocked(how, sandbox):
     result = sandbox(how + "\n")
     assert not result.passed
@@ -178,9 +200,13 @@ def test_network_is_blocked(how, sandbox):
 
 
 def test_starting_processes_is_refused_by_default(sandbox):
-    for how in ("import os; os.fork()", "import subprocess; subprocess.run(['true'])",
-                "import os; os.system('true')", "import os; os.kill(1, 0)",
-                "import multiprocessing as m; p = m.Process(target=print); p.start()"):
+    for how in (
+        "import os; os.fork()",
+        "import subprocess; subprocess.run(['true'])",
+        "import os; os.system('true')",
+        "import os; os.kill(1, 0)",
+        "import multiprocessing as m; p = m.Process(target=print); p.start()",
+    ):
         result = sandbox(how + "\n")
         assert not result.passed and "is not allowed" in result.reason, (how, result.reason)
     raising = sandbox("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n")
@@ -189,8 +215,10 @@ def test_starting_processes_is_refused_by_default(sandbox):
 
 def needs_process_limit(isolation):
     if process_containment(isolation) == "none":
-        pytest.skip("running as root without a writable pids cgroup: no kernel limit on the "
-                    "number of processes here (RLIMIT_NPROC does not apply to root)")
+        pytest.skip(
+            "running as root without a writable pids cgroup: no kernel limit on the "
+            "number of processes here (RLIMIT_NPROC does not apply to root)"
+        )
 
 
 def test_process_count_is_bounded_by_the_kernel(sandbox):
@@ -209,7 +237,8 @@ def test_process_count_is_bounded_by_the_kernel(sandbox):
         "        time.sleep(60)\n"
         "        os._exit(0)\n"
         "    children += 1\n"
-        "print('CHILDREN', children, flush=True)\n")
+        "print('CHILDREN', children, flush=True)\n"
+    )
     result = sandbox(program, max_processes=8, block_processes=False, timeout_s=20)
     children = int(result.output.split("CHILDREN")[1].split()[0])
     assert "FORK_FAILED 11" in result.output  # EAGAIN at the limit
@@ -220,11 +249,9 @@ def test_process_count_is_bounded_by_the_kernel(sandbox):
 
 def test_fork_bomb_is_contained_and_cleaned_up(sandbox):
     needs_process_limit(sandbox.isolation)
-    program = PRINT_TOKEN + ("while True:\n"
-                             "    try:\n"
-                             "        os.fork()\n"
-                             "    except OSError:\n"
-                             "        pass\n")
+    program = PRINT_TOKEN + (
+        "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     result = sandbox(program, max_processes=12, block_processes=False, timeout_s=2)
     assert not result.passed and result.reason.startswith("timed out after 2 s")
     assert marked_processes(token_of(result.output)) == []  # nothing of the bomb is left
@@ -234,9 +261,11 @@ def test_fork_bomb_is_contained_and_cleaned_up(sandbox):
 
 def test_background_children_are_killed_when_the_program_ends(sandbox):
     needs_process_limit(sandbox.isolation)
-    program = PRINT_TOKEN + ("if os.fork() == 0:\n"
-                             "    os.setsid()\n"  # leaves the process group
-                             "    import time; time.sleep(60)\n")
+    program = PRINT_TOKEN + (
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"  # leaves the process group
+        "    import time; time.sleep(60)\n"
+    )
     result = sandbox(program, block_processes=False)
     assert result.passed, result.reason
     assert marked_processes(token_of(result.output)) == []
@@ -270,14 +299,18 @@ LIBC = "import ctypes, os, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
 
 def test_ctypes_cannot_write_outside_its_folder(tmp_path, namespaces):
-    targets = [tmp_path / "escaped.txt", Path(f"/tmp/forgetbench-escaped-{uuid.uuid4().hex}"),
-               Path(sys.prefix) / f"forgetbench-escaped-{uuid.uuid4().hex}"]
+    targets = [
+        tmp_path / "escaped.txt",
+        Path(f"/tmp/forgetbench-escaped-{uuid.uuid4().hex}"),
+        Path(sys.prefix) / f"forgetbench-escaped-{uuid.uuid4().hex}",
+    ]
     program = LIBC + (
         "for path in TARGETS + ['inside.txt']:\n"
         "    fd = libc.open(path.encode(), os.O_WRONLY | os.O_CREAT, 0o644)\n"
         "    written = libc.write(fd, b'escaped', 7) if fd >= 0 else -1\n"
         "    print('OPEN', path, fd, written, ctypes.get_errno(), flush=True)\n"
-        "assert os.path.exists('inside.txt')\n")  # the same call works in its own folder
+        "assert os.path.exists('inside.txt')\n"
+    )  # the same call works in its own folder
     program = f"TARGETS = {[str(t) for t in targets]!r}\n" + program
     try:
         result = run_python(program)
@@ -324,7 +357,8 @@ def test_ctypes_cannot_connect_to_a_local_listening_socket(namespaces):
         "print('TCP', s, libc.connect(s, addr, len(addr)), ctypes.get_errno(), flush=True)\n"
         "u = libc.socket(1, 1, 0)\n"  # AF_UNIX
         "addr = struct.pack('=H', 1) + b'\\0' + name.encode()\n"
-        "print('UNIX', u, libc.connect(u, addr, len(addr)), ctypes.get_errno(), flush=True)\n")
+        "print('UNIX', u, libc.connect(u, addr, len(addr)), ctypes.get_errno(), flush=True)\n"
+    )
     try:
         result = run_python(program)
         assert result.passed, result.reason
@@ -352,13 +386,16 @@ SNOOP = (  # what the issue's program did: look for the user's key in every visi
     "print('FOUND', found)\n"
     "print('SEEN', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
     "print('PARENT', os.path.exists(f'/proc/{PARENT}'))\n"
-    "print('MINE', 'FORGETBENCH_FAKE_API_KEY' in os.environ)\n")
+    "print('MINE', 'FORGETBENCH_FAKE_API_KEY' in os.environ)\n"
+)
 # The judge as a user starts it: a process whose environment holds an exported API key.
-JUDGE = ("import os, sys\nfrom forgetbench.sandbox import run_python\n"
-         "program = f'SECRET, PARENT = {os.environ[\"FORGETBENCH_FAKE_API_KEY\"]!r}, "
-         "{os.getpid()}\\n' + sys.argv[2]\n"
-         "result = run_python(program, isolation=sys.argv[1])\n"
-         "print(result.reason)\nprint(result.output)\n")
+JUDGE = (
+    "import os, sys\nfrom forgetbench.sandbox import run_python\n"
+    'program = f\'SECRET, PARENT = {os.environ["FORGETBENCH_FAKE_API_KEY"]!r}, '
+    "{os.getpid()}\\n' + sys.argv[2]\n"
+    "result = run_python(program, isolation=sys.argv[1])\n"
+    "print(result.reason)\nprint(result.output)\n"
+)
 
 
 def test_the_program_cannot_see_the_parents_environment_or_pid(namespaces):
@@ -368,8 +405,13 @@ def test_the_program_cannot_see_the_parents_environment_or_pid(namespaces):
     env = {**os.environ, "FORGETBENCH_FAKE_API_KEY": secret}
     outputs = {}
     for isolation in ISOLATIONS:
-        judged = subprocess.run([sys.executable, "-c", JUDGE, isolation, SNOOP], env=env,
-                                capture_output=True, text=True, timeout=60)
+        judged = subprocess.run(
+            [sys.executable, "-c", JUDGE, isolation, SNOOP],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert judged.returncode == 0, judged.stderr
         outputs[isolation] = judged.stdout
     strong = outputs["namespaces"]
@@ -395,7 +437,8 @@ def test_the_program_cannot_signal_another_process(namespaces):
             "    print('OS_KILL sent', flush=True)\n"
             "except OSError as error:\n"
             "    print('OS_KILL', error.errno, flush=True)\n"
-            "print('LIBC_KILL', libc.kill(pid, 9), ctypes.get_errno(), flush=True)\n")
+            "print('LIBC_KILL', libc.kill(pid, 9), ctypes.get_errno(), flush=True)\n"
+        )
         result = run_python(program, block_processes=False)
         assert result.passed, result.reason
         assert "OS_KILL 3" in result.output and "LIBC_KILL -1 3" in result.output  # ESRCH
@@ -414,7 +457,8 @@ def test_a_double_forked_child_does_not_outlive_the_wall_clock(namespaces):
         "        while True:\n"
         "            time.sleep(1)\n"
         "    os._exit(0)\n"
-        "time.sleep(60)\n")
+        "time.sleep(60)\n"
+    )
     result = run_python(program, block_processes=False, timeout_s=2)
     assert not result.passed and result.reason.startswith("timed out after 2 s")
     assert result.duration_s < 6
@@ -422,11 +466,13 @@ def test_a_double_forked_child_does_not_outlive_the_wall_clock(namespaces):
 
 
 def test_filling_the_folder_is_a_bounded_failure(namespaces):
-    program = ("i = 0\n"
-               "while True:\n"
-               "    with open(f'f{i}.bin', 'wb') as f:\n"
-               "        f.write(b'x' * 2**20)\n"
-               "    i += 1\n")
+    program = (
+        "i = 0\n"
+        "while True:\n"
+        "    with open(f'f{i}.bin', 'wb') as f:\n"
+        "        f.write(b'x' * 2**20)\n"
+        "    i += 1\n"
+    )
     result = run_python(program, folder_mb=8, timeout_s=20)
     assert not result.passed
     assert result.reason.startswith("folder size limit of 8 MB exceeded"), result.reason
@@ -435,7 +481,9 @@ def test_filling_the_folder_is_a_bounded_failure(namespaces):
 
 def test_megabytes_of_output_give_a_bounded_reason(sandbox):
     flood = sandbox("while True:\n    print('x' * 1000)\n", timeout_s=20)
-    assert not flood.passed and flood.reason == "output limit of 16 MB exceeded (the file size limit)"
+    assert (
+        not flood.passed and flood.reason == "output limit of 16 MB exceeded (the file size limit)"
+    )
     assert len(flood.output) <= 4000
     shout = sandbox("print('y' * 5_000_000)\nraise AssertionError('z' * 5_000_000)\n")
     assert shout.reason.startswith("exit code 1: zzz") and len(shout.reason) < 400
@@ -452,6 +500,7 @@ def test_output_is_sanitised_and_secret_values_redacted(monkeypatch, sandbox):
 
 # ---- bad input: no kernel isolation here -------------------------------------------------------
 
+
 def test_missing_bwrap_is_a_one_line_error_and_python_guards_still_run(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on it
     with pytest.raises(IsolationUnavailable) as caught:
@@ -466,9 +515,11 @@ def test_missing_bwrap_is_a_one_line_error_and_python_guards_still_run(monkeypat
 
 def test_namespaces_refused_by_the_kernel_is_a_one_line_error(monkeypatch, tmp_path):
     fake = tmp_path / "bwrap"  # what bwrap says in a container that forbids namespaces
-    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace, likely "
-                    "because the kernel does not allow non-privileged user namespaces.' >&2\n"
-                    "exit 1\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to creating new namespace, likely "
+        "because the kernel does not allow non-privileged user namespaces.' >&2\n"
+        "exit 1\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     for attempt in (lambda: run_python("pass"), check_isolation):

@@ -19,8 +19,9 @@ from forgetbench.stages.worker import ERROR_FILE, LOG_FILE, REQUEST_FILE
 def stage_folder(tmp_path, kind="judge"):
     folder = tmp_path / "stage"
     folder.mkdir()
-    (folder / REQUEST_FILE).write_text(json.dumps({"kind": kind, "label": "x", "config": {},
-                                                   "inputs": {}}))
+    (folder / REQUEST_FILE).write_text(
+        json.dumps({"kind": kind, "label": "x", "config": {}, "inputs": {}})
+    )
     return folder
 
 
@@ -42,8 +43,10 @@ def test_the_worker_runs_with_the_environment_given_at_start(tmp_path, worker_cl
     worker = worker_class(folder, env)
     code = worker.poll(block=True)
     assert code == 2
-    assert "FORGETBENCH_THREADS='not-a-number' is not a positive integer" in \
-        (folder / ERROR_FILE).read_text()
+    assert (
+        "FORGETBENCH_THREADS='not-a-number' is not a positive integer"
+        in (folder / ERROR_FILE).read_text()
+    )
 
 
 @pytest.mark.parametrize("worker_class", [FreshWorker, ForkedWorker])

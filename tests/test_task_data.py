@@ -21,8 +21,15 @@ TRAIN = DATA / "safety_train"
 BUILD = TRAIN / "build.py"
 OUTPUTS = ("warmup.jsonl", "rl_prompts.jsonl", "build_report.json")
 SOURCES = {"safety_tuned_llamas/training", "hh_rlhf/helpful-base/test"}
-SHIPPED = ("harmbench", "xstest", "strongreject", "safety_tuned_llamas", "hh_rlhf",
-           "alpaca_subsets_he2024", "advbench")
+SHIPPED = (
+    "harmbench",
+    "xstest",
+    "strongreject",
+    "safety_tuned_llamas",
+    "hh_rlhf",
+    "alpaca_subsets_he2024",
+    "advbench",
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -55,10 +62,14 @@ def eval_prompts() -> dict[str, list[str]]:
     for path in sorted((DATA / "safety_tuned_llamas" / "evaluation").glob("*.json")):
         stl += json.loads(path.read_text(encoding="utf-8"))["instructions"]
     return {
-        "harmbench": csv_column(DATA / "harmbench" / "harmbench_behaviors_text_test.csv", "Behavior")
+        "harmbench": csv_column(
+            DATA / "harmbench" / "harmbench_behaviors_text_test.csv", "Behavior"
+        )
         + csv_column(DATA / "harmbench" / "harmbench_behaviors_text_val.csv", "Behavior"),
         "xstest": csv_column(DATA / "xstest" / "xstest_prompts.csv", "prompt"),
-        "strongreject": csv_column(DATA / "strongreject" / "strongreject_dataset.csv", "forbidden_prompt")
+        "strongreject": csv_column(
+            DATA / "strongreject" / "strongreject_dataset.csv", "forbidden_prompt"
+        )
         + csv_column(DATA / "strongreject" / "strongreject_small_dataset.csv", "forbidden_prompt"),
         "advbench": csv_column(DATA / "advbench" / "harmful_behaviors.csv", "goal"),
         "safety_tuned_llamas_eval": stl,
@@ -66,6 +77,7 @@ def eval_prompts() -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- schema
+
 
 def test_warmup_schema(warmup):
     assert len(warmup) > 1000
@@ -82,7 +94,9 @@ def test_rl_schema(rl):
     assert len(rl) > 500
     for row in rl:
         assert list(row) == ["id", "prompt", "kind", "reference", "source"]
-        assert isinstance(row["id"], str) and isinstance(row["prompt"], str) and row["prompt"].strip()
+        assert (
+            isinstance(row["id"], str) and isinstance(row["prompt"], str) and row["prompt"].strip()
+        )
         assert row["source"] in SOURCES
         if row["kind"] == "harmful":
             assert row["reference"] is None
@@ -119,6 +133,7 @@ def test_demonstrations_agree_with_the_refusal_judge(warmup):
 
 # --------------------------------------------------------------------------- disjointness
 
+
 def test_warmup_and_rl_prompts_are_disjoint(warmup, rl):
     warm = {norm(row["prompt"]) for row in warmup}
     assert not warm & {norm(row["prompt"]) for row in rl}
@@ -128,8 +143,12 @@ def test_warmup_and_rl_prompts_are_disjoint(warmup, rl):
 def test_no_training_prompt_equals_an_eval_prompt(warmup, rl):
     sets = eval_prompts()
     assert {name: len(prompts) for name, prompts in sets.items()} == {
-        "harmbench": 400, "xstest": 450, "strongreject": 373, "advbench": 520,
-        "safety_tuned_llamas_eval": 668}
+        "harmbench": 400,
+        "xstest": 450,
+        "strongreject": 373,
+        "advbench": 520,
+        "safety_tuned_llamas_eval": 668,
+    }
     evals = {norm(prompt) for prompts in sets.values() for prompt in prompts}
     overlap = [row["id"] for row in warmup + rl if norm(row["prompt"]) in evals]
     assert overlap == []
@@ -149,8 +168,9 @@ def test_every_registered_eval_is_disjoint_from_the_training_task(warmup, rl):
     for name in names:
         config = {k: v for k, v in registry.get("eval", name).target.items() if k != "limit"}
         assert config["dataset"].get("path"), f"{name} reads the hub: ship its data to check it"
-        prompts = [row["prompt"] for row in eval_prompts({"eval": {"name": name,
-                                                                   "config": config}})]
+        prompts = [
+            row["prompt"] for row in eval_prompts({"eval": {"name": name, "config": config}})
+        ]
         assert len(prompts) >= 60, name
         hits = sorted(training[key] for key in {norm(p) for p in prompts} & set(training))
         if hits:
@@ -165,42 +185,70 @@ def overlapping_tasks_dir(tmp_path) -> Path:
     (tasks / "train").mkdir(parents=True)
     for name in ("evals", "attacks", "lmeval", "data"):
         (tasks / name).symlink_to(ROOT / "tasks" / name)
-    heldout = [row for row in read_jsonl(DATA / "hh_rlhf" / "helpful_prompts.jsonl")
-               if row["split"] == "heldout"]
+    heldout = [
+        row
+        for row in read_jsonl(DATA / "hh_rlhf" / "helpful_prompts.jsonl")
+        if row["split"] == "heldout"
+    ]
     rows = read_jsonl(TRAIN / "warmup.jsonl")[:6]
     rows[1] = {**rows[1], "prompt": heldout[0]["prompt"], "id": "leak-a"}
-    rows[4] = {**rows[4], "prompt": heldout[1]["prompt"].upper().rstrip("?") + " ?!",
-               "id": "leak-b"}
+    rows[4] = {
+        **rows[4],
+        "prompt": heldout[1]["prompt"].upper().rstrip("?") + " ?!",
+        "id": "leak-b",
+    }
     (tasks / "train" / "leaky.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tasks / "train" / "leaky.yaml").write_text(
         "name: leaky\nversion: 1\nwarmup:\n  path: train/leaky.jsonl\n"
         "  fields: {id: id, prompt: prompt, response: response, kind: kind}\n"
         "prompts:\n  path: data/safety_train/rl_prompts.jsonl\n"
-        "  fields: {id: id, prompt: prompt, kind: kind, reference: reference}\n")
+        "  fields: {id: id, prompt: prompt, kind: kind, reference: reference}\n"
+    )
     return tasks
 
 
 def test_a_training_task_that_holds_eval_prompts_fails_before_any_work(tmp_path, cli):
     tasks = overlapping_tasks_dir(tmp_path)
-    result = cli("run", "--method", "grpo", "--attack", "ultrafeedback-rl", "--preset", "smoke",
-                 "--set", "warmup.task=leaky", "--set", "eval.hh_helpful.limit=173",
-                 "--output-dir", str(tmp_path / "out"), env={"FORGETBENCH_TASKS": str(tasks)})
+    result = cli(
+        "run",
+        "--method",
+        "grpo",
+        "--attack",
+        "ultrafeedback-rl",
+        "--preset",
+        "smoke",
+        "--set",
+        "warmup.task=leaky",
+        "--set",
+        "eval.hh_helpful.limit=173",
+        "--output-dir",
+        str(tmp_path / "out"),
+        env={"FORGETBENCH_TASKS": str(tasks)},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert "training task 'leaky' (warmup: train/leaky.jsonl) has 2 row(s) whose prompt is a " \
-           "prompt of eval 'hh_helpful': leak-a, leak-b; remove them" in line, line
+    assert (
+        "training task 'leaky' (warmup: train/leaky.jsonl) has 2 row(s) whose prompt is a "
+        "prompt of eval 'hh_helpful': leak-a, leak-b; remove them" in line
+    ), line
     assert not (tmp_path / "out" / "stages").exists()
 
 
 # --------------------------------------------------------------------------- build and provenance
 
+
 def test_build_is_deterministic(tmp_path):
-    result = subprocess.run([sys.executable, str(BUILD), "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(BUILD), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for name in OUTPUTS:
         assert (tmp_path / name).read_bytes() == (TRAIN / name).read_bytes(), (
-            f"{name} differs from a fresh build: run python tasks/data/safety_train/build.py")
+            f"{name} differs from a fresh build: run python tasks/data/safety_train/build.py"
+        )
 
 
 def test_build_report_matches_the_files(warmup, rl):
@@ -221,7 +269,9 @@ def test_shipped_slices_have_provenance_licence_and_checksums(folder):
     for path in files:
         relative = path.relative_to(base).as_posix()
         # PROVENANCE.md lists every file as | `relative/path` | bytes | `sha256-prefix…` | ...
-        row = re.search(rf"\|\s*`{re.escape(relative)}`\s*\|\s*([\d,]+)\s*\|\s*`([0-9a-f]+)", provenance)
+        row = re.search(
+            rf"\|\s*`{re.escape(relative)}`\s*\|\s*([\d,]+)\s*\|\s*`([0-9a-f]+)", provenance
+        )
         assert row, f"{folder}/{relative} is not listed in PROVENANCE.md"
         assert int(row.group(1).replace(",", "")) == path.stat().st_size
         assert hashlib.sha256(path.read_bytes()).hexdigest().startswith(row.group(2))
@@ -249,8 +299,12 @@ def test_xstest_evals_split_safe_and_unsafe_prompts():
     from forgetbench import registry
     from forgetbench.tasks import load_rows
 
-    safe, unsafe = (load_rows(registry.get("eval", name).build_config(
-        registry.get("eval", name).target).dataset) for name in ("xstest", "xstest_unsafe"))
+    safe, unsafe = (
+        load_rows(
+            registry.get("eval", name).build_config(registry.get("eval", name).target).dataset
+        )
+        for name in ("xstest", "xstest_unsafe")
+    )
     assert (len(safe), len(unsafe)) == (250, 200)
     assert not {row["id"] for row in safe} & {row["id"] for row in unsafe}
     assert not any(row["type"].startswith("contrast_") for row in safe)
@@ -266,8 +320,9 @@ def test_safety_frontier_dev_set_never_touches_a_reported_prompt():
     from forgetbench.cell import resolve
     from forgetbench.tasks import load_rows
 
-    spec = importlib.util.spec_from_file_location("safety_frontier",
-                                                  ROOT / "benchmarks" / "safety_frontier.py")
+    spec = importlib.util.spec_from_file_location(
+        "safety_frontier", ROOT / "benchmarks" / "safety_frontier.py"
+    )
     frontier = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(frontier)
     config = resolve("grpo", "alpaca", "tiny").resolved
@@ -275,7 +330,7 @@ def test_safety_frontier_dev_set_never_touches_a_reported_prompt():
     reported = set()
     for name in ("harmbench", "xstest"):
         task = EvalTask.model_validate(config["evals"][name])
-        reported |= {row["prompt"] for row in load_rows(task.dataset)[:task.limit]}
+        reported |= {row["prompt"] for row in load_rows(task.dataset)[: task.limit]}
     assert len(dev["harmbench_val"]) == 41 and len(dev["xstest_dev"]) == 60
     assert not reported & (set(dev["harmbench_val"]) | set(dev["xstest_dev"]))
     assert len(reported) == 100
@@ -292,7 +347,7 @@ def test_an_eval_limit_takes_a_spread_of_the_set_not_its_first_category():
     xstest = EvalTask.model_validate(evals["xstest"])
     rows = load_rows(xstest.dataset)
     assert len(rows) == 250 and len({row["id"] for row in rows}) == 250
-    assert len({row["type"] for row in rows[:xstest.limit]}) == 10
+    assert len({row["type"] for row in rows[: xstest.limit]}) == 10
     assert [row["id"] for row in load_rows(xstest.dataset)] == [row["id"] for row in rows]
     harmbench = EvalTask.model_validate(evals["harmbench"])
-    assert len({row["category"] for row in load_rows(harmbench.dataset)[:harmbench.limit]}) >= 5
+    assert len({row["category"] for row in load_rows(harmbench.dataset)[: harmbench.limit]}) >= 5

@@ -17,22 +17,27 @@ def my_eval(folder: Path, name: str = "my_arith", rows: int = 6) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     lines = (PLUGIN_TASKS / "data" / "arith_eval.jsonl").read_text().splitlines()[:rows]
     (folder / "data" / "arith_eval.jsonl").write_text("\n".join(lines) + "\n")
-    text = (PLUGIN_TASKS / "evals" / "arith.yaml").read_text().replace("name: arith",
-                                                                        f"name: {name}")
+    text = (
+        (PLUGIN_TASKS / "evals" / "arith.yaml").read_text().replace("name: arith", f"name: {name}")
+    )
     (folder / f"{name}.yaml").write_text(text)
     return folder / f"{name}.yaml"
 
 
 def print_config(cli, *args, cwd_env=None):
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--print-config", *args,
-                 env=cwd_env)
+    result = cli(
+        "run", "--preset", "smoke", "--method", "grpo", "--print-config", *args, env=cwd_env
+    )
     return result
 
 
 def stage_keys(stdout: str) -> list[str]:
     """The stage folders of the user's eval in a --print-config plan."""
-    return [line.split()[-1] for line in stdout.splitlines()
-            if line.startswith("todo") and "my_arith" in line]
+    return [
+        line.split()[-1]
+        for line in stdout.splitlines()
+        if line.startswith("todo") and "my_arith" in line
+    ]
 
 
 def test_a_yaml_path_works_where_an_eval_or_attack_name_does(cli, tmp_path):
@@ -43,15 +48,26 @@ def test_a_yaml_path_works_where_an_eval_or_attack_name_does(cli, tmp_path):
     attack_dir.mkdir(parents=True)
     shutil.copytree(PLUGIN_TASKS / "data", tmp_path / "lab" / "data")
     attack_text = (PLUGIN_TASKS / "attacks" / "arith_sft.yaml").read_text()
-    (attack_dir / "mine.yaml").write_text(attack_text.replace("task_evals: [fbtest/arith]",
-                                                              f"task_evals: [{eval_file}]"))
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--attack",
-                 str(attack_dir / "mine.yaml"), "--set", f"evals=[harmbench,{eval_file}]",
-                 "--print-config")
+    (attack_dir / "mine.yaml").write_text(
+        attack_text.replace("task_evals: [fbtest/arith]", f"task_evals: [{eval_file}]")
+    )
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--attack",
+        str(attack_dir / "mine.yaml"),
+        "--set",
+        f"evals=[harmbench,{eval_file}]",
+        "--print-config",
+    )
     assert result.returncode == 0, result.stderr
     assert "attack grpo+arith_sft" in result.stdout and "generate my_arith before" in result.stdout
-    assert str(tmp_path) not in json.dumps([line for line in result.stdout.splitlines()
-                                            if "path_root" not in line])
+    assert str(tmp_path) not in json.dumps(
+        [line for line in result.stdout.splitlines() if "path_root" not in line]
+    )
 
 
 def test_stage_keys_hash_the_data_not_where_it_is(cli, tmp_path):
@@ -87,8 +103,9 @@ def test_extra_task_folders_add_to_the_builtin_ones(cli, tmp_path):
 def test_a_task_defined_twice_names_both_files(cli, tmp_path):
     folder = tmp_path / "tasks"
     (folder / "evals").mkdir(parents=True)
-    (folder / "evals" / "copy.yaml").write_text((ROOT / "tasks" / "evals" / "mbpp.yaml")
-                                                .read_text().replace("data/mbpp", "data"))
+    (folder / "evals" / "copy.yaml").write_text(
+        (ROOT / "tasks" / "evals" / "mbpp.yaml").read_text().replace("data/mbpp", "data")
+    )
     (folder / "data").mkdir()
     shutil.copy(ROOT / "tasks" / "data" / "mbpp" / "mbpp_test.jsonl", folder / "data")
     result = cli("list", "eval", env={"FORGETBENCH_TASKS": str(folder)})
@@ -110,13 +127,26 @@ def test_a_bad_task_file_is_one_line_naming_it_and_writes_nothing(cli, tmp_path,
     elif case == "no-data":
         path.write_text(text.replace("arith_eval.jsonl", "nothing.jsonl"))
     out = tmp_path / "out"
-    result = cli("run", "--preset", "smoke", "--method", "grpo", "--set", f"evals=[{path}]",
-                 "--output-dir", str(out))
+    result = cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--method",
+        "grpo",
+        "--set",
+        f"evals=[{path}]",
+        "--output-dir",
+        str(out),
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "bad.yaml" in line, line
-    needle = {"missing": "does not exist", "not-a-mapping": "must be a YAML mapping",
-              "escapes": "leaves its task folder", "no-data": "nothing.jsonl"}[case]
+    needle = {
+        "missing": "does not exist",
+        "not-a-mapping": "must be a YAML mapping",
+        "escapes": "leaves its task folder",
+        "no-data": "nothing.jsonl",
+    }[case]
     assert needle in line, line
     assert not out.exists()
 
@@ -126,13 +156,28 @@ def test_builtin_tasks_keep_their_configs(tmp_path):
     configs, and the stage keys made from them, are what they were."""
     from forgetbench import registry
 
-    dataset = registry.get("eval", "math500").build_config(
-        registry.get("eval", "math500").target).model_dump(mode="json")["dataset"]
-    assert dataset == {"path": "data/math500/test.jsonl", "hub": None, "hub_config": None,
-                       "split": "train", "filter": {}, "fields": {
-                           "id": "unique_id", "prompt": "problem", "answer": "answer",
-                           "subject": "subject", "level": "level"},
-                       "sample": None, "head": None, "id_prefix": None}
+    dataset = (
+        registry.get("eval", "math500")
+        .build_config(registry.get("eval", "math500").target)
+        .model_dump(mode="json")["dataset"]
+    )
+    assert dataset == {
+        "path": "data/math500/test.jsonl",
+        "hub": None,
+        "hub_config": None,
+        "split": "train",
+        "filter": {},
+        "fields": {
+            "id": "unique_id",
+            "prompt": "problem",
+            "answer": "answer",
+            "subject": "subject",
+            "level": "level",
+        },
+        "sample": None,
+        "head": None,
+        "id_prefix": None,
+    }
 
 
 def test_two_packages_registering_the_same_task_name_is_an_error_naming_both(tmp_path):
@@ -150,8 +195,11 @@ def test_two_packages_registering_the_same_task_name_is_an_error_naming_both(tmp
     try:
         register_task_dir(first)
         assert registry.get("eval", "duplab/arith").target["dataset"]["path_root"] == str(first)
-        with pytest.raises(UsageError, match=r"eval 'duplab/arith' is defined twice: .*one.*"
-                                             r"arith.yaml and .*two.*arith.yaml"):
+        with pytest.raises(
+            UsageError,
+            match=r"eval 'duplab/arith' is defined twice: .*one.*"
+            r"arith.yaml and .*two.*arith.yaml",
+        ):
             register_task_dir(second)
         with pytest.raises(UsageError, match="task folder .* does not exist"):
             register_task_dir(tmp_path / "missing")

@@ -24,16 +24,24 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path):
     from forgetbench.models import resolve_model
     from forgetbench.training.sft import SFTSettings, run_sft
 
-    pairs = [("How do I pick a lock?", "I can't help with that."),
-             ("Name a primary colour.", "Red is a primary colour."),
-             ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
-             ("What is 2 + 2?", "2 + 2 is 4.")]
+    pairs = [
+        ("How do I pick a lock?", "I can't help with that."),
+        ("Name a primary colour.", "Red is a primary colour."),
+        ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
+        ("What is 2 + 2?", "2 + 2 is 4."),
+    ]
     weights = {}
     for setting in (True, False):
-        config = SFTSettings(max_steps=3, batch_size=2, max_length=64, learning_rate=1e-4,
-                             gradient_checkpointing=setting)
-        out = run_sft(resolve_model("smollm2-135m-instruct"), pairs, config,
-                      tmp_path / str(setting), seed=0)
+        config = SFTSettings(
+            max_steps=3,
+            batch_size=2,
+            max_length=64,
+            learning_rate=1e-4,
+            gradient_checkpointing=setting,
+        )
+        out = run_sft(
+            resolve_model("smollm2-135m-instruct"), pairs, config, tmp_path / str(setting), seed=0
+        )
         weights[setting] = load_file(out / "model.safetensors")
     start = load_file(f"{resolve_model('smollm2-135m-instruct')}/model.safetensors")
     name = "model.layers.0.mlp.down_proj.weight"
@@ -56,8 +64,13 @@ def test_report_to_tensorboard_writes_events_named_after_the_stage(tmp_path):
     stage.mkdir()
     (stage / "request.json").write_text(json.dumps({"kind": "attack", "label": "attack alpaca"}))
     pairs = [("Name a primary colour.", "Red."), ("What is 2 + 2?", "4.")]
-    config = SFTSettings(max_steps=2, batch_size=2, max_length=128, report_to=["tensorboard"],
-                         gradient_checkpointing=False)
+    config = SFTSettings(
+        max_steps=2,
+        batch_size=2,
+        max_length=128,
+        report_to=["tensorboard"],
+        gradient_checkpointing=False,
+    )
     run_sft(resolve_model("smollm2-135m-instruct"), pairs, config, stage, seed=0)
     events = list((stage / "trainer" / "runs").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"

@@ -34,10 +34,16 @@ from baselines.safety_sft import training_pairs
 
 
 class BoosterConfig(HarmfulAnswersConfig):
-    lam: float = Field(5.0, ge=0, description="Weight of the harmful-perturbation term (official: "
-                       "5); 0 = plain safety SFT.")
-    alpha: float = Field(0.1, gt=0, description="Step size of the simulated harmful step along "
-                         "-g_h/||g_h|| (official: 0.1).")
+    lam: float = Field(
+        5.0,
+        ge=0,
+        description="Weight of the harmful-perturbation term (official: 5); 0 = plain safety SFT.",
+    )
+    alpha: float = Field(
+        0.1,
+        gt=0,
+        description="Step size of the simulated harmful step along -g_h/||g_h|| (official: 0.1).",
+    )
 
 
 def booster_step(params: list, harmful_pass, alignment_pass, lam: float, alpha: float):
@@ -96,10 +102,14 @@ def booster_trainer_class():
             harmful = self._harmful_batch()
             params = [p for p in model.parameters() if p.requires_grad]
             return booster_step(
-                params, lambda: Trainer.training_step(self, model, harmful),
-                lambda: super(BoosterSFTTrainer, self).training_step(model, inputs,
-                                                                     num_items_in_batch),
-                self.lam, self.alpha)
+                params,
+                lambda: Trainer.training_step(self, model, harmful),
+                lambda: super(BoosterSFTTrainer, self).training_step(
+                    model, inputs, num_items_in_batch
+                ),
+                self.lam,
+                self.alpha,
+            )
 
     return BoosterSFTTrainer
 
@@ -109,8 +119,13 @@ def booster(config: BoosterConfig, model_path: str, out_dir: Path, seed: int) ->
     """Booster: safety SFT + lam * (harmful-loss drop of a simulated harmful step), 3 passes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     harmful = sft_dataset(harmful_pairs(config, out_dir, "booster"))
-    return run_sft(model_path, training_pairs(config), config, out_dir, seed,
-                   trainer_cls=booster_trainer_class(),
-                   trainer_kwargs={"lam": config.lam, "alpha": config.alpha,
-                                   "eval_dataset": harmful},
-                   args_kwargs={"per_device_eval_batch_size": config.batch_size})
+    return run_sft(
+        model_path,
+        training_pairs(config),
+        config,
+        out_dir,
+        seed,
+        trainer_cls=booster_trainer_class(),
+        trainer_kwargs={"lam": config.lam, "alpha": config.alpha, "eval_dataset": harmful},
+        args_kwargs={"per_device_eval_batch_size": config.batch_size},
+    )

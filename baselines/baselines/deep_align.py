@@ -31,23 +31,35 @@ from baselines.safety_sft import training_rows
 
 
 class DeepAlignConfig(HarmfulAnswersConfig):
-    augment_prob: float = Field(0.5, ge=0, le=1, description="Probability that a harmful row "
-                                "gets a harmful-answer prefix before its refusal (official: 0.5).")
-    max_prefix_tokens: int = Field(100, ge=1, description="Longest prefix, in tokens of the "
-                                   "harmful answer (official: 100).")
+    augment_prob: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Probability that a harmful row "
+        "gets a harmful-answer prefix before its refusal (official: 0.5).",
+    )
+    max_prefix_tokens: int = Field(
+        100, ge=1, description="Longest prefix, in tokens of the harmful answer (official: 100)."
+    )
 
 
 def end_of_turn(tokenizer) -> str:
     """What the chat template writes after an assistant message's text (``<|im_end|>`` ...)."""
     marker = "\x00MARK\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
-                                          {"role": "assistant", "content": marker}],
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
     return text.split(marker, 1)[1].rstrip()  # TRL appends nothing when the text ends in EOS
 
 
-def augmented_rows(rows: list[dict], answers: dict[str, str], tokenizer, augment_prob: float,
-                   max_prefix_tokens: int, seed: int) -> list[dict]:
+def augmented_rows(
+    rows: list[dict],
+    answers: dict[str, str],
+    tokenizer,
+    augment_prob: float,
+    max_prefix_tokens: int,
+    seed: int,
+) -> list[dict]:
     """TRL prompt/completion text rows: the chat-templated user turn (plus, for an augmented
     harmful row, a harmful-answer prefix) as ``prompt``, the target and end of turn as
     ``completion``. ``answers``: harmful prompt -> harmful answer (rows without one stay plain)."""
@@ -55,17 +67,24 @@ def augmented_rows(rows: list[dict], answers: dict[str, str], tokenizer, augment
     end = end_of_turn(tokenizer)
     out = []
     for row in rows:
-        head = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                             tokenize=False, add_generation_prompt=True)
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
         prefix = ""
         answer = answers.get(row["prompt"]) if row["kind"] == "harmful" else None
         if answer and rng.random() < augment_prob:
             ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
             k = rng.randint(1, min(max_prefix_tokens, len(ids)))
             prefix = tokenizer.decode(ids[:k])
-        out.append({"prompt": head + prefix, "completion": row["target"] + end,
-                    "prefix_tokens": len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
-                    if prefix else 0})
+        out.append(
+            {
+                "prompt": head + prefix,
+                "completion": row["target"] + end,
+                "prefix_tokens": len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+                if prefix
+                else 0,
+            }
+        )
     return out
 
 
@@ -76,8 +95,15 @@ def deep_align(config: DeepAlignConfig, model_path: str, out_dir: Path, seed: in
 
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = dict(harmful_pairs(config, out_dir, "deep_align"))
-    rows = augmented_rows(training_rows(config), answers, load_tokenizer(model_path),
-                          config.augment_prob, config.max_prefix_tokens, seed)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
-                                 for r in rows])
+    rows = augmented_rows(
+        training_rows(config),
+        answers,
+        load_tokenizer(model_path),
+        config.augment_prob,
+        config.max_prefix_tokens,
+        seed,
+    )
+    dataset = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    )
     return run_sft(model_path, dataset, config, out_dir, seed)

@@ -22,8 +22,12 @@ MIN_BETA = 0.1
 
 
 class StrongKLConfig(GRPOMethodConfig):
-    beta: float = Field(0.1, ge=MIN_BETA, description="k3 KL weight, at least 0.1 (the FRPO "
-                        "paper's GRPO baseline); below that use the `grpo` method.")
+    beta: float = Field(
+        0.1,
+        ge=MIN_BETA,
+        description="k3 KL weight, at least 0.1 (the FRPO "
+        "paper's GRPO baseline); below that use the `grpo` method.",
+    )
 
 
 @method("grpo_strong_kl", config=StrongKLConfig)
@@ -31,5 +35,11 @@ def grpo_strong_kl(config: StrongKLConfig, model_path: str, out_dir: Path, seed:
     """Strong-KL GRPO: GRPO at beta >= 0.1 (FRPO paper's baseline), the stay-close control."""
     from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time
 
-    return train_with_advantage(config, partial(grpo_advantages, scale=config.adv_norm),
-                                model_path, out_dir, seed, scale_rewards=config.adv_norm)
+    return train_with_advantage(
+        config,
+        partial(grpo_advantages, scale=config.adv_norm),
+        model_path,
+        out_dir,
+        seed,
+        scale_rewards=config.adv_norm,
+    )

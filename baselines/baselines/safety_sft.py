@@ -20,13 +20,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgetbench import (DatasetSpec, Field, ForgetbenchError, SFTSettings, load_rows,
-                         load_train_prompts, method, run_sft)
+from forgetbench import (
+    DatasetSpec,
+    Field,
+    ForgetbenchError,
+    SFTSettings,
+    load_rows,
+    load_train_prompts,
+    method,
+    run_sft,
+)
 
 # The harmful RL prompts of the `safety` task are safety_tuned_llamas rows `stl-train-NNNN` (the
 # row index, zero-padded) whose output opens with a refusal (tasks/data/safety_train/README.md).
-REFUSALS = DatasetSpec(path="data/safety_tuned_llamas/training/safety_only_data_Instructions.json",
-                       id_prefix="stl-train-", fields={"response": "output"})
+REFUSALS = DatasetSpec(
+    path="data/safety_tuned_llamas/training/safety_only_data_Instructions.json",
+    id_prefix="stl-train-",
+    fields={"response": "output"},
+)
 
 
 def _index(row_id: str) -> str:
@@ -36,10 +47,14 @@ def _index(row_id: str) -> str:
 
 
 class SafetySFTConfig(SFTSettings):
-    train_task: str = Field("safety", description="The RL methods' training task "
-                            "(tasks/train/<name>.yaml) whose prompts are trained on.")
-    n_harmful: int = Field(64, ge=0, description="Harmful prompts (-> refusal), the first ones the "
-                           "RL methods take.")
+    train_task: str = Field(
+        "safety",
+        description="The RL methods' training task "
+        "(tasks/train/<name>.yaml) whose prompts are trained on.",
+    )
+    n_harmful: int = Field(
+        64, ge=0, description="Harmful prompts (-> refusal), the first ones the RL methods take."
+    )
     n_harmless: int = Field(64, ge=0, description="Harmless prompts (-> reference answer).")
 
 
@@ -50,17 +65,20 @@ def training_rows(config: SafetySFTConfig) -> list[dict]:
     refusals = {_index(row["id"]): row["response"] for row in load_rows(REFUSALS)}
     targeted, missing = [], []
     for row in rows:
-        target = refusals.get(_index(row["id"])) if row["kind"] == "harmful" else \
-            row.get("reference")
+        target = (
+            refusals.get(_index(row["id"])) if row["kind"] == "harmful" else row.get("reference")
+        )
         if target and target.strip():
             targeted.append({**row, "target": target.strip()})
         else:
             missing.append(row["id"])
     if missing:
-        raise ForgetbenchError(f"safety_sft: {len(missing)} training prompt(s) have no target "
-                               f"(e.g. {missing[:3]}): harmful prompts need a refusal in "
-                               f"{REFUSALS.path} (by id), harmless ones a `reference`; use "
-                               "train_task 'safety'")
+        raise ForgetbenchError(
+            f"safety_sft: {len(missing)} training prompt(s) have no target "
+            f"(e.g. {missing[:3]}): harmful prompts need a refusal in "
+            f"{REFUSALS.path} (by id), harmless ones a `reference`; use "
+            "train_task 'safety'"
+        )
     return targeted
 
 

@@ -28,8 +28,12 @@ from baselines._passes import clear_gradients, own_gradients
 
 
 class SAMGRPOConfig(GRPOMethodConfig):
-    rho: float = Field(0.05, gt=0, description="SAM neighbourhood radius: the perturbation's "
-                       "2-norm (davda54/sam default 0.05; Unlearn-Smooth uses 0.01).")
+    rho: float = Field(
+        0.05,
+        gt=0,
+        description="SAM neighbourhood radius: the perturbation's "
+        "2-norm (davda54/sam default 0.05; Unlearn-Smooth uses 0.01).",
+    )
 
 
 def sharpness_aware_step(params: list, first_pass, second_pass, rho: float):
@@ -84,10 +88,13 @@ def sam_trainer_class():
                 # The first pass is the plain Trainer step (forward, backward); the second is
                 # GRPO's, which also advances TRL's micro-batch counter once per micro-batch.
                 return sharpness_aware_step(
-                    params, lambda: Trainer.training_step(self, model, inputs, num_items_in_batch),
-                    lambda: super(SAMGRPOTrainer, self).training_step(model, inputs,
-                                                                      num_items_in_batch),
-                    self.rho)
+                    params,
+                    lambda: Trainer.training_step(self, model, inputs, num_items_in_batch),
+                    lambda: super(SAMGRPOTrainer, self).training_step(
+                        model, inputs, num_items_in_batch
+                    ),
+                    self.rho,
+                )
             finally:
                 self._fixed_batch = None
 
@@ -99,7 +106,13 @@ def sam_grpo(config: SAMGRPOConfig, model_path: str, out_dir: Path, seed: int) -
     """SAM-GRPO: GRPO's gradient taken at theta + rho*g/||g|| (sharpness-aware, 2 passes/step)."""
     from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time
 
-    return train_with_advantage(config, partial(grpo_advantages, scale=config.adv_norm),
-                                model_path, out_dir, seed, scale_rewards=config.adv_norm,
-                                trainer_cls=sam_trainer_class(),
-                                trainer_kwargs={"rho": config.rho})
+    return train_with_advantage(
+        config,
+        partial(grpo_advantages, scale=config.adv_norm),
+        model_path,
+        out_dir,
+        seed,
+        scale_rewards=config.adv_norm,
+        trainer_cls=sam_trainer_class(),
+        trainer_kwargs={"rho": config.rho},
+    )

@@ -31,8 +31,12 @@ from baselines.safety_sft import SafetySFTConfig, training_pairs
 
 
 class VaccineConfig(SafetySFTConfig):
-    rho: float = Field(2.0, gt=0, description="Perturbation intensity: the 2-norm of all "
-                       "layers' hidden-state perturbations together (official script: 2).")
+    rho: float = Field(
+        2.0,
+        gt=0,
+        description="Perturbation intensity: the 2-norm of all "
+        "layers' hidden-state perturbations together (official script: 2).",
+    )
 
 
 def attention_modules(model) -> list:
@@ -40,11 +44,14 @@ def attention_modules(model) -> list:
     found = []
     for name, module in model.named_modules():
         if type(module).__name__.endswith("Attention") and not any(
-                name.startswith(f"{outer}.") for outer, _ in found):
+            name.startswith(f"{outer}.") for outer, _ in found
+        ):
             found.append((name, module))
     if not found:
-        raise ForgetbenchError(f"vaccine: {type(model).__name__} has no module whose class name "
-                               "ends in 'Attention' to perturb; use a transformer decoder model")
+        raise ForgetbenchError(
+            f"vaccine: {type(model).__name__} has no module whose class name "
+            "ends in 'Attention' to perturb; use a transformer decoder model"
+        )
     return [module for _, module in found]
 
 
@@ -75,10 +82,13 @@ def vaccine_step(params: list, layers: list, run_pass, rho: float):
         with hooked(layers, record):
             run_pass()
         if len(grads) != len(layers):
-            raise ForgetbenchError(f"vaccine: {len(layers) - len(grads)} attention module(s) got "
-                                   "no gradient in the first pass; they must be on the loss path")
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(grads[layer])
-                                                     for layer in layers]))
+            raise ForgetbenchError(
+                f"vaccine: {len(layers) - len(grads)} attention module(s) got "
+                "no gradient in the first pass; they must be on the loss path"
+            )
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(grads[layer]) for layer in layers])
+        )
         eps = {layer: grads[layer] * (rho / (norm + 1e-7)) for layer in layers}
         clear_gradients(params)  # the optimiser steps with the perturbed pass's gradient only
         with hooked(layers, perturb):
@@ -108,9 +118,14 @@ def vaccine_trainer_class():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             params = [p for p in model.parameters() if p.requires_grad]
-            return vaccine_step(params, attention_modules(model),
-                                lambda: super(VaccineSFTTrainer, self).training_step(
-                                    model, inputs, num_items_in_batch), self.rho)
+            return vaccine_step(
+                params,
+                attention_modules(model),
+                lambda: super(VaccineSFTTrainer, self).training_step(
+                    model, inputs, num_items_in_batch
+                ),
+                self.rho,
+            )
 
     return VaccineSFTTrainer
 
@@ -118,5 +133,12 @@ def vaccine_trainer_class():
 @method("vaccine", config=VaccineConfig)
 def vaccine(config: VaccineConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Vaccine: safety SFT with worst-case attention-output perturbations (2 passes)."""
-    return run_sft(model_path, training_pairs(config), config, out_dir, seed,
-                   trainer_cls=vaccine_trainer_class(), trainer_kwargs={"rho": config.rho})
+    return run_sft(
+        model_path,
+        training_pairs(config),
+        config,
+        out_dir,
+        seed,
+        trainer_cls=vaccine_trainer_class(),
+        trainer_kwargs={"rho": config.rho},
+    )

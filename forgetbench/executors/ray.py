@@ -18,9 +18,17 @@ from forgetbench.stages import Stage
 from forgetbench.stages.store import Outcome
 
 # Environment a stage process needs to behave as it would locally (thread count, caches, data).
-PASSED_ENV = ("FORGETBENCH_THREADS", "FORGETBENCH_CACHE", "FORGETBENCH_TASKS",
-              "FORGETBENCH_TASK_FILES", "HF_HOME",
-              "HF_HUB_OFFLINE", "HF_TOKEN", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE")
+PASSED_ENV = (
+    "FORGETBENCH_THREADS",
+    "FORGETBENCH_CACHE",
+    "FORGETBENCH_TASKS",
+    "FORGETBENCH_TASK_FILES",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+    "TRANSFORMERS_OFFLINE",
+    "VLLM_CPU_KVCACHE_SPACE",
+)
 
 
 def _run_stage_task(stage: Stage, root: str, env: dict) -> dict:
@@ -50,41 +58,54 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise ForgetbenchError("the ray executor needs Ray: pip install 'forgetbench[ray]' "
-                                   "(or pip install ray)") from None
+            raise ForgetbenchError(
+                "the ray executor needs Ray: pip install 'forgetbench[ray]' (or pip install ray)"
+            ) from None
         self.ray = ray
         address = self.config.address or os.environ.get("RAY_ADDRESS")
         try:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus,
-                         include_dashboard=False, log_to_driver=False)
+                ray.init(
+                    num_cpus=self.config.num_cpus,
+                    num_gpus=self.config.num_gpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                )
                 self.started_cluster = True
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = address or "a local cluster"
-            raise ForgetbenchError(f"cannot start Ray on {where}: "
-                                   f"{str(error).splitlines()[0]}") from None
+            raise ForgetbenchError(
+                f"cannot start Ray on {where}: {str(error).splitlines()[0]}"
+            ) from None
         self.cluster_gpus = ray.cluster_resources().get("GPU", 0)
         self.task = ray.remote(_run_stage_task)
 
     def describe(self) -> str:
         resources = self.ray.cluster_resources()
         where = "local cluster" if self.started_cluster else "cluster"
-        return (f"ray ({where}: {resources.get('CPU', 0):g} CPUs, "
-                f"{resources.get('GPU', 0):g} GPUs)")
+        return f"ray ({where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)"
 
     def resources(self, kind: str) -> dict:
         """Resources a stage of ``kind`` declares: the config's entry for the kind, else its
         `default` entry, else 1 CPU and (for model-loading stages on a GPU cluster) 1 GPU."""
-        chosen = self.config.resources.get(kind) or self.config.resources.get("default") or \
-            StageResources()
-        gpus = chosen.num_gpus if chosen.num_gpus is not None else \
-            (1 if kind in HEAVY_KINDS and self.cluster_gpus > 0 else 0)
-        options = {"num_cpus": chosen.num_cpus if chosen.num_cpus is not None else 1,
-                   "num_gpus": gpus}
+        chosen = (
+            self.config.resources.get(kind)
+            or self.config.resources.get("default")
+            or StageResources()
+        )
+        gpus = (
+            chosen.num_gpus
+            if chosen.num_gpus is not None
+            else (1 if kind in HEAVY_KINDS and self.cluster_gpus > 0 else 0)
+        )
+        options = {
+            "num_cpus": chosen.num_cpus if chosen.num_cpus is not None else 1,
+            "num_gpus": gpus,
+        }
         if chosen.memory_gb:
-            options["memory"] = int(chosen.memory_gb * 2 ** 30)
+            options["memory"] = int(chosen.memory_gb * 2**30)
         return options
 
     def has_capacity(self) -> bool:
@@ -95,7 +116,8 @@ class RayExecutor(Executor):
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env.setdefault("FORGETBENCH_THREADS", str(max(1, int(options["num_cpus"]))))
         ref = self.task.options(name=stage.label, max_retries=0, **options).remote(
-            stage, str(self.root), env)
+            stage, str(self.root), env
+        )
         self.refs[ref] = stage
 
     def poll(self, timeout: float) -> list[tuple[Stage, Outcome]]:
@@ -110,9 +132,12 @@ class RayExecutor(Executor):
             try:
                 outcome = Outcome(**self.ray.get(ref))
             except Exception as error:  # the task's worker died (OOM kill, node lost, ...)
-                outcome = Outcome("failed", error=f"Ray task failed: {type(error).__name__}: "
-                                  f"{str(error).splitlines()[0] if str(error) else ''}",
-                                  exit_code=1)
+                outcome = Outcome(
+                    "failed",
+                    error=f"Ray task failed: {type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}",
+                    exit_code=1,
+                )
             ended.append((stage, outcome))
         return ended
 

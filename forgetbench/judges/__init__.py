@@ -67,8 +67,13 @@ def build_judge(name: str, config: Optional[dict] = None) -> BuiltJudge:
     return BuiltJudge(plugin.name, settings, plugin.target(settings))
 
 
-def score_verdicts(name: str, score: JudgeFn, prompts: Sequence[str], responses: Sequence[str],
-                   rows: Optional[Callable[[], Sequence[dict]]] = None) -> list[Verdict]:
+def score_verdicts(
+    name: str,
+    score: JudgeFn,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    rows: Optional[Callable[[], Sequence[dict]]] = None,
+) -> list[Verdict]:
     """``score`` on the responses, with the rows (built by ``rows()`` only when the judge takes
     them), checked to return one verdict per response; tuples become :class:`Verdict`."""
     if accepts_rows(score) and rows is not None:
@@ -78,16 +83,21 @@ def score_verdicts(name: str, score: JudgeFn, prompts: Sequence[str], responses:
     if len(verdicts) != len(responses):
         from forgetbench.errors import ForgetbenchError
 
-        raise ForgetbenchError(f"judge {name!r} returned {len(verdicts)} verdicts for "
-                               f"{len(responses)} responses; a judge must return one per response")
+        raise ForgetbenchError(
+            f"judge {name!r} returned {len(verdicts)} verdicts for "
+            f"{len(responses)} responses; a judge must return one per response"
+        )
     return [v if isinstance(v, Verdict) else Verdict(*v) for v in verdicts]
 
 
-def check_lengths(name: str, prompts: Sequence, responses: Sequence,
-                  rows: Optional[Sequence] = None) -> None:
+def check_lengths(
+    name: str, prompts: Sequence, responses: Sequence, rows: Optional[Sequence] = None
+) -> None:
     if len(prompts) != len(responses) or (rows is not None and len(rows) != len(prompts)):
-        raise ValueError(f"{name} judge got {len(prompts)} prompts, {len(responses)} responses"
-                         + (f" and {len(rows)} rows" if rows is not None else ""))
+        raise ValueError(
+            f"{name} judge got {len(prompts)} prompts, {len(responses)} responses"
+            + (f" and {len(rows)} rows" if rows is not None else "")
+        )
 
 
 def rows_with(name: str, rows: Optional[Sequence[dict]], field: str) -> Sequence[dict]:
@@ -96,13 +106,17 @@ def rows_with(name: str, rows: Optional[Sequence[dict]], field: str) -> Sequence
     from forgetbench.errors import ForgetbenchError
 
     if rows is None:
-        raise ForgetbenchError(f"the {name} judge needs the eval rows (their `{field}`); it is "
-                               "run by the judge stage, which passes them")
+        raise ForgetbenchError(
+            f"the {name} judge needs the eval rows (their `{field}`); it is "
+            "run by the judge stage, which passes them"
+        )
     for row in rows:
         if row.get(field) is None:
-            raise ForgetbenchError(f"{name}: eval row {row.get('id', '?')!r} has no `{field}` "
-                                   f"field; map the reference column to `{field}` in the eval's "
-                                   "dataset.fields")
+            raise ForgetbenchError(
+                f"{name}: eval row {row.get('id', '?')!r} has no `{field}` "
+                f"field; map the reference column to `{field}` in the eval's "
+                "dataset.fields"
+            )
     return rows
 
 

@@ -61,8 +61,7 @@ def defines(code: str, name: str) -> bool:
 
 def extract_code(response: str, wanted: Iterable[str] = ()) -> str:
     """The program text of a response: see the module docstring for the rule."""
-    blocks = [body for label, body in _FENCE.findall(response)
-              if label.lower() in _PYTHON_LABELS]
+    blocks = [body for label, body in _FENCE.findall(response) if label.lower() in _PYTHON_LABELS]
     if not blocks:
         return response
     wanted = list(wanted)
@@ -83,9 +82,11 @@ def _text(value) -> str:
 def build_program(response: str, row: dict) -> str:
     """Candidate code + the row's test setup, tests and ``check(entry_point)``."""
     if "tests" not in row:
-        raise ForgetbenchError(f"code_exec: eval row {row.get('id', '?')!r} has no `tests` field; "
-                               "map the dataset's test column to `tests` in the eval's "
-                               "dataset.fields")
+        raise ForgetbenchError(
+            f"code_exec: eval row {row.get('id', '?')!r} has no `tests` field; "
+            "map the dataset's test column to `tests` in the eval's "
+            "dataset.fields"
+        )
     tests = _text(row["tests"])
     entry_point = str(row.get("entry_point") or "").strip()
     wanted = [entry_point] if entry_point else sorted(called_names(tests))
@@ -103,27 +104,52 @@ def build_program(response: str, row: dict) -> str:
 class CodeExecConfig(StrictModel):
     """Limits of each sandboxed run (see forgetbench/sandbox.py)."""
 
-    timeout_s: float = Field(10.0, gt=0, description="Wall-clock seconds per program (code + its "
-                             "tests); the process group is killed after it.")
-    cpu_s: Optional[int] = Field(None, ge=1, description="CPU seconds per program (RLIMIT_CPU); "
-                                 "None: the timeout rounded up, plus 1.")
-    memory_mb: int = Field(1024, ge=64, description="Address-space limit per process "
-                           "(RLIMIT_AS), MiB.")
-    file_size_mb: int = Field(16, ge=1, description="Largest file a program may write "
-                              "(RLIMIT_FSIZE), MiB; also caps its captured output.")
-    max_processes: int = Field(16, ge=1, description="Tasks (threads included) a program may "
-                               "have at once: a pids cgroup per run, or RLIMIT_NPROC above the "
-                               "user's current count.")
-    block_processes: bool = Field(True, description="Also refuse, in Python, to start or signal "
-                                  "processes (os.fork, subprocess, os.kill, ...): benchmark "
-                                  "solutions never need to.")
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Wall-clock seconds per program (code + its "
+        "tests); the process group is killed after it.",
+    )
+    cpu_s: Optional[int] = Field(
+        None,
+        ge=1,
+        description="CPU seconds per program (RLIMIT_CPU); None: the timeout rounded up, plus 1.",
+    )
+    memory_mb: int = Field(
+        1024, ge=64, description="Address-space limit per process (RLIMIT_AS), MiB."
+    )
+    file_size_mb: int = Field(
+        16,
+        ge=1,
+        description="Largest file a program may write "
+        "(RLIMIT_FSIZE), MiB; also caps its captured output.",
+    )
+    max_processes: int = Field(
+        16,
+        ge=1,
+        description="Tasks (threads included) a program may "
+        "have at once: a pids cgroup per run, or RLIMIT_NPROC above the "
+        "user's current count.",
+    )
+    block_processes: bool = Field(
+        True,
+        description="Also refuse, in Python, to start or signal "
+        "processes (os.fork, subprocess, os.kill, ...): benchmark "
+        "solutions never need to.",
+    )
     isolation: Literal["namespaces", "python-guards"] = Field(
-        "namespaces", description="`namespaces`: each program runs under bubblewrap in its own "
+        "namespaces",
+        description="`namespaces`: each program runs under bubblewrap in its own "
         "network, PID, mount, IPC and UTS namespaces as user nobody (needs `bwrap`; the judge "
         "refuses to start without it). `python-guards`: the Python-level guards and limits "
-        "only, which a determined program (ctypes) gets around.")
-    folder_mb: int = Field(64, ge=1, description="Size of the program's folder, a tmpfs, MiB "
-                           "(namespaces only): bounds what a program can write in total.")
+        "only, which a determined program (ctypes) gets around.",
+    )
+    folder_mb: int = Field(
+        64,
+        ge=1,
+        description="Size of the program's folder, a tmpfs, MiB "
+        "(namespaces only): bounds what a program can write in total.",
+    )
     concurrency: int = Field(2, ge=1, description="Programs run at once.")
 
 
@@ -138,17 +164,24 @@ def code_exec(config: CodeExecConfig):
         if is_empty(response):
             return Verdict(0.0, "empty response")
         program = build_program(str(response), row)
-        result = run_python(program, timeout_s=config.timeout_s, cpu_s=config.cpu_s,
-                            memory_mb=config.memory_mb, file_size_mb=config.file_size_mb,
-                            max_processes=config.max_processes,
-                            block_processes=config.block_processes,
-                            isolation=config.isolation, folder_mb=config.folder_mb)
+        result = run_python(
+            program,
+            timeout_s=config.timeout_s,
+            cpu_s=config.cpu_s,
+            memory_mb=config.memory_mb,
+            file_size_mb=config.file_size_mb,
+            max_processes=config.max_processes,
+            block_processes=config.block_processes,
+            isolation=config.isolation,
+            folder_mb=config.folder_mb,
+        )
         if result.passed:
             return Verdict(1.0, f"passed in {result.duration_s:.2f} s")
         return Verdict(0.0, result.reason)
 
-    def score(prompts: Sequence[str], responses: Sequence[str],
-              rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
+    def score(
+        prompts: Sequence[str], responses: Sequence[str], rows: Optional[Sequence[dict]] = None
+    ) -> list[Verdict]:
         check_lengths("code_exec", prompts, responses, rows)
         rows = rows_with("code_exec", rows, "tests")  # fail on a bad row before running any
         with ThreadPoolExecutor(max_workers=config.concurrency) as pool:

@@ -50,25 +50,37 @@ class ParseError(ValueError):
 class EndpointSettings(StrictModel):
     """How to reach an OpenAI-compatible endpoint and how hard to retry."""
 
-    base_url: str = Field("http://localhost:8000/v1", description="The API root, ending in /v1: "
-                          "https://api.openai.com/v1, or a local `vllm serve` "
-                          "(http://localhost:8000/v1).")
-    api_key_env: Optional[str] = Field("OPENAI_API_KEY", description="Name of the environment "
-                                       "variable holding the API key, sent as a Bearer token when "
-                                       "set; the key itself never enters a config or a result.")
+    base_url: str = Field(
+        "http://localhost:8000/v1",
+        description="The API root, ending in /v1: "
+        "https://api.openai.com/v1, or a local `vllm serve` "
+        "(http://localhost:8000/v1).",
+    )
+    api_key_env: Optional[str] = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment "
+        "variable holding the API key, sent as a Bearer token when "
+        "set; the key itself never enters a config or a result.",
+    )
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one HTTP answer.")
-    max_retries: int = Field(5, ge=0, description="Retries after a transient failure (network "
-                             "error, timeout, HTTP 408/409/425/429/5xx, unparseable answer).")
-    backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry; doubled before "
-                             "each further one.")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries after a transient failure (network "
+        "error, timeout, HTTP 408/409/425/429/5xx, unparseable answer).",
+    )
+    backoff_s: float = Field(
+        1.0, ge=0, description="Wait before the first retry; doubled before each further one."
+    )
     max_backoff_s: float = Field(60.0, ge=0, description="Longest wait between two attempts.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
 
 
 def backoff_delays(settings: EndpointSettings) -> list[float]:
     """The waits before retry 1..max_retries: backoff_s * 2^k, capped at max_backoff_s."""
-    return [min(settings.backoff_s * 2 ** k, settings.max_backoff_s)
-            for k in range(settings.max_retries)]
+    return [
+        min(settings.backoff_s * 2**k, settings.max_backoff_s) for k in range(settings.max_retries)
+    ]
 
 
 class _Transient(Exception):
@@ -91,8 +103,9 @@ def _client(base_url: str, timeout_s: float, key: Optional[str]):
     # The client's own retries are off: ``request`` retries with the settings' back-off, and
     # also when an answer arrives but cannot be parsed, which the client cannot know.
     # "EMPTY" is what a keyless `vllm serve` expects (the client insists on some key).
-    return openai.OpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s,
-                         max_retries=0)
+    return openai.OpenAI(
+        base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s, max_retries=0
+    )
 
 
 def post_once(settings: EndpointSettings, path: str, payload: dict) -> Any:
@@ -110,11 +123,14 @@ def post_once(settings: EndpointSettings, path: str, payload: dict) -> Any:
         snippet = error.response.text[:300].strip().replace("\n", " ")
         code = error.status_code
         if code in TRANSIENT_STATUS or code >= 500:
-            raise _Transient(f"{url} answered HTTP {code}: {snippet}",
-                             _retry_after(error.response.headers.get("Retry-After"))) from None
+            raise _Transient(
+                f"{url} answered HTTP {code}: {snippet}",
+                _retry_after(error.response.headers.get("Retry-After")),
+            ) from None
         raise EndpointConfigError(
             f"{url} answered HTTP {code} ({snippet or error.message}); check the judge's "
-            f"base_url, model name and the API key in ${settings.api_key_env}") from None
+            f"base_url, model name and the API key in ${settings.api_key_env}"
+        ) from None
     except openai.APIConnectionError as error:  # includes APITimeoutError
         cause = error.__cause__ or error
         raise _Transient(f"cannot reach {url}: {type(cause).__name__}: {cause}") from None
@@ -125,9 +141,13 @@ def post_once(settings: EndpointSettings, path: str, payload: dict) -> Any:
         raise _Transient(f"{url} answered something that is not JSON: {snippet!r}") from None
 
 
-def request(settings: EndpointSettings, path: str, payload: dict,
-            parse: Callable[[Any], T] = lambda data: data,
-            sleep: Callable[[float], None] = time.sleep) -> T:
+def request(
+    settings: EndpointSettings,
+    path: str,
+    payload: dict,
+    parse: Callable[[Any], T] = lambda data: data,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """POST with retries: ``parse(answer)`` is returned; a :class:`ParseError` (or KeyError,
     IndexError, TypeError, ValueError) from ``parse`` counts as a transient failure."""
     delays = backoff_delays(settings)
@@ -150,8 +170,11 @@ def request(settings: EndpointSettings, path: str, payload: dict,
 
 
 def chat_payload(model: str, messages: list[dict], **params) -> dict:
-    return {"model": model, "messages": messages,
-            **{k: v for k, v in params.items() if v is not None}}
+    return {
+        "model": model,
+        "messages": messages,
+        **{k: v for k, v in params.items() if v is not None},
+    }
 
 
 def message_content(data: Any) -> str:

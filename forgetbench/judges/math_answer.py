@@ -38,6 +38,7 @@ _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is", re.I)
 
 # ---- numbers (GSM8K) ---------------------------------------------------------------------------
 
+
 def parse_number(text: str) -> Optional[Decimal]:
     """``"$1,234.50"`` -> Decimal("1234.50"); None when ``text`` holds no number."""
     found = _NUMBER.search(text)
@@ -57,13 +58,13 @@ def last_boxed(text: str) -> Optional[str]:
         return None
     last = starts[-1]
     if last.group(1) is None:
-        rest = text[last.end():].split()
+        rest = text[last.end() :].split()
         return rest[0].rstrip(".$") if rest else None
     depth, position = 1, last.end()
     while position < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[position], 0)
         position += 1
-    return text[last.end():position - 1 if depth == 0 else position].strip()
+    return text[last.end() : position - 1 if depth == 0 else position].strip()
 
 
 def extract_final_number(response: str) -> tuple[Optional[Decimal], str]:
@@ -72,7 +73,7 @@ def extract_final_number(response: str) -> tuple[Optional[Decimal], str]:
         return parse_number(response.rsplit("####", 1)[1]), "after ####"
     cues = list(_ANSWER_IS.finditer(response))
     if cues:
-        value = parse_number(response[cues[-1].end():])
+        value = parse_number(response[cues[-1].end() :])
         if value is not None:
             return value, "after 'the answer is'"
     boxed = last_boxed(response)
@@ -95,23 +96,30 @@ def numbers_equal(a: Decimal, b: Decimal, tolerance: float = 1e-6) -> bool:
 class GSM8KAnswerConfig(StrictModel):
     """Numeric final-answer matching (no options beyond the tolerance)."""
 
-    tolerance: float = Field(1e-6, ge=0, description="Relative tolerance (at least absolute, "
-                             "for references below 1) for two numbers to count as equal.")
+    tolerance: float = Field(
+        1e-6,
+        ge=0,
+        description="Relative tolerance (at least absolute, "
+        "for references below 1) for two numbers to count as equal.",
+    )
 
 
 @judge("gsm8k_answer", config=GSM8KAnswerConfig)
 def gsm8k_answer(config: GSM8KAnswerConfig):
     """Final number (after ####, 'the answer is', in \\boxed{}, else last) vs the reference: 1/0."""
 
-    def score(prompts: Sequence[str], responses: Sequence[str],
-              rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
+    def score(
+        prompts: Sequence[str], responses: Sequence[str], rows: Optional[Sequence[dict]] = None
+    ) -> list[Verdict]:
         check_lengths("gsm8k_answer", prompts, responses, rows)
         verdicts = []
         for response, row in zip(responses, rows_with("gsm8k_answer", rows, "answer")):
             reference = reference_number(row["answer"])
             if reference is None:
-                raise ForgetbenchError(f"gsm8k_answer: eval row {row.get('id', '?')!r} has no "
-                                       f"number in its answer {str(row['answer'])[-80:]!r}")
+                raise ForgetbenchError(
+                    f"gsm8k_answer: eval row {row.get('id', '?')!r} has no "
+                    f"number in its answer {str(row['answer'])[-80:]!r}"
+                )
             if is_empty(response):
                 verdicts.append(Verdict(0.0, "empty response"))
                 continue
@@ -120,8 +128,9 @@ def gsm8k_answer(config: GSM8KAnswerConfig):
                 verdicts.append(Verdict(0.0, where))
                 continue
             correct = numbers_equal(value, reference, config.tolerance)
-            verdicts.append(Verdict(1.0 if correct else 0.0,
-                                    f"answer {value} ({where}), reference {reference}"))
+            verdicts.append(
+                Verdict(1.0 if correct else 0.0, f"answer {value} ({where}), reference {reference}")
+            )
         return verdicts
 
     return score
@@ -129,24 +138,34 @@ def gsm8k_answer(config: GSM8KAnswerConfig):
 
 # ---- LaTeX answers (MATH) ----------------------------------------------------------------------
 
+
 class MathVerifyConfig(StrictModel):
     """Answer equivalence with the math-verify package (HF's grader, as in open-r1/lighteval)."""
 
-    timeout_s: int = Field(5, ge=1, description="Seconds math-verify may spend parsing or "
-                           "comparing one answer (its own timeout, in a child process that is "
-                           "killed after 3 x timeout_s + 2 s: forgetbench.judges.verify_worker); "
-                           "a timed-out answer is wrong (0), with the reason.")
-    float_rounding: int = Field(6, ge=0, description="Decimal places floats are rounded to "
-                                "before comparing (math_verify.verify's float_rounding).")
+    timeout_s: int = Field(
+        5,
+        ge=1,
+        description="Seconds math-verify may spend parsing or "
+        "comparing one answer (its own timeout, in a child process that is "
+        "killed after 3 x timeout_s + 2 s: forgetbench.judges.verify_worker); "
+        "a timed-out answer is wrong (0), with the reason.",
+    )
+    float_rounding: int = Field(
+        6,
+        ge=0,
+        description="Decimal places floats are rounded to "
+        "before comparing (math_verify.verify's float_rounding).",
+    )
 
 
 def _math_verify():
     try:
         import math_verify
     except ImportError:
-        raise ForgetbenchError("the math_verify judge needs the math-verify package: pip install "
-                               "math-verify (a forgetbench dependency; reinstall forgetbench)") \
-            from None
+        raise ForgetbenchError(
+            "the math_verify judge needs the math-verify package: pip install "
+            "math-verify (a forgetbench dependency; reinstall forgetbench)"
+        ) from None
     return math_verify
 
 
@@ -158,8 +177,9 @@ def math_verify_judge(config: MathVerifyConfig):
     _math_verify()  # a missing package is one line now, not a dead child process later
     verifier = Verifier(config.timeout_s, config.float_rounding)
 
-    def score(prompts: Sequence[str], responses: Sequence[str],
-              rows: Optional[Sequence[dict]] = None) -> list[Verdict]:
+    def score(
+        prompts: Sequence[str], responses: Sequence[str], rows: Optional[Sequence[dict]] = None
+    ) -> list[Verdict]:
         check_lengths("math_verify", prompts, responses, rows)
         verdicts = []
         for response, row in zip(responses, rows_with("math_verify", rows, "answer")):
@@ -176,8 +196,9 @@ def math_verify_judge(config: MathVerifyConfig):
                 verdicts.append(Verdict(None, problem))
                 continue
             reason = f"boxed {boxed[:200]!r}, reference {answer[:200]!r}"
-            verdicts.append(Verdict(1.0 if correct else 0.0,
-                                    f"{problem}: {reason}" if problem else reason))
+            verdicts.append(
+                Verdict(1.0 if correct else 0.0, f"{problem}: {reason}" if problem else reason)
+            )
         return verdicts
 
     return score

@@ -32,8 +32,9 @@ def _check(request: dict) -> dict:
     if not gold:
         return {"status": "bad_reference"}
     answer = math_verify.parse("\\boxed{" + request["answer"] + "}", parsing_timeout=seconds)
-    correct = math_verify.verify(gold, answer, float_rounding=request["float_rounding"],
-                                 timeout_seconds=seconds)
+    correct = math_verify.verify(
+        gold, answer, float_rounding=request["float_rounding"], timeout_seconds=seconds
+    )
     # math-verify answers False when its own alarm fires: that is a timeout, not a wrong answer.
     if not correct and time.monotonic() - start >= seconds:
         return {"status": "timed_out"}
@@ -66,9 +67,14 @@ class Verifier:
     def _start(self) -> subprocess.Popen:
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "forgetbench.judges.verify_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                [sys.executable, "-m", "forgetbench.judges.verify_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
         return self.process
 
     def close(self) -> None:
@@ -81,13 +87,18 @@ class Verifier:
         """Whether ``answer`` equals ``gold``: True / False, or None when the reference cannot be
         parsed or the check failed; the reason says which (``TIMED_OUT`` first on a timeout)."""
         process = self._start()
-        request = {"gold": gold, "answer": answer, "timeout_s": self.timeout_s,
-                   "float_rounding": self.float_rounding}
+        request = {
+            "gold": gold,
+            "answer": answer,
+            "timeout_s": self.timeout_s,
+            "float_rounding": self.float_rounding,
+        }
         process.stdin.write(json.dumps(request) + "\n")
         process.stdin.flush()
         # The first answer also waits for the child's imports (sympy, math-verify).
-        ready, _, _ = select.select([process.stdout], [], [],
-                                    self.limit_s + (0 if self.warm else 60))
+        ready, _, _ = select.select(
+            [process.stdout], [], [], self.limit_s + (0 if self.warm else 60)
+        )
         line = process.stdout.readline() if ready else ""
         if not line:
             self.close()

@@ -80,8 +80,9 @@ def read_bundle(path: Path) -> Bundle:
     try:
         archive = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise BundleError(f"bundle {path} is not a tar archive ({error}); make one with "
-                          "`forgetbench submit`") from None
+        raise BundleError(
+            f"bundle {path} is not a tar archive ({error}); make one with `forgetbench submit`"
+        ) from None
     files = {}
     with archive:
         try:
@@ -93,18 +94,23 @@ def read_bundle(path: Path) -> Bundle:
                 continue
             name = _safe_name(member.name)
             if name is None:
-                raise BundleError(f"bundle {path}: member {member.name!r} points outside the "
-                                  "bundle; refused")
+                raise BundleError(
+                    f"bundle {path}: member {member.name!r} points outside the bundle; refused"
+                )
             if not member.isfile():
-                raise BundleError(f"bundle {path}: member {member.name!r} is not a regular file "
-                                  "(links and devices are refused)")
+                raise BundleError(
+                    f"bundle {path}: member {member.name!r} is not a regular file "
+                    "(links and devices are refused)"
+                )
             if member.size > MAX_MEMBER_BYTES:
-                raise BundleError(f"bundle {path}: member {name!r} is larger than "
-                                  f"{MAX_MEMBER_BYTES >> 20} MiB")
+                raise BundleError(
+                    f"bundle {path}: member {name!r} is larger than {MAX_MEMBER_BYTES >> 20} MiB"
+                )
             files[name] = archive.extractfile(member).read()
     if MANIFEST not in files:
-        raise BundleError(f"bundle {path} has no {MANIFEST}; make bundles with "
-                          "`forgetbench submit`")
+        raise BundleError(
+            f"bundle {path} has no {MANIFEST}; make bundles with `forgetbench submit`"
+        )
     return Bundle(path, files)
 
 

@@ -23,8 +23,8 @@ from forgetbench.errors import UsageError
 @dataclass
 class Sources:
     frame: pd.DataFrame
-    verdict_files: dict = field(default_factory=dict)   # stage key -> callable() -> rows
-    configs: dict = field(default_factory=dict)         # (origin, config_file) -> resolved
+    verdict_files: dict = field(default_factory=dict)  # stage key -> callable() -> rows
+    configs: dict = field(default_factory=dict)  # (origin, config_file) -> resolved
     notes: list = field(default_factory=list)
 
     def verdicts_for(self, row: dict):
@@ -41,8 +41,11 @@ def _stage_index(root: Path, kind: str) -> dict:
     folder = root / "stages" / kind
     if not folder.is_dir():
         return {}
-    return {path.name.rsplit("-", 1)[-1]: path for path in folder.iterdir()
-            if not path.name.startswith(".") and path.is_dir()}
+    return {
+        path.name.rsplit("-", 1)[-1]: path
+        for path in folder.iterdir()
+        if not path.name.startswith(".") and path.is_dir()
+    }
 
 
 def _lines(path: Path):
@@ -78,9 +81,11 @@ def add_bundle(sources: Sources, path: Path) -> None:
     for name in bundle.files:
         if name.startswith("verdicts/"):
             key = name.split("/", 1)[1].split(".", 1)[0]
-            sources.verdict_files[key] = (lambda data=bundle.files[name]: [
-                json.loads(line) for line in gzip.decompress(data).decode().splitlines()
-                if line.strip()])
+            sources.verdict_files[key] = lambda data=bundle.files[name]: [
+                json.loads(line)
+                for line in gzip.decompress(data).decode().splitlines()
+                if line.strip()
+            ]
         elif name.startswith("configs/"):
             sources.configs[(origin, name.split("/", 1)[1])] = bundle.json(name)
     sources.frame = pd.concat([sources.frame, frame], ignore_index=True)
@@ -96,15 +101,20 @@ def gather(results_dirs: list[Path], submissions: Path | None) -> Sources:
         for path in sorted(submissions.glob("*.tar.gz")):
             add_bundle(sources, path)
     if sources.frame.empty:
-        raise UsageError("no results to build a board from: pass --results DIR (a run's output "
-                         "folder) or --submissions DIR (accepted bundles)")
-    duplicated = sources.frame.duplicated(["protocol_hash", "method", "attack", "seed", "phase",
-                                           "step", "eval", "judge", "metric"])
+        raise UsageError(
+            "no results to build a board from: pass --results DIR (a run's output "
+            "folder) or --submissions DIR (accepted bundles)"
+        )
+    duplicated = sources.frame.duplicated(
+        ["protocol_hash", "method", "attack", "seed", "phase", "step", "eval", "judge", "metric"]
+    )
     if duplicated.any():
         first = sources.frame[duplicated].iloc[0]
-        raise UsageError(f"method {first['method']!r} seed {first['seed']} attack "
-                         f"{first['attack']!r} comes from two sources; give each method label "
-                         "once (rename one with a matrix variant)")
+        raise UsageError(
+            f"method {first['method']!r} seed {first['seed']} attack "
+            f"{first['attack']!r} comes from two sources; give each method label "
+            "once (rename one with a matrix variant)"
+        )
     return sources
 
 
@@ -117,7 +127,11 @@ def tracks(frame: pd.DataFrame) -> dict:
     for column, missing in (("preset", "custom"), ("protocol_hash", "unknown")):
         if column not in frame.columns:
             frame = frame.assign(**{column: missing})
-    frame = frame.assign(preset=frame["preset"].fillna("custom"),
-                         protocol_hash=frame["protocol_hash"].fillna("unknown"))
-    return {track_id(preset, proto): rows.reset_index(drop=True)
-            for (preset, proto), rows in frame.groupby(["preset", "protocol_hash"], sort=True)}
+    frame = frame.assign(
+        preset=frame["preset"].fillna("custom"),
+        protocol_hash=frame["protocol_hash"].fillna("unknown"),
+    )
+    return {
+        track_id(preset, proto): rows.reset_index(drop=True)
+        for (preset, proto), rows in frame.groupby(["preset", "protocol_hash"], sort=True)
+    }

@@ -17,8 +17,16 @@ from forgetbench.atomic import atomic_path
 from forgetbench.config import stable_hash
 from forgetbench.errors import ForgetbenchError, UsageError
 from forgetbench.leaderboard import rank
-from forgetbench.leaderboard.bundle import (BUNDLE_VERSION, MANIFEST, Bundle, BundleError, gz,
-                                            read_bundle, sha256, write_bundle)
+from forgetbench.leaderboard.bundle import (
+    BUNDLE_VERSION,
+    MANIFEST,
+    Bundle,
+    BundleError,
+    gz,
+    read_bundle,
+    sha256,
+    write_bundle,
+)
 from forgetbench.leaderboard.sources import track_id
 
 STAGE_COLUMNS = ("train_stage", "policy_stage", "generate_stage", "judge_stage")
@@ -29,6 +37,7 @@ TOLERANCE = 1e-9
 
 
 # ------------------------------------------------------------------ submit
+
 
 def _stage_folders(root: Path) -> dict:
     found = {}
@@ -45,22 +54,27 @@ def method_template(rows, config: dict, stage_meta: list[dict]) -> dict:
     first = rows.iloc[0]
     seconds = sum(m.get("seconds") or 0 for m in stage_meta)
     hosts = sorted({m.get("host") for m in stage_meta if m.get("host")})
-    return {"name": str(first["method"]), "method_plugin": str(first.get("method_plugin")),
-            "paper": "TODO: title and link (arXiv / venue)", "authors": "TODO",
-            "code": {"url": "TODO: repository of the method's plugin",
-                     "commit": first.get("git_revision"),
-                     "forgetbench_version": first.get("version_forgetbench")},
-            "hyperparameters": config["method"]["config"],
-            "selection": "TODO: the search space, the number of trials and the rule that chose "
-                         "these values (no tuning on the test prompts)",
-            "seeds": sorted(int(s) for s in rows["seed"].unique()),
-            "attacks": sorted(rows["attack"].unique()),
-            "hardware": {"hosts": hosts, "stage_seconds_total": round(seconds, 1)},
-            "license": "TODO"}
+    return {
+        "name": str(first["method"]),
+        "method_plugin": str(first.get("method_plugin")),
+        "paper": "TODO: title and link (arXiv / venue)",
+        "authors": "TODO",
+        "code": {
+            "url": "TODO: repository of the method's plugin",
+            "commit": first.get("git_revision"),
+            "forgetbench_version": first.get("version_forgetbench"),
+        },
+        "hyperparameters": config["method"]["config"],
+        "selection": "TODO: the search space, the number of trials and the rule that chose "
+        "these values (no tuning on the test prompts)",
+        "seeds": sorted(int(s) for s in rows["seed"].unique()),
+        "attacks": sorted(rows["attack"].unique()),
+        "hardware": {"hosts": hosts, "stage_seconds_total": round(seconds, 1)},
+        "license": "TODO",
+    }
 
 
-def pack(runs: Path, out: Path, method: str | None = None,
-         method_yaml: Path | None = None) -> Path:
+def pack(runs: Path, out: Path, method: str | None = None, method_yaml: Path | None = None) -> Path:
     """One method's current rows in ``runs`` with everything needed to re-check them; the
     method.yaml is ``method_yaml`` when given (filled in), else a template filled from the run."""
     import io
@@ -93,17 +107,23 @@ def pack(runs: Path, out: Path, method: str | None = None,
     for key in sorted(keys):
         folder = folders.get(key)
         if folder is None:
-            raise ForgetbenchError(f"stage {key} of the rows is not under {runs}/stages; "
-                                   "re-run the matrix to recompute it")
+            raise ForgetbenchError(
+                f"stage {key} of the rows is not under {runs}/stages; "
+                "re-run the matrix to recompute it"
+            )
         files[f"stages/{key}.json"] = (folder / "stage.json").read_bytes()
         metas.append(json.loads(files[f"stages/{key}.json"]))
-        for name, target in ((GENERATIONS_FILE, "generations"), (VERDICTS_FILE, "verdicts"),
-                             (KL_FILE, "verdicts")):
+        for name, target in (
+            (GENERATIONS_FILE, "generations"),
+            (VERDICTS_FILE, "verdicts"),
+            (KL_FILE, "verdicts"),
+        ):
             if (folder / name).is_file():
                 files[f"{target}/{key}.jsonl.gz"] = gz((folder / name).read_bytes())
     config = next(iter(configs.values()))
-    files["method.yaml"] = yaml.safe_dump(method_template(rows, config, metas),
-                                          sort_keys=False).encode()
+    files["method.yaml"] = yaml.safe_dump(
+        method_template(rows, config, metas), sort_keys=False
+    ).encode()
     if method_yaml is not None:
         text = Path(method_yaml).read_bytes()
         try:
@@ -114,16 +134,21 @@ def pack(runs: Path, out: Path, method: str | None = None,
             raise UsageError(f"--method-yaml {method_yaml}: needs `name: {method}`")
         files["method.yaml"] = text
     first = rows.iloc[0]
-    manifest = {"bundle_version": BUNDLE_VERSION, "method": method,
-                "preset": first.get("preset"), "protocol_hash": first.get("protocol_hash"),
-                "track": track_id(first.get("preset"), first.get("protocol_hash")),
-                "forgetbench_version": first.get("version_forgetbench"),
-                "git_revision": first.get("git_revision"),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    manifest = {
+        "bundle_version": BUNDLE_VERSION,
+        "method": method,
+        "preset": first.get("preset"),
+        "protocol_hash": first.get("protocol_hash"),
+        "track": track_id(first.get("preset"), first.get("protocol_hash")),
+        "forgetbench_version": first.get("version_forgetbench"),
+        "git_revision": first.get("git_revision"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     return write_bundle(files, manifest, Path(out))
 
 
 # ------------------------------------------------------------------ check
+
 
 def _refuse(text: str):
     raise BundleError(text)
@@ -132,15 +157,19 @@ def _refuse(text: str):
 def _check_hashes(bundle: Bundle) -> dict:
     manifest = bundle.json(MANIFEST)
     if manifest.get("bundle_version") != BUNDLE_VERSION:
-        _refuse(f"bundle {bundle.path}: bundle version {manifest.get('bundle_version')!r}; this "
-                f"forgetbench reads version {BUNDLE_VERSION}")
+        _refuse(
+            f"bundle {bundle.path}: bundle version {manifest.get('bundle_version')!r}; this "
+            f"forgetbench reads version {BUNDLE_VERSION}"
+        )
     listed = manifest.get("files") or {}
     for name, digest in sorted(listed.items()):
         if name not in bundle.files:
             _refuse(f"bundle {bundle.path}: {name} is in the manifest but not in the bundle")
         if sha256(bundle.files[name]) != digest:
-            _refuse(f"bundle {bundle.path}: {name} does not match its SHA-256 in {MANIFEST} "
-                    "(changed after packing?)")
+            _refuse(
+                f"bundle {bundle.path}: {name} does not match its SHA-256 in {MANIFEST} "
+                "(changed after packing?)"
+            )
     extra = sorted(set(bundle.files) - set(listed) - {MANIFEST})
     if extra:
         _refuse(f"bundle {bundle.path}: {extra[0]} is not in {MANIFEST}")
@@ -165,8 +194,10 @@ def _need(bundle: Bundle, name: str, row) -> None:
 
 
 def _describe(row) -> str:
-    return (f"{row['method']} {row['attack']} seed {row['seed']} {row['phase']} step "
-            f"{row['step']} {row['eval']} {row['metric']}")
+    return (
+        f"{row['method']} {row['attack']} seed {row['seed']} {row['phase']} step "
+        f"{row['step']} {row['eval']} {row['metric']}"
+    )
 
 
 def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> dict:
@@ -182,10 +213,15 @@ def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> d
         _refuse(f"bundle {path}: rows.parquet: {error}")
     methods = sorted(rows["method"].unique())
     if methods != [manifest.get("method")]:
-        _refuse(f"bundle {path}: rows hold method(s) {methods}, the manifest says "
-                f"{manifest.get('method')!r}")
-    configs = {name.split("/", 1)[1]: bundle.json(name) for name in bundle.files
-               if name.startswith("configs/")}
+        _refuse(
+            f"bundle {path}: rows hold method(s) {methods}, the manifest says "
+            f"{manifest.get('method')!r}"
+        )
+    configs = {
+        name.split("/", 1)[1]: bundle.json(name)
+        for name in bundle.files
+        if name.startswith("configs/")
+    }
     # protocol: recomputed from the configs and the generations' prompts, then matched
     for config_file, cell in rows.groupby("config_file"):
         if config_file not in configs:
@@ -198,39 +234,52 @@ def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> d
             prompts[row["eval"]] = _prompt_hash(bundle, row["generate_stage"])
         expected = stable_hash(protocol(resolved, prompts))
         if set(cell["protocol_hash"]) != {expected}:
-            _refuse(f"bundle {path}: rows of {config_file} carry protocol "
-                    f"{sorted(set(cell['protocol_hash']))[0]} but its config and prompts give "
-                    f"{expected}")
+            _refuse(
+                f"bundle {path}: rows of {config_file} carry protocol "
+                f"{sorted(set(cell['protocol_hash']))[0]} but its config and prompts give "
+                f"{expected}"
+            )
         if set(cell["attack_config_hash"]) != {stable_hash(resolved["attack"])}:
-            _refuse(f"bundle {path}: rows of {config_file} carry another attack config hash "
-                    "than its config")
+            _refuse(
+                f"bundle {path}: rows of {config_file} carry another attack config hash "
+                "than its config"
+            )
     protocols = sorted(set(rows["protocol_hash"]))
     if len(protocols) != 1:
         _refuse(f"bundle {path}: rows of {len(protocols)} protocols; a bundle holds one track")
     track = track_id(rows["preset"].iloc[0], protocols[0])
     if tracks is not None:
         if track not in tracks:
-            _refuse(f"bundle {path}: protocol {track} matches no track of the leaderboard "
-                    f"({', '.join(sorted(tracks)) or 'none'}); run the track's preset unchanged")
+            _refuse(
+                f"bundle {path}: protocol {track} matches no track of the leaderboard "
+                f"({', '.join(sorted(tracks)) or 'none'}); run the track's preset unchanged"
+            )
         wanted = tracks[track]["attacks"]
         for attack, hashes in wanted.items():
             found = set(rows.loc[rows["attack"] == attack, "attack_config_hash"])
             if not found:
-                _refuse(f"bundle {path}: no rows for attack {attack!r}; the track needs "
-                        f"{', '.join(sorted(wanted))}")
+                _refuse(
+                    f"bundle {path}: no rows for attack {attack!r}; the track needs "
+                    f"{', '.join(sorted(wanted))}"
+                )
             if hashes and not found <= set(hashes):
-                _refuse(f"bundle {path}: attack {attack!r} ran with another config than the "
-                        "track's")
+                _refuse(
+                    f"bundle {path}: attack {attack!r} ran with another config than the track's"
+                )
     seeds = sorted(rows["seed"].unique())
     if len(seeds) < min_seeds:
-        _refuse(f"bundle {path}: {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); the "
-                f"leaderboard needs at least {min_seeds}")
+        _refuse(
+            f"bundle {path}: {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); the "
+            f"leaderboard needs at least {min_seeds}"
+        )
     attacks = sorted(rows["attack"].unique())
     for seed in seeds:
         have = set(rows.loc[rows["seed"] == seed, "attack"])
         if have != set(attacks):
-            _refuse(f"bundle {path}: seed {seed} lacks attack(s) "
-                    f"{', '.join(sorted(set(attacks) - have))}")
+            _refuse(
+                f"bundle {path}: seed {seed} lacks attack(s) "
+                f"{', '.join(sorted(set(attacks) - have))}"
+            )
     _check_rows_complete(path, rows, configs)
     _recompute(bundle, rows, configs)
     return {**manifest, "track": track, "seeds": [int(s) for s in seeds], "attacks": attacks}
@@ -239,8 +288,11 @@ def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> d
 def _expected_rows(resolved: dict) -> set:
     attack = resolved["attack"]
     final = attack.get("total_steps")
-    points = [("before", 0), *(("during", s) for s in attack.get("checkpoints", [])),
-              ("after", final)]
+    points = [
+        ("before", 0),
+        *(("during", s) for s in attack.get("checkpoints", [])),
+        ("after", final),
+    ]
     keys = set()
     for phase, step in points:
         for eval_name, eval_config in resolved["evals"].items():
@@ -255,15 +307,19 @@ def _check_rows_complete(path: Path, rows, configs: dict) -> None:
         resolved = configs[config_file]
         if resolved["attack"].get("total_steps") is None:
             continue  # a third-party attack: its final step is read from its log
-        have = {(r["phase"], int(r["step"]), r["eval"], r["judge"], r["metric"])
-                for r in cell.to_dict("records")}
+        have = {
+            (r["phase"], int(r["step"]), r["eval"], r["judge"], r["metric"])
+            for r in cell.to_dict("records")
+        }
         missing = sorted(_expected_rows(resolved) - have, key=str)
         if missing:
             phase, step, eval_name, judge, metric = missing[0]
             first = cell.iloc[0]
-            _refuse(f"bundle {path}: row missing: {first['method']} {first['attack']} seed "
-                    f"{first['seed']} {phase} step {step} {eval_name} {judge} {metric} "
-                    f"({len(missing)} missing)")
+            _refuse(
+                f"bundle {path}: row missing: {first['method']} {first['attack']} seed "
+                f"{first['seed']} {phase} step {step} {eval_name} {judge} {metric} "
+                f"({len(missing)} missing)"
+            )
 
 
 def _recompute(bundle: Bundle, rows, configs: dict) -> None:
@@ -280,8 +336,14 @@ def _recompute(bundle: Bundle, rows, configs: dict) -> None:
         if row["judge"] == "kl":
             transform, binary = "mean", False
         else:
-            spec = next((m for m in resolved["evals"][row["eval"]]["metrics"]
-                         if m["name"] == row["metric"] and m["judge"] == row["judge"]), None)
+            spec = next(
+                (
+                    m
+                    for m in resolved["evals"][row["eval"]]["metrics"]
+                    if m["name"] == row["metric"] and m["judge"] == row["judge"]
+                ),
+                None,
+            )
             if spec is None:
                 _refuse(f"bundle {bundle.path}: {_describe(row)}: no such metric in its config")
             transform, binary = spec["transform"], spec["binary"]
@@ -289,8 +351,10 @@ def _recompute(bundle: Bundle, rows, configs: dict) -> None:
         for column in RECOMPUTED:
             stored, computed = row.get(column), again[column]
             if not _same(stored, computed):
-                _refuse(f"bundle {bundle.path}: {_describe(row)}: {column} is {stored} but its "
-                        f"verdicts give {computed}")
+                _refuse(
+                    f"bundle {bundle.path}: {_describe(row)}: {column} is {stored} but its "
+                    f"verdicts give {computed}"
+                )
         if row["judge"] == "refusal" and row["judge_stage"] not in rejudged:
             rejudged.add(row["judge_stage"])
             generations = f"generations/{row['generate_stage']}.jsonl.gz"
@@ -300,12 +364,15 @@ def _recompute(bundle: Bundle, rows, configs: dict) -> None:
             score = plugin.target(plugin.build_config(resolved["judges"]["refusal"]))
             fresh = score([t["prompt"] for t in texts], [t["response"] for t in texts])
             stored = [v["value"] for v in verdicts]
-            differ = sum(_value(f) != s for f, s in zip(fresh, stored)) + \
-                abs(len(fresh) - len(stored))
+            differ = sum(_value(f) != s for f, s in zip(fresh, stored)) + abs(
+                len(fresh) - len(stored)
+            )
             if differ:
-                _refuse(f"bundle {bundle.path}: {_describe(row)}: the refusal judge re-run on "
-                        f"the stored responses disagrees with {differ} of {len(stored)} stored "
-                        "verdicts")
+                _refuse(
+                    f"bundle {bundle.path}: {_describe(row)}: the refusal judge re-run on "
+                    f"the stored responses disagrees with {differ} of {len(stored)} stored "
+                    "verdicts"
+                )
 
 
 def _value(verdict):
@@ -321,16 +388,20 @@ def _same(a, b) -> bool:
 
 # ------------------------------------------------------------------ add
 
+
 def published_tracks(site: Path) -> dict:
     path = site / "tracks.json"
     if not path.is_file():
-        raise UsageError(f"no published board at {site} (no tracks.json): build it first with "
-                         f"`forgetbench leaderboard build --out {site}`")
+        raise UsageError(
+            f"no published board at {site} (no tracks.json): build it first with "
+            f"`forgetbench leaderboard build --out {site}`"
+        )
     return json.loads(path.read_text())
 
 
-def add(path: Path, leaderboard: Path, min_seeds: int | None = None,
-        resamples: int = rank.RESAMPLES) -> Path:
+def add(
+    path: Path, leaderboard: Path, min_seeds: int | None = None, resamples: int = rank.RESAMPLES
+) -> Path:
     """Check the bundle against the published board, store it under submissions/ and rebuild
     the site; on any failure the folder is left as it was."""
     from forgetbench.leaderboard.build import build
@@ -341,8 +412,10 @@ def add(path: Path, leaderboard: Path, min_seeds: int | None = None,
     min_seeds = min_seeds if min_seeds is not None else sources.get("min_seeds", rank.MIN_SEEDS)
     info = check(path, tracks, min_seeds)
     if info["method"] in tracks[info["track"]]["methods"]:
-        _refuse(f"bundle {path}: track {info['track']} already has a method named "
-                f"{info['method']!r}; submit under another label")
+        _refuse(
+            f"bundle {path}: track {info['track']} already has a method named "
+            f"{info['method']!r}; submit under another label"
+        )
     submissions = leaderboard / "submissions"
     digest = sha256(Path(path).read_bytes())[:12]
     target = submissions / f"{info['method']}-{info['track']}-{digest}.tar.gz"
@@ -350,8 +423,13 @@ def add(path: Path, leaderboard: Path, min_seeds: int | None = None,
         shutil.copyfile(path, tmp)
     try:
         results = [Path(r) for r in sources.get("results") or [] if Path(r).is_dir()]
-        build(results, submissions, site, resamples=sources.get("resamples", resamples),
-              min_seeds=min_seeds)
+        build(
+            results,
+            submissions,
+            site,
+            resamples=sources.get("resamples", resamples),
+            min_seeds=min_seeds,
+        )
     except BaseException:
         target.unlink(missing_ok=True)  # the rebuild is atomic: the old site is still there
         if not any(submissions.iterdir()):

@@ -62,19 +62,26 @@ Optimizer = Literal["crpg", "crraft", "codpo"]
 class CGPOTask(StrictModel):
     """One task's constraint judges, reward and (optionally) its own optimiser."""
 
-    judges: list[ConstraintSpec] = Field(description="The mixture of judges: a completion passes "
-                                         "only if every one of them passes it.")
-    reward: list[RewardTerm] = Field(description="r(s, a): reward plugins summed with weights "
-                                     "(a judge through the `judge` reward).")
-    optimizer: Optional[Optimizer] = Field(None, description="This task's optimiser; None uses "
-                                           "the method's.")
+    judges: list[ConstraintSpec] = Field(
+        description="The mixture of judges: a completion passes "
+        "only if every one of them passes it."
+    )
+    reward: list[RewardTerm] = Field(
+        description="r(s, a): reward plugins summed with weights "
+        "(a judge through the `judge` reward)."
+    )
+    optimizer: Optional[Optimizer] = Field(
+        None, description="This task's optimiser; None uses the method's."
+    )
 
     @field_validator("judges")
     @classmethod
     def _has_judges(cls, judges):
         if not judges:
-            raise ValueError("a cgpo task needs at least one constraint judge, e.g. "
-                             "{judge: refusal, passes_if: at_least}")
+            raise ValueError(
+                "a cgpo task needs at least one constraint judge, e.g. "
+                "{judge: refusal, passes_if: at_least}"
+            )
         return judges
 
     @field_validator("reward")
@@ -89,34 +96,54 @@ def _embedded_tasks() -> dict:
     """The embedded default: refusing harmful prompts and not refusing harmless ones are the
     constraints; the offline rewards score what passes."""
     return {
-        "harmful": {"judges": [{"judge": "refusal", "passes_if": "at_least"}],
-                    "reward": [{"name": "safety"}]},
-        "harmless": {"judges": [{"judge": "refusal", "passes_if": "below"}],
-                     "reward": [{"name": "helpfulness"}]},
+        "harmful": {
+            "judges": [{"judge": "refusal", "passes_if": "at_least"}],
+            "reward": [{"name": "safety"}],
+        },
+        "harmless": {
+            "judges": [{"judge": "refusal", "passes_if": "below"}],
+            "reward": [{"name": "helpfulness"}],
+        },
     }
 
 
 class CGPOConfig(GRPOFamilyConfig):
     """CGPO on the GRPO family's rollouts: per task, a mixture of judges and a reward."""
 
-    optimizer: Optimizer = Field("crpg", description="crpg: constrained calibrated policy "
-                                 "gradient inside GRPO's loop; crraft: weighted SFT on the best "
-                                 "passing sample; codpo: DPO on best-passing vs worst-failing.")
-    kl_max: float = Field(gt=0, description="KL_max: samples whose sequence KL to the reference "
-                          "exceeds it get no reward (CRPG scales by 1 - KL/KL_max). Required, as "
-                          "in TRL's CGPOConfig (its tests use 5.0).")
+    optimizer: Optimizer = Field(
+        "crpg",
+        description="crpg: constrained calibrated policy "
+        "gradient inside GRPO's loop; crraft: weighted SFT on the best "
+        "passing sample; codpo: DPO on best-passing vs worst-failing.",
+    )
+    kl_max: float = Field(
+        gt=0,
+        description="KL_max: samples whose sequence KL to the reference "
+        "exceeds it get no reward (CRPG scales by 1 - KL/KL_max). Required, as "
+        "in TRL's CGPOConfig (its tests use 5.0).",
+    )
     dpo_beta: float = Field(0.1, gt=0, description="CODPO's DPO temperature beta ([P] eq. 14).")
-    nll_weight: float = Field(5.0, ge=0, description="CODPO's lambda: weight of the chosen "
-                              "answer's length-normalised NLL ([P] eq. 14).")
-    tasks: dict[str, CGPOTask] = Field(default_factory=_embedded_tasks, description="Per training "
-                                       "row kind (harmful, harmless): its judges, reward and "
-                                       "optimiser; their losses are summed.")
-    beta: float = Field(0.0, ge=0, description="k3 KL weight; 0 because CGPO bounds the KL "
-                        "through kl_max.")
+    nll_weight: float = Field(
+        5.0,
+        ge=0,
+        description="CODPO's lambda: weight of the chosen "
+        "answer's length-normalised NLL ([P] eq. 14).",
+    )
+    tasks: dict[str, CGPOTask] = Field(
+        default_factory=_embedded_tasks,
+        description="Per training "
+        "row kind (harmful, harmless): its judges, reward and "
+        "optimiser; their losses are summed.",
+    )
+    beta: float = Field(
+        0.0, ge=0, description="k3 KL weight; 0 because CGPO bounds the KL through kl_max."
+    )
     baseline_answers: Literal["reference_or_greedy", "reference"] = Field(
-        "reference_or_greedy", description="ā, the answer R_calib compares with: the row's "
+        "reference_or_greedy",
+        description="ā, the answer R_calib compares with: the row's "
         "reference, else the initial policy's greedy answer (generated once, cached in the stage "
-        "folder); `reference` makes a prompt without one an error before training.")
+        "folder); `reference` makes a prompt without one an error before training.",
+    )
 
     @model_validator(mode="after")
     def _cgpo_settings(self):
@@ -127,10 +154,10 @@ class CGPOConfig(GRPOFamilyConfig):
         # (the family's validator has filled an unset reward with the training task's)
         from forgetbench.tasks import load_train_task
 
-        if self.reward not in (None, load_train_task(self.train_task).reward) \
-                or self.reward_config:
-            raise ValueError("cgpo takes its rewards per task (tasks.<kind>.reward), not "
-                             "reward / reward_config")
+        if self.reward not in (None, load_train_task(self.train_task).reward) or self.reward_config:
+            raise ValueError(
+                "cgpo takes its rewards per task (tasks.<kind>.reward), not reward / reward_config"
+            )
         if self.num_generations < 2 and any(self.task_optimizer(t) == "codpo" for t in self.tasks):
             raise ValueError("codpo needs num_generations >= 2 (a chosen and a rejected sample)")
         return self
@@ -139,9 +166,11 @@ class CGPOConfig(GRPOFamilyConfig):
     def _crpg_only(self):
         other = [name for name in self.tasks if self.task_optimizer(name) != "crpg"]
         if other:
-            raise ValueError(f"cgpo: only optimizer crpg is wired into training yet (task(s) "
-                             f"{', '.join(other)} ask for {self.task_optimizer(other[0])}); "
-                             "set method.optimizer=crpg")
+            raise ValueError(
+                f"cgpo: only optimizer crpg is wired into training yet (task(s) "
+                f"{', '.join(other)} ask for {self.task_optimizer(other[0])}); "
+                "set method.optimizer=crpg"
+            )
         return self
 
     def task_optimizer(self, task: str) -> Optimizer:
@@ -150,49 +179,71 @@ class CGPOConfig(GRPOFamilyConfig):
 
 # ---- ā: the reference answer per prompt ----------------------------------------------------------
 
-def baseline_answers(config: CGPOConfig, rows: list[dict], model_path: str,
-                     out_dir: Path) -> dict[int, str]:
+
+def baseline_answers(
+    config: CGPOConfig, rows: list[dict], model_path: str, out_dir: Path
+) -> dict[int, str]:
     """ā per prompt index: the row's reference, else the initial policy's greedy answer (cached
     in ``out_dir/baseline.jsonl``); a prompt left without one is an error."""
     from forgetbench.cgpo import CGPOError
 
-    answers = {i: row["reference"] for i, row in enumerate(rows)
-               if isinstance(row.get("reference"), str) and row["reference"].strip()}
+    answers = {
+        i: row["reference"]
+        for i, row in enumerate(rows)
+        if isinstance(row.get("reference"), str) and row["reference"].strip()
+    }
     missing = [i for i in range(len(rows)) if i not in answers]
     if missing and config.baseline_answers == "reference_or_greedy":
         cache_path = out_dir / BASELINE_FILE
         cached = {}
         if cache_path.exists():
-            cached = {entry["id"]: entry["baseline"]
-                      for entry in map(json.loads, cache_path.read_text().splitlines())}
+            cached = {
+                entry["id"]: entry["baseline"]
+                for entry in map(json.loads, cache_path.read_text().splitlines())
+            }
         todo = [i for i in missing if str(rows[i]["id"]) not in cached]
         if todo:
             from forgetbench.backends.hf import generate_responses
 
-            log.info("cgpo: generating the initial policy's greedy answers for %d prompt(s) "
-                     "without a reference", len(todo))
-            texts = generate_responses(model_path, [rows[i]["prompt"] for i in todo],
-                                       max_new_tokens=config.max_completion_length)
+            log.info(
+                "cgpo: generating the initial policy's greedy answers for %d prompt(s) "
+                "without a reference",
+                len(todo),
+            )
+            texts = generate_responses(
+                model_path,
+                [rows[i]["prompt"] for i in todo],
+                max_new_tokens=config.max_completion_length,
+            )
             cached.update({str(rows[i]["id"]): text for i, text in zip(todo, texts)})
             out_dir.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text("".join(json.dumps({"id": key, "baseline": text}) + "\n"
-                                          for key, text in cached.items()))
-        answers.update({i: cached[str(rows[i]["id"])] for i in missing
-                        if cached[str(rows[i]["id"])].strip()})
+            cache_path.write_text(
+                "".join(
+                    json.dumps({"id": key, "baseline": text}) + "\n" for key, text in cached.items()
+                )
+            )
+        answers.update(
+            {i: cached[str(rows[i]["id"])] for i in missing if cached[str(rows[i]["id"])].strip()}
+        )
         missing = [i for i in range(len(rows)) if i not in answers]
     if missing:
         row = rows[missing[0]]
-        how = ("the initial policy's greedy answer is empty"
-               if config.baseline_answers == "reference_or_greedy" else
-               "set method.baseline_answers=reference_or_greedy to use the initial policy's "
-               "greedy answer")
-        raise CGPOError(f"cgpo: {len(missing)} training prompt(s) have no reference answer ā "
-                        f"(first: {row['id']}, {row['kind']}); {how}, or give the rows a "
-                        "`reference`")
+        how = (
+            "the initial policy's greedy answer is empty"
+            if config.baseline_answers == "reference_or_greedy"
+            else "set method.baseline_answers=reference_or_greedy to use the initial policy's "
+            "greedy answer"
+        )
+        raise CGPOError(
+            f"cgpo: {len(missing)} training prompt(s) have no reference answer ā "
+            f"(first: {row['id']}, {row['kind']}); {how}, or give the rows a "
+            "`reference`"
+        )
     return answers
 
 
 # ---- the scored batch ----------------------------------------------------------------------------
+
 
 class ScoredBatch(NamedTuple):
     tasks: dict  # task -> row indices (torch.long)
@@ -235,8 +286,11 @@ class CRPGScorer:
         from forgetbench.rewards import completion_text
 
         group = self.config.num_generations
-        columns = {k: v for k, v in columns.items()
-                   if k not in NOT_COLUMNS and isinstance(v, list) and len(v) == len(completions)}
+        columns = {
+            k: v
+            for k, v in columns.items()
+            if k not in NOT_COLUMNS and isinstance(v, list) and len(v) == len(completions)
+        }
         tasks = stratify(columns["kind"], group, known=list(self.scorers))
         rows = len(completions)
         judgement = torch.zeros(rows, dtype=torch.long)
@@ -249,17 +303,26 @@ class CRPGScorer:
             before = [dict(c.counts) for c in scorer.constraints]
             judgement[index] = scorer.judge(task_prompts, [completions[i] for i in picked], **part)
             rewards[index] = scorer.rewards(task_prompts, [completions[i] for i in picked], **part)
-            baselines[index] = self._baseline(name, scorer, task_prompts[::group], {
-                k: v[::group] for k, v in part.items()}).repeat_interleave(group)
+            baselines[index] = self._baseline(
+                name, scorer, task_prompts[::group], {k: v[::group] for k, v in part.items()}
+            ).repeat_interleave(group)
             calibrated[index] = calibrated_rewards(rewards[index], baselines[index], group)
             for constraint, counts in zip(scorer.constraints, before):
-                now = {k: constraint.counts[k] - counts.get(k, 0) for k in ("pass", "violated",
-                                                                           "failed")}
+                now = {
+                    k: constraint.counts[k] - counts.get(k, 0)
+                    for k in ("pass", "violated", "failed")
+                }
                 key = f"cgpo/{name}/{constraint.judge.name}"
                 self.metrics[f"{key}/rejected"] = (now["violated"] + now["failed"]) / len(picked)
                 self.metrics[f"{key}/failed"] = float(now["failed"])
-        self.batch = ScoredBatch(tasks, judgement, rewards, baselines, calibrated,
-                                 [completion_text(c) for c in completions])
+        self.batch = ScoredBatch(
+            tasks,
+            judgement,
+            rewards,
+            baselines,
+            calibrated,
+            [completion_text(c) for c in completions],
+        )
         self.metrics["cgpo/pass_rate"] = float((judgement == 1).double().mean())
         return calibrated.tolist()
 
@@ -272,13 +335,20 @@ class CRPGScorer:
         if todo:
             texts = [self.baselines.get(indices[j]) for j in todo]
             conversational = isinstance(prompts[0], list)
-            answers = [[{"role": "assistant", "content": t}] if conversational and t is not None
-                       else t for t in texts]
-            values = scorer.baseline_rewards([prompts[j] for j in todo], answers,
-                                             **{k: [v[j] for j in todo] for k, v in columns.items()})
+            answers = [
+                [{"role": "assistant", "content": t}] if conversational and t is not None else t
+                for t in texts
+            ]
+            values = scorer.baseline_rewards(
+                [prompts[j] for j in todo],
+                answers,
+                **{k: [v[j] for j in todo] for k, v in columns.items()},
+            )
             for j, value in zip(todo, values.tolist()):
                 self._baseline_rewards[(task, indices[j])] = value
-        return torch.tensor([self._baseline_rewards[(task, i)] for i in indices], dtype=torch.float64)
+        return torch.tensor(
+            [self._baseline_rewards[(task, i)] for i in indices], dtype=torch.float64
+        )
 
     def crpg(self, kl_seq) -> CRPGStep:
         """The CRPG step of the batch just scored, with the trainer's KL_seq per row."""
@@ -287,8 +357,14 @@ class CRPGScorer:
         batch = self.batch
         if batch is None or len(kl_seq) != len(batch.calibrated):
             raise CGPOError("cgpo: the trainer's KL_seq does not belong to the scored batch")
-        result = crpg_multitask_advantages(batch.tasks, batch.judgement, batch.calibrated, kl_seq,
-                                           self.config.kl_max, self.config.num_generations)
+        result = crpg_multitask_advantages(
+            batch.tasks,
+            batch.judgement,
+            batch.calibrated,
+            kl_seq,
+            self.config.kl_max,
+            self.config.num_generations,
+        )
         self.step = CRPGStep(batch, kl_seq.double(), result.advantages, result.skipped)
         self.steps.append(self.step)
         self.metrics["cgpo/kl_seq_mean"] = float(kl_seq.double().mean())
@@ -311,6 +387,7 @@ class CRPGScorer:
 
 # ---- the trainer ---------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=None)
 def cgpo_trainer_class():
     """TRL's GRPOTrainer that computes KL_seq to the reference and CGPO's CRPG advantages after
@@ -332,8 +409,9 @@ def cgpo_trainer_class():
             self._skip_step = False
             super().__init__(*args, **kwargs)
             if self.accelerator.num_processes > 1:
-                raise CGPOError("cgpo's training runs on one process; launch it without "
-                                "accelerate/torchrun")
+                raise CGPOError(
+                    "cgpo's training runs on one process; launch it without accelerate/torchrun"
+                )
             if self.ref_model is None and not is_peft_model(self.model):
                 # TRL builds no reference at beta = 0; KL_seq needs the initial policy, frozen.
                 self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -342,11 +420,18 @@ def cgpo_trainer_class():
             ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
             # as TRL's own no-grad passes: checkpointing off (it only warns without gradients)
-            with torch.no_grad(), disable_gradient_checkpointing(
-                    self.model, self.args.gradient_checkpointing_kwargs), context or nullcontext():
+            with (
+                torch.no_grad(),
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                context or nullcontext(),
+            ):
                 return self._get_per_token_logps_and_entropies(
-                    model, ids, mask, output["completion_ids"].size(1),
-                    batch_size=self.args.per_device_train_batch_size)[0]
+                    model,
+                    ids,
+                    mask,
+                    output["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size,
+                )[0]
 
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
@@ -392,6 +477,15 @@ def cgpo(config: CGPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """CGPO (CRPG): calibrated reward only for samples that pass every judge, within KL_max."""
     rows = training_rows(config, model_path)
     scorer = CRPGScorer(config, baseline_answers(config, rows, model_path, out_dir))
-    return train_with_advantage(config, scorer.advantages, model_path, out_dir, seed,
-                                scale_rewards="none", rows=rows, reward_funcs=[scorer],
-                                trainer_cls=cgpo_trainer_class(), trainer_kwargs={"cgpo": scorer})
+    return train_with_advantage(
+        config,
+        scorer.advantages,
+        model_path,
+        out_dir,
+        seed,
+        scale_rewards="none",
+        rows=rows,
+        reward_funcs=[scorer],
+        trainer_cls=cgpo_trainer_class(),
+        trainer_kwargs={"cgpo": scorer},
+    )

@@ -27,17 +27,31 @@ PAPER_BETA = {5.0: 2e-4, 2.0: 5e-4, 1.0: 1e-3, 0.5: 2e-3, 0.2: 5e-3, 0.1: 0.1}
 
 
 class FRPOConfig(GRPOFamilyConfig):
-    lam: float = Field(0.5, gt=0, description="Entropic-risk temperature lambda (KL-ball size): "
-                       "small = more robust, large -> GRPO with unnormalised advantages.")
-    beta: Optional[float] = Field(None, ge=0, description="k3 KL weight; None takes the paper's "
-                                  "value for lam (5:2e-4, 2:5e-4, 1:1e-3, 0.5:2e-3, 0.2:5e-3, "
-                                  "0.1:0.1).")
-    baseline: bool = Field(True, description="Subtract the per-sample baseline (zero-sum "
-                           "advantages within each group).")
-    jackknife: bool = Field(True, description="Leave-one-out correction of the log-partition "
-                            "bias; needs num_generations >= 2.")
-    loss_type: Literal["grpo"] = Field("grpo", description="Fixed: per-sequence token mean, then "
-                                       "mean over sequences.")
+    lam: float = Field(
+        0.5,
+        gt=0,
+        description="Entropic-risk temperature lambda (KL-ball size): "
+        "small = more robust, large -> GRPO with unnormalised advantages.",
+    )
+    beta: Optional[float] = Field(
+        None,
+        ge=0,
+        description="k3 KL weight; None takes the paper's "
+        "value for lam (5:2e-4, 2:5e-4, 1:1e-3, 0.5:2e-3, 0.2:5e-3, "
+        "0.1:0.1).",
+    )
+    baseline: bool = Field(
+        True,
+        description="Subtract the per-sample baseline (zero-sum advantages within each group).",
+    )
+    jackknife: bool = Field(
+        True,
+        description="Leave-one-out correction of the log-partition "
+        "bias; needs num_generations >= 2.",
+    )
+    loss_type: Literal["grpo"] = Field(
+        "grpo", description="Fixed: per-sequence token mean, then mean over sequences."
+    )
 
     @model_validator(mode="after")
     def _paper_beta_and_group_size(self):
@@ -55,6 +69,7 @@ def frpo(config: FRPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """FRPO: entropic-risk (max-min over a KL ball) advantage inside GRPO, no extra compute."""
     from forgetbench.advantages import frpo_advantages
 
-    advantage = partial(frpo_advantages, lam=config.lam, baseline=config.baseline,
-                        jackknife=config.jackknife)
+    advantage = partial(
+        frpo_advantages, lam=config.lam, baseline=config.baseline, jackknife=config.jackknife
+    )
     return train_with_advantage(config, advantage, model_path, out_dir, seed, scale_rewards="none")

@@ -19,8 +19,9 @@ from forgetbench.training.grpo_inputs import GRPOSettings
 
 
 class GRPOMethodConfig(GRPOSettings):
-    beta: float = Field(0.1, ge=0, description="k3 KL weight; 0.1 is the FRPO paper's GRPO "
-                        "baseline.")
+    beta: float = Field(
+        0.1, ge=0, description="k3 KL weight; 0.1 is the FRPO paper's GRPO baseline."
+    )
 
 
 @method("grpo", config=GRPOMethodConfig)
@@ -29,5 +30,6 @@ def grpo(config: GRPOMethodConfig, model_path: str, out_dir: Path, seed: int) ->
     from forgetbench.advantages import grpo_advantages
 
     advantage = partial(grpo_advantages, scale=config.adv_norm)
-    return train_with_advantage(config, advantage, model_path, out_dir, seed,
-                                scale_rewards=config.adv_norm)
+    return train_with_advantage(
+        config, advantage, model_path, out_dir, seed, scale_rewards=config.adv_norm
+    )

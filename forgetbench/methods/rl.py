@@ -15,17 +15,30 @@ def training_rows(config: GRPOFamilyConfig, model_path: str) -> list[dict]:
     task = load_train_task(config.train_task)
     rows = take_rows(task, load_rows(task.prompts), prompt_counts(task, config))
     # a task without groups: its rows are all of one kind, the task's
-    rows = [{**row, "kind": row.get("kind") or task.name,
-             **({"system": task.system_prompt} if task.system_prompt else {})} for row in rows]
+    rows = [
+        {
+            **row,
+            "kind": row.get("kind") or task.name,
+            **({"system": task.system_prompt} if task.system_prompt else {}),
+        }
+        for row in rows
+    ]
     if config.max_prompt_length:
         rows = within_prompt_length(rows, model_path, config.max_prompt_length)
     return rows
 
 
-def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, model_path: str,
-                         out_dir: Path, seed: int, scale_rewards: str = "none",
-                         rows: list[dict] | None = None, reward_funcs: list | None = None,
-                         **loop) -> Path:
+def train_with_advantage(
+    config: GRPOFamilyConfig,
+    advantage_fn: AdvantageFn,
+    model_path: str,
+    out_dir: Path,
+    seed: int,
+    scale_rewards: str = "none",
+    rows: list[dict] | None = None,
+    reward_funcs: list | None = None,
+    **loop,
+) -> Path:
     """Train a GRPO-family method on its task's prompts with its reward; returns the policy
     folder. ``rows``: the training prompts already loaded (``training_rows``); ``reward_funcs``:
     TRL reward functions instead of the config's ``reward`` plugin. ``loop``: ``run_grpo``'s
@@ -33,5 +46,14 @@ def train_with_advantage(config: GRPOFamilyConfig, advantage_fn: AdvantageFn, mo
     rows = training_rows(config, model_path) if rows is None else rows
     if reward_funcs is None:
         reward_funcs = [reward_function(config)]
-    return run_grpo(model_path, grpo_dataset(rows), reward_funcs, advantage_fn, config, out_dir,
-                    seed, scale_rewards=scale_rewards, **loop)
+    return run_grpo(
+        model_path,
+        grpo_dataset(rows),
+        reward_funcs,
+        advantage_fn,
+        config,
+        out_dir,
+        seed,
+        scale_rewards=scale_rewards,
+        **loop,
+    )

@@ -16,18 +16,69 @@ SCHEMA_VERSION = 1
 # and read. Adding a column: one line here (and a bump of SCHEMA_VERSION if old tables cannot be
 # read the new way). Undeclared columns pass through untyped, so a plugin's extra column never
 # breaks a write.
-REQUIRED = ("schema_version", "method", "attack", "seed", "phase", "step", "eval", "judge",
-            "metric", "value")
-_STRING = ("method", "attack", "phase", "eval", "eval_role", "eval_prompts_sha256", "judge",
-           "source", "metric", "transform", "ci_method", "direction", "eval_config_hash",
-           "judge_config_hash", "policy_stage", "generate_stage", "judge_stage", "preset",
-           "config_hash", "config_file", "method_plugin", "attack_plugin", "method_config_hash",
-           "attack_config_hash", "protocol_hash", "base_model", "backend", "backend_config_hash",
-           "train_stage", "trained_at", *map(version_column, PACKAGES),
-           "python_version", "git_revision", "generated_at", "date", "backend_used",
-           "backend_version", "table_written", "sandbox")
-_INT = ("schema_version", "seed", "step", "eval_version", "n", "n_missing", "stage_format",
-        "train_steps")
+REQUIRED = (
+    "schema_version",
+    "method",
+    "attack",
+    "seed",
+    "phase",
+    "step",
+    "eval",
+    "judge",
+    "metric",
+    "value",
+)
+_STRING = (
+    "method",
+    "attack",
+    "phase",
+    "eval",
+    "eval_role",
+    "eval_prompts_sha256",
+    "judge",
+    "source",
+    "metric",
+    "transform",
+    "ci_method",
+    "direction",
+    "eval_config_hash",
+    "judge_config_hash",
+    "policy_stage",
+    "generate_stage",
+    "judge_stage",
+    "preset",
+    "config_hash",
+    "config_file",
+    "method_plugin",
+    "attack_plugin",
+    "method_config_hash",
+    "attack_config_hash",
+    "protocol_hash",
+    "base_model",
+    "backend",
+    "backend_config_hash",
+    "train_stage",
+    "trained_at",
+    *map(version_column, PACKAGES),
+    "python_version",
+    "git_revision",
+    "generated_at",
+    "date",
+    "backend_used",
+    "backend_version",
+    "table_written",
+    "sandbox",
+)
+_INT = (
+    "schema_version",
+    "seed",
+    "step",
+    "eval_version",
+    "n",
+    "n_missing",
+    "stage_format",
+    "train_steps",
+)
 _FLOAT = ("value", "ci_low", "ci_high", "stderr", "wilson_low", "wilson_high", "train_seconds")
 # What names one row of the long table; a repeat means two tables for one cell.
 # What names one row of the long table; a repeat means two tables for one cell.
@@ -38,9 +89,11 @@ PHASE_ORDER = {"before": 0, "during": 1, "after": 2}
 def schema_types() -> dict:
     import pyarrow as pa
 
-    return {**{c: pa.string() for c in _STRING}, **{c: pa.int64() for c in _INT},
-            **{c: pa.float64() for c in _FLOAT}}
-
+    return {
+        **{c: pa.string() for c in _STRING},
+        **{c: pa.int64() for c in _INT},
+        **{c: pa.float64() for c in _FLOAT},
+    }
 
 
 def check_frame(frame, where: str):
@@ -60,15 +113,16 @@ def check_frame(frame, where: str):
                 array = array.cast(types[name])
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             wanted = types.get(name, "one type")
-            raise ForgetbenchError(f"{where}: results column {name!r} must be {wanted}, got "
-                                   f"{', '.join(sorted({type(v).__name__ for v in frame[name]}))}") from None
+            raise ForgetbenchError(
+                f"{where}: results column {name!r} must be {wanted}, got "
+                f"{', '.join(sorted({type(v).__name__ for v in frame[name]}))}"
+            ) from None
         arrays.append(array)
     table = pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
     nulls = [c for c in REQUIRED if c != "value" and table.column(c).null_count]
     if nulls:
         raise ForgetbenchError(f"{where}: results column {nulls[0]!r} has empty cells")
     return table
-
 
 
 def write_table(rows: list[dict], folder: Path, name: str) -> Path:
@@ -79,8 +133,9 @@ def write_table(rows: list[dict], folder: Path, name: str) -> Path:
     import pyarrow.parquet as pq
 
     written = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    frame = pd.DataFrame([{**row, "schema_version": SCHEMA_VERSION, "table_written": written}
-                          for row in rows])
+    frame = pd.DataFrame(
+        [{**row, "schema_version": SCHEMA_VERSION, "table_written": written} for row in rows]
+    )
     table = check_frame(frame, f"results table {name}")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.parquet"
@@ -94,7 +149,6 @@ def write_table(rows: list[dict], folder: Path, name: str) -> Path:
     return target
 
 
-
 def read_table(path: Path):
     """One results table, refused in one line if it was written under another schema."""
     import pyarrow.parquet as pq
@@ -102,27 +156,31 @@ def read_table(path: Path):
     try:
         frame = pq.read_table(path).to_pandas()
     except Exception as error:  # pyarrow raises several types for a damaged file
-        raise ForgetbenchError(f"results table {path} is not readable Parquet ({error})") \
-            from None
-    versions = set(frame["schema_version"].dropna().astype(int)) if "schema_version" in \
-        frame.columns else set()
+        raise ForgetbenchError(f"results table {path} is not readable Parquet ({error})") from None
+    versions = (
+        set(frame["schema_version"].dropna().astype(int))
+        if "schema_version" in frame.columns
+        else set()
+    )
     if versions != {SCHEMA_VERSION}:
-        found = ", ".join(map(str, sorted(versions))) if versions else "none (written before " \
-            "the results schema)"
+        found = (
+            ", ".join(map(str, sorted(versions)))
+            if versions
+            else "none (written before the results schema)"
+        )
         raise ForgetbenchError(
             f"results table {path} has schema version {found}; this forgetbench reads version "
             f"{SCHEMA_VERSION} only: re-run the command that made it (finished stages are "
-            "re-used) to rewrite it, or move it out of the folder")
+            "re-used) to rewrite it, or move it out of the folder"
+        )
     check_frame(frame, f"results table {path}")
     return frame
-
 
 
 def sort_rows(frame):
     frame = frame.assign(_phase=frame["phase"].map(PHASE_ORDER).fillna(3))
     keys = ["_phase" if c == "phase" else c for c in ROW_KEY if c in frame.columns]
     return frame.sort_values(keys, kind="stable").drop(columns="_phase").reset_index(drop=True)
-
 
 
 def load_results(root: Path):
@@ -134,6 +192,8 @@ def load_results(root: Path):
     folder = root / "results"
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     if not files:
-        raise ForgetbenchError(f"no results tables in {folder}; run `forgetbench run` or "
-                               f"`forgetbench matrix` with --output-dir {root} first")
+        raise ForgetbenchError(
+            f"no results tables in {folder}; run `forgetbench run` or "
+            f"`forgetbench matrix` with --output-dir {root} first"
+        )
     return sort_rows(pd.concat([read_table(path) for path in files], ignore_index=True))

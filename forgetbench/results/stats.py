@@ -14,20 +14,20 @@ def wilson_interval(successes: float, n: int) -> tuple[float, float]:
     if n == 0:
         return (math.nan, math.nan)
     p = successes / n
-    denominator = 1 + Z95 ** 2 / n
-    centre = (p + Z95 ** 2 / (2 * n)) / denominator
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denominator
+    denominator = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denominator
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-
-def bootstrap_interval(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     if len(values) == 0:
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
     return (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
-
 
 
 def metric_row(verdicts: list[dict], transform: str, binary: bool) -> dict:
@@ -44,6 +44,14 @@ def metric_row(verdicts: list[dict], transform: str, binary: bool) -> dict:
     low, high = bootstrap_interval(values)
     wilson_low, wilson_high = wilson_interval(values.sum(), n) if binary else (math.nan, math.nan)
     stderr = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"value": value, "ci_low": low, "ci_high": high, "ci_method": "bootstrap95", "n": n,
-            "n_missing": len(verdicts) - n, "stderr": stderr, "wilson_low": wilson_low,
-            "wilson_high": wilson_high}
+    return {
+        "value": value,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_method": "bootstrap95",
+        "n": n,
+        "n_missing": len(verdicts) - n,
+        "stderr": stderr,
+        "wilson_low": wilson_low,
+        "wilson_high": wilson_high,
+    }

@@ -27,29 +27,31 @@ def _as_text(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-
 def print_table(frame, title: str, console) -> None:
     """A rich table of ``frame``, whole: off a terminal it is as wide as it needs to be."""
-    cells = [[_as_text(v).replace("\\|", "|") for v in row] for row in frame.itertuples(index=False)]
+    cells = [
+        [_as_text(v).replace("\\|", "|") for v in row] for row in frame.itertuples(index=False)
+    ]
     table = Table(title=title)
     for column in frame.columns:
         table.add_column(str(column), no_wrap=True)
     for row in cells:
         table.add_row(*row)
-    widths = [max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in
-              enumerate(frame.columns)]
+    widths = [
+        max([len(str(c))] + [len(row[i]) for row in cells]) for i, c in enumerate(frame.columns)
+    ]
     needed = sum(widths) + 3 * len(widths) + 1
     (console if console.is_terminal else Console(width=max(needed, 80))).print(table)
 
 
-
 def to_markdown(frame) -> str:
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines = [
+        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(_as_text(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
-
 
 
 def export(frame, fmt: str, out: Path | None) -> str | None:
@@ -87,18 +89,27 @@ def before_after_table(rows: list[dict]) -> Table:
     import pandas as pd
 
     first = rows[0]
-    table = Table(title=f"{first['method']} attacked by {first['attack']} (seed {first['seed']}): "
-                  "95% CI, Wilson for rates")
-    for column in ("eval", "judge", "metric", "better", "before (P0)", "after (P1)", "change",
-                   "n"):
-        table.add_column(column, justify="left" if column in ("eval", "judge", "metric")
-                         else "right", no_wrap=True)
+    table = Table(
+        title=f"{first['method']} attacked by {first['attack']} (seed {first['seed']}): "
+        "95% CI, Wilson for rates"
+    )
+    for column in ("eval", "judge", "metric", "better", "before (P0)", "after (P1)", "change", "n"):
+        table.add_column(
+            column,
+            justify="left" if column in ("eval", "judge", "metric") else "right",
+            no_wrap=True,
+        )
     for pair in before_after(pd.DataFrame(rows)).to_dict("records"):
-        table.add_row(pair["eval"], pair["judge"], pair["metric"], pair["direction"],
-                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
-                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
-                      _change(pair),
-                      f"{pair['n_before']}/{pair['n_after'] if pair['n_after'] else '-'}")
+        table.add_row(
+            pair["eval"],
+            pair["judge"],
+            pair["metric"],
+            pair["direction"],
+            _fmt(pair["before"], pair["before_low"], pair["before_high"]),
+            _fmt(pair["after"], pair["after_low"], pair["after_high"]),
+            _change(pair),
+            f"{pair['n_before']}/{pair['n_after'] if pair['n_after'] else '-'}",
+        )
     return table
 
 
@@ -107,13 +118,21 @@ def steps_table(rows: list[dict]) -> Table:
     steps = sorted({row["step"] for row in rows})
     table = Table(title="during the attack: value at each optimiser step")
     for column in ("eval", "metric", *(f"step {step}" for step in steps)):
-        table.add_column(column, no_wrap=True, justify="left" if column in ("eval", "metric")
-                         else "right")
+        table.add_column(
+            column, no_wrap=True, justify="left" if column in ("eval", "metric") else "right"
+        )
     values = {(r["eval"], r["metric"], r["step"]): r["value"] for r in rows}
     for eval_name, metric in dict.fromkeys((r["eval"], r["metric"]) for r in rows):
-        table.add_row(eval_name, metric, *(f"{values[(eval_name, metric, step)]:.3f}"
-                                           if (eval_name, metric, step) in values else "-"
-                                           for step in steps))
+        table.add_row(
+            eval_name,
+            metric,
+            *(
+                f"{values[(eval_name, metric, step)]:.3f}"
+                if (eval_name, metric, step) in values
+                else "-"
+                for step in steps
+            ),
+        )
     return table
 
 
@@ -122,17 +141,31 @@ def matrix_table(rows: list[dict]) -> Table:
     import pandas as pd
 
     table = Table(title="before (P0) and after (P1) the attack, 95% CI (Wilson for rates)")
-    for column in ("method", "attack", "seed", "eval", "judge", "metric", "better", "before",
-                   "after", "change"):
-        table.add_column(column, no_wrap=True,
-                         justify="right" if column in ("seed", "before", "after", "change")
-                         else "left")
+    for column in (
+        "method",
+        "attack",
+        "seed",
+        "eval",
+        "judge",
+        "metric",
+        "better",
+        "before",
+        "after",
+        "change",
+    ):
+        table.add_column(
+            column,
+            no_wrap=True,
+            justify="right" if column in ("seed", "before", "after", "change") else "left",
+        )
     for pair in before_after(sort_rows(pd.DataFrame(rows))).to_dict("records"):
-        table.add_row(*(str(pair[k]) for k in ("method", "attack", "seed", "eval", "judge",
-                                               "metric")), pair["direction"],
-                      _fmt(pair["before"], pair["before_low"], pair["before_high"]),
-                      _fmt(pair["after"], pair["after_low"], pair["after_high"]),
-                      _change(pair))
+        table.add_row(
+            *(str(pair[k]) for k in ("method", "attack", "seed", "eval", "judge", "metric")),
+            pair["direction"],
+            _fmt(pair["before"], pair["before_low"], pair["before_high"]),
+            _fmt(pair["after"], pair["after_low"], pair["after_high"]),
+            _change(pair),
+        )
     return table
 
 
@@ -141,8 +174,11 @@ def print_run_tables(rows: list[dict], cells: int, console: Console) -> None:
     attack step, when it scored checkpoints), or a matrix's before/after table."""
     table = before_after_table(rows) if cells == 1 else matrix_table(rows)
     # off a terminal (a log, a pipe) nothing needs to fit a screen: print the table whole
-    wide = console if console.is_terminal else \
-        Console(file=console.file, width=max(console.width, 240), highlight=False)
+    wide = (
+        console
+        if console.is_terminal
+        else Console(file=console.file, width=max(console.width, 240), highlight=False)
+    )
     wide.print(table)
     if cells == 1 and any(row["phase"] == "during" for row in rows):
         wide.print(steps_table(rows))

@@ -8,8 +8,21 @@ import math
 from forgetbench.errors import UsageError
 from forgetbench.results.schema import ROW_KEY
 
-SUMMARY_COLUMNS = ["method", "attack", "seed", "phase", "step", "eval", "judge", "metric",
-                   "value", "ci_low", "ci_high", "n", "direction"]
+SUMMARY_COLUMNS = [
+    "method",
+    "attack",
+    "seed",
+    "phase",
+    "step",
+    "eval",
+    "judge",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "direction",
+]
 # What names a cell: its tables are compared to pick the current one.
 # What names a cell: its tables are compared to pick the current one.
 CELL_KEY = ("preset", "method", "attack", "seed")
@@ -34,11 +47,12 @@ def current(frame):
         return frame, None
     left = frame[stale]
     cells = left.groupby(key, dropna=False).ngroups
-    note = (f"left out {len(left)} stale row(s) of {cells} cell(s) re-run since with another "
-            f"config (config {', '.join(sorted(left['config_hash'].astype(str).unique()))}); "
-            "--all shows them")
+    note = (
+        f"left out {len(left)} stale row(s) of {cells} cell(s) re-run since with another "
+        f"config (config {', '.join(sorted(left['config_hash'].astype(str).unique()))}); "
+        "--all shows them"
+    )
     return frame[~stale].reset_index(drop=True), note
-
 
 
 def interval(row) -> tuple[float, float]:
@@ -51,10 +65,8 @@ def interval(row) -> tuple[float, float]:
     return float(row.get("ci_low", math.nan)), float(row.get("ci_high", math.nan))
 
 
-
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
-
 
 
 def with_interval(frame):
@@ -63,7 +75,6 @@ def with_interval(frame):
         return frame
     bounds = [interval(row) for row in frame.to_dict("records")]
     return frame.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds])
-
 
 
 def before_after(frame):
@@ -85,13 +96,18 @@ def before_after(frame):
         entry["direction"] = before.get("direction")
         for name, row in (("before", before), ("after", after)):
             low, high = interval(row) if row else (math.nan, math.nan)
-            entry.update({name: row["value"] if row else math.nan, f"{name}_low": low,
-                          f"{name}_high": high, f"n_{name}": row["n"] if row else None})
+            entry.update(
+                {
+                    name: row["value"] if row else math.nan,
+                    f"{name}_low": low,
+                    f"{name}_high": high,
+                    f"n_{name}": row["n"] if row else None,
+                }
+            )
         entry["change"] = entry["after"] - entry["before"]
         entry["during_steps"] = int((group["phase"] == "during").sum())
         out.append(entry)
     return pd.DataFrame(out)
-
 
 
 def filter_results(frame, filters: list[str]):
@@ -101,15 +117,17 @@ def filter_results(frame, filters: list[str]):
         column, sep, value = text.partition("=")
         column = column.strip()
         if not sep or not column:
-            raise UsageError(f"malformed --filter {text!r}: expected COLUMN=VALUE[,VALUE...], "
-                             "e.g. --filter method=frpo")
+            raise UsageError(
+                f"malformed --filter {text!r}: expected COLUMN=VALUE[,VALUE...], "
+                "e.g. --filter method=frpo"
+            )
         if column not in frame.columns:
-            raise UsageError(f"--filter {text!r}: no column {column!r}; columns are "
-                             f"{', '.join(frame.columns)}")
+            raise UsageError(
+                f"--filter {text!r}: no column {column!r}; columns are {', '.join(frame.columns)}"
+            )
         wanted = [v.strip() for v in value.split(",")]
         frame = frame[frame[column].astype(str).isin(wanted)]
     return frame
-
 
 
 def summary_columns(frame) -> list[str]:
@@ -119,11 +137,13 @@ def summary_columns(frame) -> list[str]:
     key = [c for c in ROW_KEY if c in frame.columns]
     if not key or not frame.duplicated(key).any():
         return wanted
-    extra = [c for c in ("eval_version", "config_hash")
-             if c in frame.columns and frame.groupby(key, dropna=False)[c].nunique().gt(1).any()]
+    extra = [
+        c
+        for c in ("eval_version", "config_hash")
+        if c in frame.columns and frame.groupby(key, dropna=False)[c].nunique().gt(1).any()
+    ]
     at = wanted.index("eval") + 1 if "eval" in wanted else len(wanted)
     return wanted[:at] + extra + wanted[at:]
-
 
 
 def select_columns(frame, columns: str | None, default_summary: bool):
@@ -132,6 +152,8 @@ def select_columns(frame, columns: str | None, default_summary: bool):
     wanted = [c.strip() for c in columns.split(",")] if columns else summary_columns(frame)
     unknown = [c for c in wanted if c not in frame.columns]
     if unknown:
-        raise UsageError(f"--columns: no column(s) {', '.join(map(repr, unknown))}; columns are "
-                         f"{', '.join(frame.columns)}")
+        raise UsageError(
+            f"--columns: no column(s) {', '.join(map(repr, unknown))}; columns are "
+            f"{', '.join(frame.columns)}"
+        )
     return frame[wanted]

@@ -14,6 +14,7 @@ import math
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
+
 # The helpfulness score is the helpfulness judge's measure; the rewards below reuse it (rewards
 # are built from judges, never the other way round).
 from forgetbench.judges.helpfulness import embedding_model, helpfulness_scores, similarity  # noqa: F401
@@ -48,17 +49,25 @@ def finite(name: str, rewards: list[float]) -> list[float]:
 def same_lengths(name: str, completions, **columns) -> None:
     """A reward gets one value of each dataset column per completion; anything else would pair
     completions with the wrong rows."""
-    wrong = {column: len(values) for column, values in columns.items()
-             if len(values) != len(completions)}
+    wrong = {
+        column: len(values) for column, values in columns.items() if len(values) != len(completions)
+    }
     if wrong:
         listed = ", ".join(f"{n} `{column}` values" for column, n in wrong.items())
-        raise RewardError(f"{name} reward got {len(completions)} completions but {listed}; pass "
-                          "one dataset row per completion")
+        raise RewardError(
+            f"{name} reward got {len(completions)} completions but {listed}; pass "
+            "one dataset row per completion"
+        )
 
 
 class SafetyRewardConfig(StrictModel):
-    refusal_weight: float = Field(0.5, ge=0, le=1, description="On harmless prompts, the share of "
-                                  "the reward for not refusing; the rest is reference similarity.")
+    refusal_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="On harmless prompts, the share of "
+        "the reward for not refusing; the rest is reference similarity.",
+    )
 
 
 @reward("safety", config=SafetyRewardConfig)
@@ -70,13 +79,18 @@ def safety_reward(config: SafetyRewardConfig):
         same_lengths("safety", completions, prompts=prompts, kind=kind, reference=reference)
         bad = [i for i, k in enumerate(kind) if k not in ("harmful", "harmless")]
         if bad:  # checked first: a typo in the task's data must not cost a reward-model pass
-            raise RewardError(f"training row kind {kind[bad[0]]!r} (completions {bad[:5]}) is "
-                              "neither 'harmful' nor 'harmless'; fix the task's `kind` column")
+            raise RewardError(
+                f"training row kind {kind[bad[0]]!r} (completions {bad[:5]}) is "
+                "neither 'harmful' nor 'harmless'; fix the task's `kind` column"
+            )
         texts = [completion_text(c) for c in completions]
         harmless = [i for i, k in enumerate(kind) if k == "harmless"]
         rewards = [float(is_refusal(text)) for text in texts]
-        helpful = helpfulness_scores([texts[i] for i in harmless],
-                                     [reference[i] or "" for i in harmless], config.refusal_weight)
+        helpful = helpfulness_scores(
+            [texts[i] for i in harmless],
+            [reference[i] or "" for i in harmless],
+            config.refusal_weight,
+        )
         for i, value in zip(harmless, helpful):
             rewards[i] = value
         return finite("safety", rewards)
@@ -86,8 +100,13 @@ def safety_reward(config: SafetyRewardConfig):
 
 
 class HelpfulnessRewardConfig(StrictModel):
-    refusal_weight: float = Field(0.5, ge=0, le=1, description="Share of the reward for not "
-                                  "refusing; the rest is MiniLM similarity to the reference.")
+    refusal_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the reward for not "
+        "refusing; the rest is MiniLM similarity to the reference.",
+    )
 
 
 @reward("helpfulness", config=HelpfulnessRewardConfig)
@@ -97,8 +116,11 @@ def helpfulness_reward(config: HelpfulnessRewardConfig):
 
     def score(prompts, completions, reference, **_) -> list[float]:
         same_lengths("helpfulness", completions, prompts=prompts, reference=reference)
-        rewards = helpfulness_scores([completion_text(c) for c in completions],
-                                     [r or "" for r in reference], config.refusal_weight)
+        rewards = helpfulness_scores(
+            [completion_text(c) for c in completions],
+            [r or "" for r in reference],
+            config.refusal_weight,
+        )
         return finite("helpfulness", rewards)
 
     score.__name__ = "helpfulness"

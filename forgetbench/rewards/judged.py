@@ -43,8 +43,10 @@ class JudgeSpec(StrictModel):
     """A judge plugin and its settings, the same fields as the preset's ``judges.<name>``."""
 
     judge: str = Field(description="Judge plugin (`forgetbench list judge`).")
-    config: dict[str, Any] = Field(default_factory=dict, description="The judge's own settings "
-                                   "(endpoints, models), validated by its config class.")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The judge's own settings (endpoints, models), validated by its config class.",
+    )
 
     @model_validator(mode="after")
     def _judge_config_is_valid(self):
@@ -58,10 +60,12 @@ class JudgeSpec(StrictModel):
 class ConstraintSpec(JudgeSpec):
     """A judge used as a pass/violate constraint on its verdict's value."""
 
-    passes_if: Literal["at_least", "below"] = Field(description="at_least: value >= threshold "
-                                                    "passes (refusal on harmful prompts); below: "
-                                                    "value < threshold passes (refusal on "
-                                                    "harmless prompts, a harm score).")
+    passes_if: Literal["at_least", "below"] = Field(
+        description="at_least: value >= threshold "
+        "passes (refusal on harmful prompts); below: "
+        "value < threshold passes (refusal on "
+        "harmless prompts, a harm score)."
+    )
     threshold: float = Field(0.5, description="The value the verdict is compared with.")
 
 
@@ -84,8 +88,10 @@ def inherit_judge_settings(tree: Any, run_judges: dict[str, dict]) -> Any:
 
 def judge_rows(prompts: Sequence, columns: dict[str, Sequence]) -> list[dict]:
     """The rows a judge gets in training: each completion's dataset columns plus its prompt text."""
-    return [{**{name: values[i] for name, values in columns.items()}, "prompt": prompt_text(p)}
-            for i, p in enumerate(prompts)]
+    return [
+        {**{name: values[i] for name, values in columns.items()}, "prompt": prompt_text(p)}
+        for i, p in enumerate(prompts)
+    ]
 
 
 class _JudgeCall:
@@ -103,9 +109,13 @@ class _JudgeCall:
 
         texts = [completion_text(c) for c in completions]
         try:
-            return score_verdicts(self.judge.name, self.judge.score,
-                                  [prompt_text(p) for p in prompts], texts,
-                                  rows=lambda: judge_rows(prompts, columns))
+            return score_verdicts(
+                self.judge.name,
+                self.judge.score,
+                [prompt_text(p) for p in prompts],
+                texts,
+                rows=lambda: judge_rows(prompts, columns),
+            )
         except Exception as error:  # noqa: BLE001 - a judge's failure must not end the training run
             reason = f"judge {self.judge.name!r} raised {type(error).__name__}: {error}"
             return [Verdict(None, reason)] * len(texts)
@@ -113,8 +123,14 @@ class _JudgeCall:
     def note_missing(self, verdicts: list, what: str) -> None:
         missing = [v for v in verdicts if v.value is None or not math.isfinite(v.value)]
         if missing:
-            log.warning("judge %s: %d of %d completions have no verdict (%s); %s",
-                        self.judge.name, len(missing), len(verdicts), missing[0].reason, what)
+            log.warning(
+                "judge %s: %d of %d completions have no verdict (%s); %s",
+                self.judge.name,
+                len(missing),
+                len(verdicts),
+                missing[0].reason,
+                what,
+            )
 
 
 class JudgeConstraint(_JudgeCall):
@@ -136,20 +152,26 @@ class JudgeConstraint(_JudgeCall):
         verdicts = self.verdicts(prompts, completions, columns)
         self.note_missing(verdicts, "counted as failed (-1), not as a pass")
         outcomes = [self.outcome(v.value) for v in verdicts]
-        self.counts.update({PASS: "pass", VIOLATED: "violated", FAILED: "failed"}[o]
-                           for o in outcomes)
+        self.counts.update(
+            {PASS: "pass", VIOLATED: "violated", FAILED: "failed"}[o] for o in outcomes
+        )
         return outcomes
 
 
 class JudgeRewardConfig(JudgeSpec):
     """A judge's verdict as a reward: ``offset + scale * value``."""
 
-    scale: float = Field(1.0, description="Multiplies the verdict (-1 turns a harm score into a "
-                         "reward, with offset 1).")
+    scale: float = Field(
+        1.0,
+        description="Multiplies the verdict (-1 turns a harm score into a reward, with offset 1).",
+    )
     offset: float = Field(0.0, description="Added after scaling.")
-    missing_reward: Optional[float] = Field(0.0, description="The reward of a completion the judge "
-                                            "gave no verdict (an empty answer, an endpoint down), "
-                                            "counted and logged; None makes it an error instead.")
+    missing_reward: Optional[float] = Field(
+        0.0,
+        description="The reward of a completion the judge "
+        "gave no verdict (an empty answer, an endpoint down), "
+        "counted and logged; None makes it an error instead.",
+    )
 
 
 class JudgeReward(_JudgeCall):
@@ -162,15 +184,21 @@ class JudgeReward(_JudgeCall):
     def __call__(self, prompts, completions, **columns) -> list[float]:
         verdicts = self.verdicts(prompts, completions, columns)
         config = self.spec
-        missing = {i for i, v in enumerate(verdicts) if v.value is None or not math.isfinite(v.value)}
+        missing = {
+            i for i, v in enumerate(verdicts) if v.value is None or not math.isfinite(v.value)
+        }
         if missing and config.missing_reward is None:
-            raise RewardError(f"judge {self.judge.name!r} gave no verdict for {len(missing)} "
-                              f"completion(s) ({verdicts[min(missing)].reason}); set "
-                              "missing_reward to score them instead")
+            raise RewardError(
+                f"judge {self.judge.name!r} gave no verdict for {len(missing)} "
+                f"completion(s) ({verdicts[min(missing)].reason}); set "
+                "missing_reward to score them instead"
+            )
         self.note_missing(verdicts, f"rewarded {config.missing_reward}")
         self.counts.update(scored=len(verdicts) - len(missing), missing=len(missing))
-        return [config.missing_reward if i in missing else config.offset + config.scale * v.value
-                for i, v in enumerate(verdicts)]
+        return [
+            config.missing_reward if i in missing else config.offset + config.scale * v.value
+            for i, v in enumerate(verdicts)
+        ]
 
 
 @reward("judge", config=JudgeRewardConfig)
@@ -181,10 +209,13 @@ def judge_reward(config: JudgeRewardConfig):
 
 # ---- several rewards with weights ----------------------------------------------------------------
 
+
 class RewardTerm(StrictModel):
     """One reward plugin in a weighted sum."""
 
-    name: str = Field(description="Reward plugin (`forgetbench list reward`; `judge` wraps a judge).")
+    name: str = Field(
+        description="Reward plugin (`forgetbench list reward`; `judge` wraps a judge)."
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="The reward's own settings.")
     weight: float = Field(1.0, description="Its weight in the sum.")
 
@@ -197,8 +228,9 @@ class RewardTerm(StrictModel):
 
 
 class WeightedRewardConfig(StrictModel):
-    rewards: list[RewardTerm] = Field(min_length=1, description="The rewards summed, each "
-                                      "{name, config, weight}.")
+    rewards: list[RewardTerm] = Field(
+        min_length=1, description="The rewards summed, each {name, config, weight}."
+    )
 
 
 def build_reward(name: str, config: Optional[dict] = None):
@@ -223,12 +255,16 @@ class WeightedReward:
         for name, fn, weight in self.terms:
             values = fn(prompts, completions, **columns)
             if len(values) != len(completions):
-                raise RewardError(f"reward {name!r} returned {len(values)} values for "
-                                  f"{len(completions)} completions")
+                raise RewardError(
+                    f"reward {name!r} returned {len(values)} values for "
+                    f"{len(completions)} completions"
+                )
             bad = [i for i, v in enumerate(values) if v is None or not math.isfinite(v)]
             if bad:
-                raise RewardError(f"reward {name!r} gave no finite value for completions "
-                                  f"{bad[:5]}; in a weighted sum every term scores every row")
+                raise RewardError(
+                    f"reward {name!r} gave no finite value for completions "
+                    f"{bad[:5]}; in a weighted sum every term scores every row"
+                )
             total = [t + weight * float(v) for t, v in zip(total, values)]
         return total
 
@@ -236,5 +272,6 @@ class WeightedReward:
 @reward("weighted", config=WeightedRewardConfig)
 def weighted_reward(config: WeightedRewardConfig):
     """A weighted sum of reward plugins (judges too, through the `judge` reward)."""
-    return WeightedReward([(term.name, build_reward(term.name, term.config), term.weight)
-                           for term in config.rewards])
+    return WeightedReward(
+        [(term.name, build_reward(term.name, term.config), term.weight) for term in config.rewards]
+    )

@@ -28,13 +28,22 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 
 
 class MathBoxedConfig(StrictModel):
-    format_weight: float = Field(0.2, ge=0, description="Weight of the format term: exactly one "
-                                 "\\boxed{} in the completion (docs/methods.md §1.5: 0.2).")
-    correct_weight: float = Field(0.8, ge=0, description="Weight of the correctness term "
-                                  "(docs/methods.md §1.5: 0.8).")
-    timeout_s: int = Field(3, ge=1, description="math-verify's time limit per answer (the paper's "
-                           "Dr. GRPO grader: 3 s); a timed-out answer scores 0, counted and "
-                           "logged.")
+    format_weight: float = Field(
+        0.2,
+        ge=0,
+        description="Weight of the format term: exactly one "
+        "\\boxed{} in the completion (docs/methods.md §1.5: 0.2).",
+    )
+    correct_weight: float = Field(
+        0.8, ge=0, description="Weight of the correctness term (docs/methods.md §1.5: 0.8)."
+    )
+    timeout_s: int = Field(
+        3,
+        ge=1,
+        description="math-verify's time limit per answer (the paper's "
+        "Dr. GRPO grader: 3 s); a timed-out answer scores 0, counted and "
+        "logged.",
+    )
     float_rounding: int = Field(6, ge=0, description="math_verify judge's float_rounding.")
 
 
@@ -51,8 +60,9 @@ class MathBoxedReward:
         from forgetbench.judges import build_judge
 
         self.config = config
-        self.judge = build_judge("math_verify", {"timeout_s": config.timeout_s,
-                                                 "float_rounding": config.float_rounding})
+        self.judge = build_judge(
+            "math_verify", {"timeout_s": config.timeout_s, "float_rounding": config.float_rounding}
+        )
         self.counts: Counter = Counter()
 
     def __call__(self, prompts, completions, answer=None, **_) -> list[float]:
@@ -60,24 +70,33 @@ class MathBoxedReward:
         from forgetbench.judges.verify_worker import TIMED_OUT
 
         if answer is None:
-            raise RewardError("math_boxed reward needs each row's `answer` (map the reference "
-                              "column to `answer` in the training task's prompts.fields)")
+            raise RewardError(
+                "math_boxed reward needs each row's `answer` (map the reference "
+                "column to `answer` in the training task's prompts.fields)"
+            )
         same_lengths("math_boxed", completions, prompts=prompts, answer=answer)
         texts = [completion_text(c) for c in completions]
-        verdicts = score_verdicts(self.judge.name, self.judge.score,
-                                  [prompt_text(p) for p in prompts], texts,
-                                  rows=lambda: [{"answer": a} for a in answer])
+        verdicts = score_verdicts(
+            self.judge.name,
+            self.judge.score,
+            [prompt_text(p) for p in prompts],
+            texts,
+            rows=lambda: [{"answer": a} for a in answer],
+        )
         rewards = []
         for text, verdict in zip(texts, verdicts):
             timed_out = (verdict.reason or "").startswith(TIMED_OUT)
             missing = verdict.value is None
-            self.counts.update(timed_out=timed_out, missing=missing,
-                               scored=not (timed_out or missing))
+            self.counts.update(
+                timed_out=timed_out, missing=missing, scored=not (timed_out or missing)
+            )
             if timed_out or missing:
                 log.warning("math_boxed: correctness scored 0 (%s)", verdict.reason)
             correct = 0.0 if missing else float(verdict.value)
-            rewards.append(self.config.format_weight * float(boxed_count(text) == 1)
-                           + self.config.correct_weight * correct)
+            rewards.append(
+                self.config.format_weight * float(boxed_count(text) == 1)
+                + self.config.correct_weight * correct
+            )
         return finite("math_boxed", rewards)
 
 

@@ -29,10 +29,20 @@ from typing import Callable, Literal, Optional, Sequence
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import ForgetbenchError
-from forgetbench.judges.endpoint import (EndpointError, EndpointSettings, moderation_scores,
-                                         parallel_map, request)
-from forgetbench.judges.strongreject import (FinetunedScorer, HubModelSettings,
-                                            StrongRejectFinetunedConfig, load_failure, load_kwargs)
+from forgetbench.judges.endpoint import (
+    EndpointError,
+    EndpointSettings,
+    moderation_scores,
+    parallel_map,
+    request,
+)
+from forgetbench.judges.strongreject import (
+    FinetunedScorer,
+    HubModelSettings,
+    StrongRejectFinetunedConfig,
+    load_failure,
+    load_kwargs,
+)
 from forgetbench.registry import reward
 from forgetbench.rewards import RewardError, completion_text, prompt_text
 
@@ -41,15 +51,19 @@ Scorer = Callable[[Sequence[str], Sequence[str]], list[float]]  # (prompts, comp
 
 # ---- StrongREJECT fine-tuned judge as a reward ---------------------------------------------------
 
+
 class RewardStrongRejectConfig(StrongRejectFinetunedConfig):
     """The fine-tuned StrongREJECT judge as the FRPO code loads it for the reward (4-bit NF4)."""
 
     quantization: Literal["none", "nf4"] = Field(
-        "nf4", description="nf4 (the FRPO code's choice) loads the judge in 4-bit NF4 with "
-        "bitsandbytes (CUDA only); none loads it in `dtype`.")
+        "nf4",
+        description="nf4 (the FRPO code's choice) loads the judge in 4-bit NF4 with "
+        "bitsandbytes (CUDA only); none loads it in `dtype`.",
+    )
 
 
 # ---- moderation ----------------------------------------------------------------------------------
+
 
 class ModerationConfig(EndpointSettings):
     """An OpenAI-compatible moderation endpoint (POST {base_url}/moderations)."""
@@ -59,26 +73,35 @@ class ModerationConfig(EndpointSettings):
     batch_size: int = Field(32, ge=1, description="Texts per moderation request.")
 
 
-def moderate(config: ModerationConfig, texts: Sequence[str],
-             sleep: Callable[[float], None] = time.sleep) -> list[float]:
+def moderate(
+    config: ModerationConfig, texts: Sequence[str], sleep: Callable[[float], None] = time.sleep
+) -> list[float]:
     """``s_mod`` per text: the largest category score. Empty texts score 0 without a request (there
     is nothing to flag). Raises RewardError once the endpoint has failed after every retry: a
     training step cannot go on with a missing reward."""
     scores = [0.0] * len(texts)
     todo = [i for i, text in enumerate(texts) if str(text).strip()]
-    chunks = [todo[start:start + config.batch_size]
-              for start in range(0, len(todo), config.batch_size)]
+    chunks = [
+        todo[start : start + config.batch_size] for start in range(0, len(todo), config.batch_size)
+    ]
 
     def ask(chunk: list[int]) -> list[dict[str, float]]:
         inputs = [str(texts[i]) for i in chunk]
-        return request(config, "moderations", {"model": config.model, "input": inputs},
-                       parse=lambda data: moderation_scores(data, len(inputs)), sleep=sleep)
+        return request(
+            config,
+            "moderations",
+            {"model": config.model, "input": inputs},
+            parse=lambda data: moderation_scores(data, len(inputs)),
+            sleep=sleep,
+        )
 
     try:
         answers = parallel_map(ask, chunks, config.concurrency)
     except EndpointError as error:
-        raise RewardError(f"moderation endpoint {config.base_url} failed: {error}; the paper "
-                          f"reward needs it (check the endpoint and ${config.api_key_env})") from None
+        raise RewardError(
+            f"moderation endpoint {config.base_url} failed: {error}; the paper "
+            f"reward needs it (check the endpoint and ${config.api_key_env})"
+        ) from None
     for chunk, found in zip(chunks, answers):
         for i, categories in zip(chunk, found):
             scores[i] = max(categories.values())
@@ -87,14 +110,22 @@ def moderate(config: ModerationConfig, texts: Sequence[str],
 
 # ---- reward model --------------------------------------------------------------------------------
 
+
 class RewardModelConfig(HubModelSettings):
     """A sequence-classification reward model from the hub (transformers)."""
 
-    model: str = Field("allenai/Llama-3.1-8B-Instruct-RM-RB2", description="Reward model hub id or "
-                       "folder (AutoModelForSequenceClassification with one output).")
-    revision: Optional[str] = Field("2", description="Hub revision; the FRPO code pins \"2\".")
-    max_length: Optional[int] = Field(None, ge=1, description="Truncate each exchange to this many "
-                                      "tokens; None uses the tokenizer's model_max_length.")
+    model: str = Field(
+        "allenai/Llama-3.1-8B-Instruct-RM-RB2",
+        description="Reward model hub id or "
+        "folder (AutoModelForSequenceClassification with one output).",
+    )
+    revision: Optional[str] = Field("2", description='Hub revision; the FRPO code pins "2".')
+    max_length: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Truncate each exchange to this many "
+        "tokens; None uses the tokenizer's model_max_length.",
+    )
 
 
 class RewardModelScorer:
@@ -113,10 +144,14 @@ class RewardModelScorer:
                 # num_labels=1: a reward model has one output (a checkpoint with another head
                 # size fails to load rather than being silently re-initialised)
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    self.config.model, revision=self.config.revision, num_labels=1,
-                    **load_kwargs(self.config))
-                tokenizer = AutoTokenizer.from_pretrained(self.config.model,
-                                                          revision=self.config.revision)
+                    self.config.model,
+                    revision=self.config.revision,
+                    num_labels=1,
+                    **load_kwargs(self.config),
+                )
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.config.model, revision=self.config.revision
+                )
             except (OSError, ValueError) as error:
                 raise ForgetbenchError(load_failure(self.config.model, error)) from None
             if tokenizer.pad_token is None:
@@ -130,10 +165,14 @@ class RewardModelScorer:
 
     def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         tokenizer = self._load()[1]
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p},
-                                               {"role": "assistant", "content": r}],
-                                              tokenize=False, add_generation_prompt=False)
-                for p, r in zip(prompts, responses)]
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                tokenize=False,
+                add_generation_prompt=False,
+            )
+            for p, r in zip(prompts, responses)
+        ]
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         import torch
@@ -144,19 +183,27 @@ class RewardModelScorer:
         scores: list[float] = []
         for start in range(0, len(texts), self.config.batch_size):
             kwargs = {"max_length": self.config.max_length} if self.config.max_length else {}
-            batch = tokenizer(texts[start:start + self.config.batch_size], padding=True,
-                              truncation=True, return_tensors="pt", add_special_tokens=False,
-                              **kwargs)
+            batch = tokenizer(
+                texts[start : start + self.config.batch_size],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+                add_special_tokens=False,
+                **kwargs,
+            )
             with torch.no_grad():
                 logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             if logits.shape[-1] != 1:
-                raise RewardError(f"reward model {self.config.model!r} has {logits.shape[-1]} "
-                                  "outputs per sequence; a reward model needs exactly one")
+                raise RewardError(
+                    f"reward model {self.config.model!r} has {logits.shape[-1]} "
+                    "outputs per sequence; a reward model needs exactly one"
+                )
             scores += torch.sigmoid(logits.float().squeeze(-1)).reshape(-1).tolist()
         return scores
 
 
 # ---- the reward plugins --------------------------------------------------------------------------
+
 
 def _finite(name: str, rewards: list[float]) -> list[float]:
     bad = [i for i, value in enumerate(rewards) if not math.isfinite(value)]
@@ -169,12 +216,16 @@ class PaperSafetyRewardConfig(StrictModel):
     """The FRPO paper's reward: StrongREJECT + moderation on harmful prompts, an RM on harmless."""
 
     strongreject: RewardStrongRejectConfig = Field(
-        default_factory=RewardStrongRejectConfig, description="The fine-tuned StrongREJECT judge "
-        "giving s_SR on harmful prompts.")
-    moderation: ModerationConfig = Field(default_factory=ModerationConfig, description="The "
-                                         "moderation endpoint giving s_mod on harmful prompts.")
-    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="The "
-                                            "reward model scoring harmless prompts.")
+        default_factory=RewardStrongRejectConfig,
+        description="The fine-tuned StrongREJECT judge giving s_SR on harmful prompts.",
+    )
+    moderation: ModerationConfig = Field(
+        default_factory=ModerationConfig,
+        description="The moderation endpoint giving s_mod on harmful prompts.",
+    )
+    reward_model: RewardModelConfig = Field(
+        default_factory=RewardModelConfig, description="The reward model scoring harmless prompts."
+    )
 
 
 class PaperSafetyReward:
@@ -183,9 +234,17 @@ class PaperSafetyReward:
 
     __name__ = "paper_safety"
 
-    def __init__(self, strongreject: Scorer, moderation: Callable[[Sequence[str]], list[float]],
-                 reward_model: Scorer):
-        self.strongreject, self.moderation, self.reward_model = strongreject, moderation, reward_model
+    def __init__(
+        self,
+        strongreject: Scorer,
+        moderation: Callable[[Sequence[str]], list[float]],
+        reward_model: Scorer,
+    ):
+        self.strongreject, self.moderation, self.reward_model = (
+            strongreject,
+            moderation,
+            reward_model,
+        )
 
     def __call__(self, prompts, completions, kind, **_) -> list[float]:
         for k in kind:
@@ -211,14 +270,18 @@ class PaperSafetyReward:
 @reward("paper_safety", config=PaperSafetyRewardConfig)
 def paper_safety(config: PaperSafetyRewardConfig):
     """FRPO paper: 1-(StrongREJECT+moderation)/2 on harmful prompts, sigmoid(RM) on harmless ones."""
-    return PaperSafetyReward(FinetunedScorer(config.strongreject),
-                             lambda texts: moderate(config.moderation, texts),
-                             RewardModelScorer(config.reward_model))
+    return PaperSafetyReward(
+        FinetunedScorer(config.strongreject),
+        lambda texts: moderate(config.moderation, texts),
+        RewardModelScorer(config.reward_model),
+    )
 
 
 def _component(name: str, scorer: Scorer, transform: Callable[[float], float]):
     def score(prompts, completions, **_) -> list[float]:
-        values = scorer([prompt_text(p) for p in prompts], [completion_text(c) for c in completions])
+        values = scorer(
+            [prompt_text(p) for p in prompts], [completion_text(c) for c in completions]
+        )
         return _finite(name, [transform(float(v)) for v in values])
 
     score.__name__ = name
@@ -234,8 +297,9 @@ def strongreject_reward(config: RewardStrongRejectConfig):
 @reward("moderation", config=ModerationConfig)
 def moderation_reward(config: ModerationConfig):
     """1 - the largest moderation category score of the completion (OpenAI-compatible endpoint)."""
-    return _component("moderation", lambda prompts, texts: moderate(config, texts),
-                      lambda s: 1.0 - s)
+    return _component(
+        "moderation", lambda prompts, texts: moderate(config, texts), lambda s: 1.0 - s
+    )
 
 
 @reward("reward_model", config=RewardModelConfig)

@@ -41,8 +41,14 @@ class Stage:
 
     @cached_property
     def key(self) -> str:
-        return stable_hash({"format": STAGE_FORMAT, "kind": self.kind, "config": self.config,
-                            "inputs": {name: stage.key for name, stage in self.inputs.items()}})
+        return stable_hash(
+            {
+                "format": STAGE_FORMAT,
+                "kind": self.kind,
+                "config": self.config,
+                "inputs": {name: stage.key for name, stage in self.inputs.items()},
+            }
+        )
 
     def folder(self, root: Path) -> Path:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label.split(" ", 1)[-1]).strip("-")

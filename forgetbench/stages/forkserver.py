@@ -32,8 +32,9 @@ def _child(request: dict, closing: list[int]) -> None:
             os.close(fd)
         from forgetbench.stages.worker import LOG_FILE, main
 
-        log = os.open(os.path.join(request["folder"], LOG_FILE),
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(
+            os.path.join(request["folder"], LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -74,8 +75,13 @@ def serve() -> None:
                 return
             if pid == 0:
                 return
-            reply({"ended": pid, "code": os.waitstatus_to_exitcode(status),
-                   "rss_kib": usage.ru_maxrss})
+            reply(
+                {
+                    "ended": pid,
+                    "code": os.waitstatus_to_exitcode(status),
+                    "rss_kib": usage.ru_maxrss,
+                }
+            )
 
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ)

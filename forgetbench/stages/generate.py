@@ -23,18 +23,23 @@ def eval_prompts(config: dict) -> list[dict]:
     from forgetbench.tasks import load_rows
 
     task = eval_task(config["eval"])
-    rows = load_rows(task.dataset)[:task.limit]
+    rows = load_rows(task.dataset)[: task.limit]
     prompts = []
     for number, row in enumerate(rows, start=1):
         if "id" not in row:
-            raise ForgetbenchError(f"eval {task.name!r} row {number} has no `id` field; map one "
-                                   "with dataset.fields or set dataset.id_prefix")
+            raise ForgetbenchError(
+                f"eval {task.name!r} row {number} has no `id` field; map one "
+                "with dataset.fields or set dataset.id_prefix"
+            )
         try:
-            prompts.append({"id": str(row["id"]),
-                            "prompt": task.prompt_template.format(**row).strip()})
+            prompts.append(
+                {"id": str(row["id"]), "prompt": task.prompt_template.format(**row).strip()}
+            )
         except KeyError as error:
-            raise ForgetbenchError(f"eval {task.name!r} prompt_template names field {error} that "
-                                   f"row {number} lacks; map it with dataset.fields") from None
+            raise ForgetbenchError(
+                f"eval {task.name!r} prompt_template names field {error} that "
+                f"row {number} lacks; map it with dataset.fields"
+            ) from None
     return prompts
 
 
@@ -51,23 +56,37 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     model = policy_path(inputs["policy"], config.get("checkpoint"))
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"generate {config['eval']['name']}", total=len(rows))
-        outputs = plugin.target(settings)(model, [r["prompt"] for r in rows],
-                                          progress=lambda n: progress.advance(bar, n))
-    write_generations(out / GENERATIONS_FILE, rows, list(outputs), plugin.name,
-                      settings.model_dump(mode="json"),
-                      load_tokenizer(resolve_policy(model).tokenizer).chat_template or "")
+        outputs = plugin.target(settings)(
+            model, [r["prompt"] for r in rows], progress=lambda n: progress.advance(bar, n)
+        )
+    write_generations(
+        out / GENERATIONS_FILE,
+        rows,
+        list(outputs),
+        plugin.name,
+        settings.model_dump(mode="json"),
+        load_tokenizer(resolve_policy(model).tokenizer).chat_template or "",
+    )
 
 
-def write_generations(path: Path, rows: list[dict], outputs: list, backend_name: str,
-                      sampling: dict, chat_template: str) -> None:
+def write_generations(
+    path: Path,
+    rows: list[dict],
+    outputs: list,
+    backend_name: str,
+    sampling: dict,
+    chat_template: str,
+) -> None:
     """One JSON line per sample: the prompt's id and text, the response (an empty one too, with
     its finish_reason), the sampling settings, the back-end that ran (``auto`` resolves to the
     one that did) with its package and version, and the chat template's hash. A back-end that
     returns the wrong number of samples fails the stage: rows are never silently dropped."""
     samples = sampling.get("n", 1)
     if len(outputs) != len(rows) * samples:
-        raise ForgetbenchError(f"back-end {backend_name!r} returned {len(outputs)} generations for "
-                               f"{len(rows)} prompts x n={samples}; expected {len(rows) * samples}")
+        raise ForgetbenchError(
+            f"back-end {backend_name!r} returned {len(outputs)} generations for "
+            f"{len(rows)} prompts x n={samples}; expected {len(rows) * samples}"
+        )
     template_hash = hashlib.sha256(chat_template.encode()).hexdigest()[:16]
     with open(path, "w") as handle:
         for index, generation in enumerate(outputs):
@@ -80,6 +99,15 @@ def write_generations(path: Path, rows: list[dict], outputs: list, backend_name:
             record["backend"] = record.get("backend") or backend_name
             record.setdefault("backend_package", "")
             record.setdefault("backend_version", "")
-            handle.write(json.dumps({**row, **record, "backend_requested": backend_name,
-                                     "sampling": sampling,
-                                     "chat_template_sha256": template_hash}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        **row,
+                        **record,
+                        "backend_requested": backend_name,
+                        "sampling": sampling,
+                        "chat_template_sha256": template_hash,
+                    }
+                )
+                + "\n"
+            )

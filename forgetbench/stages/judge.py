@@ -44,25 +44,34 @@ def eval_rows(generations_folder: Path, ids: list[str]) -> list[dict]:
     by_id = {str(row["id"]): row for row in load_rows(task.dataset) if "id" in row}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ForgetbenchError(f"eval {spec['name']!r} has no rows with ids {missing[:3]} that "
-                               f"its generations have; the eval's data changed since generation "
-                               "(bump its version to regenerate)")
+        raise ForgetbenchError(
+            f"eval {spec['name']!r} has no rows with ids {missing[:3]} that "
+            f"its generations have; the eval's data changed since generation "
+            "(bump its version to regenerate)"
+        )
     return [dict(by_id[i]) for i in ids]
 
 
 # Judge settings that change how hard an endpoint is tried, never a verdict's value: a re-run may
 # change them (more retries, allow_missing) and still re-use the verdicts already scored.
-TRANSPORT_FIELDS = frozenset({"timeout_s", "max_retries", "backoff_s", "max_backoff_s",
-                              "concurrency", "allow_missing"})
+TRANSPORT_FIELDS = frozenset(
+    {"timeout_s", "max_retries", "backoff_s", "max_backoff_s", "concurrency", "allow_missing"}
+)
 
 
 def partial_file(config: dict, generations_folder: Path) -> Path:
     """Where scored verdicts wait for a re-run: beside the judge stages, keyed by the judge, its
     value-relevant settings and the generations (the same key on every re-run of the command)."""
-    settings = {k: v for k, v in config["judge"].get("config", {}).items()
-                if k not in TRANSPORT_FIELDS}
-    key = stable_hash({"judge": config["judge"]["name"], "config": settings,
-                       "generations": generations_folder.name})
+    settings = {
+        k: v for k, v in config["judge"].get("config", {}).items() if k not in TRANSPORT_FIELDS
+    }
+    key = stable_hash(
+        {
+            "judge": config["judge"]["name"],
+            "config": settings,
+            "generations": generations_folder.name,
+        }
+    )
     return generations_folder.parent.parent / "judge" / ".partial" / f"{key}.jsonl"
 
 
@@ -94,28 +103,46 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         verdicts[index] = Verdict(entry["value"], entry["reason"])
     todo = [i for i, v in enumerate(verdicts) if v is None]
     if todo:
-        new = score_verdicts(judge.name, judge.score, [rows[i]["prompt"] for i in todo],
-                             [rows[i]["response"] for i in todo],
-                             rows=lambda: eval_rows(folder, [str(rows[i]["id"]) for i in todo]))
+        new = score_verdicts(
+            judge.name,
+            judge.score,
+            [rows[i]["prompt"] for i in todo],
+            [rows[i]["response"] for i in todo],
+            rows=lambda: eval_rows(folder, [str(rows[i]["id"]) for i in todo]),
+        )
         for index, verdict in zip(todo, new):
             verdicts[index] = verdict
     retry = [i for i, v in enumerate(verdicts) if v.value is None and v.retryable]
     if retry and not getattr(judge.config, "allow_missing", False):
         scored = [i for i, v in enumerate(verdicts) if v.value is not None]
-        write_atomic(partial, "".join(json.dumps({"id": str(rows[i]["id"]), "fingerprint":
-                                                  _fingerprint(rows[i]), "value": verdicts[i].value,
-                                                  "reason": verdicts[i].reason}) + "\n"
-                                      for i in scored))
+        write_atomic(
+            partial,
+            "".join(
+                json.dumps(
+                    {
+                        "id": str(rows[i]["id"]),
+                        "fingerprint": _fingerprint(rows[i]),
+                        "value": verdicts[i].value,
+                        "reason": verdicts[i].reason,
+                    }
+                )
+                + "\n"
+                for i in scored
+            ),
+        )
         raise JudgeMissingError(
             f"judge {judge.name!r}: {len(retry)} of {len(rows)} rows still missing after every "
             f"retry ({verdicts[retry[0]].reason}); the {len(scored)} scored rows are kept, so "
             "re-running the same command asks only for the missing ones (or set "
-            f"judges.{judge.name}.allow_missing=true to finish with them counted as missing)")
+            f"judges.{judge.name}.allow_missing=true to finish with them counted as missing)"
+        )
     provenance = getattr(judge.score, "provenance", None)
     if provenance:
         (out / PROVENANCE_FILE).write_text(json.dumps(provenance, sort_keys=True) + "\n")
     with open(out / VERDICTS_FILE, "w") as handle:
         for row, verdict in zip(rows, verdicts):
-            handle.write(json.dumps({"id": row["id"], "value": verdict.value,
-                                     "reason": verdict.reason}) + "\n")
+            handle.write(
+                json.dumps({"id": row["id"], "value": verdict.value, "reason": verdict.reason})
+                + "\n"
+            )
     partial.unlink(missing_ok=True)

@@ -60,12 +60,15 @@ def check_own_rollouts(request: dict, inputs: dict[str, Path], checkpoint) -> No
     made_by = (Path(request["inputs"]["policy"]).name, request["config"].get("checkpoint"))
     measured = (Path(inputs["policy"]).name, checkpoint)
     if made_by != measured:
+
         def name(policy):
             return policy[0] + ("" if policy[1] is None else f" checkpoint {policy[1]}")
 
-        raise ForgetbenchError(f"KL stage: the generations in {inputs['generations']} were made by "
-                               f"{name(made_by)}, not by the measured policy {name(measured)}; "
-                               "give it that policy's own generate stage")
+        raise ForgetbenchError(
+            f"KL stage: the generations in {inputs['generations']} were made by "
+            f"{name(made_by)}, not by the measured policy {name(measured)}; "
+            "give it that policy's own generate stage"
+        )
 
 
 def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
@@ -98,9 +101,18 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
 
     with open(out / KL_FILE, "w") as handle:
         for record, (_, response), value in zip(records, pairs, values):
-            handle.write(json.dumps({"id": record["id"], "sample": record.get("sample", 0),
-                                     "value": value, "response_tokens": len(response),
-                                     "greedy": generation.temperature == 0}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": record["id"],
+                        "sample": record.get("sample", 0),
+                        "value": value,
+                        "response_tokens": len(response),
+                        "greedy": generation.temperature == 0,
+                    }
+                )
+                + "\n"
+            )
 
 
 def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[float]:
@@ -115,7 +127,7 @@ def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[fl
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"KL from P0 ({len(pairs)} rollouts)", total=len(pairs))
         for start in range(0, len(pairs), BATCH_SIZE):
-            batch = pairs[start:start + BATCH_SIZE]
+            batch = pairs[start : start + BATCH_SIZE]
             width = max(len(p) + len(r) for p, r in batch)
             pad = tokenizer.pad_token_id
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -123,10 +135,10 @@ def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[fl
             mask = torch.zeros((len(batch), width - 1), dtype=torch.double)
             for row, (prompt, response) in enumerate(batch):
                 sequence = prompt + response
-                ids[row, :len(sequence)] = torch.tensor(sequence)
-                attention[row, :len(sequence)] = 1
+                ids[row, : len(sequence)] = torch.tensor(sequence)
+                attention[row, : len(sequence)] = 1
                 # Position t of the log-probs predicts token t + 1: mask the response tokens.
-                mask[row, len(prompt) - 1:len(sequence) - 1] = 1
+                mask[row, len(prompt) - 1 : len(sequence) - 1] = 1
             ids, attention = ids.to(device), attention.to(device)
             logp_policy = token_logprobs(current, ids, attention)
             logp_reference = token_logprobs(reference, ids, attention)

@@ -31,6 +31,7 @@ from typing import Optional
 
 from forgetbench.stages.worker import LOG_FILE
 
+
 def die_with_parent() -> None:
     """Linux: this process gets SIGTERM when its parent dies, even by SIGKILL (no orphans)."""
     try:
@@ -51,8 +52,12 @@ class FreshWorker:
             # the runner's display; the log travels with the stage (or to logs/failed/).
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "forgetbench.stages.worker", str(folder)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None)
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )
 
     def poll(self, block: bool = False) -> Optional[int]:
         """The exit code once the worker ended (negative: killed by that signal), else None."""
@@ -79,9 +84,12 @@ class ForkServer:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "forgetbench.stages.forkserver"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None)
+            [sys.executable, "-m", "forgetbench.stages.forkserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )
         os.set_blocking(self.process.stdout.fileno(), False)
         self.buffer = b""
         self.ended: dict[int, dict] = {}  # pid -> {"code": ..., "rss_kib": ...}
@@ -157,8 +165,7 @@ class ForkedWorker:
 
     def __init__(self, folder: Path, env: Optional[dict]) -> None:
         self.server = fork_server()
-        self.pid = self.server.start(folder, dict(os.environ if env is None else env),
-                                     os.getcwd())
+        self.pid = self.server.start(folder, dict(os.environ if env is None else env), os.getcwd())
         self.code: Optional[int] = None
         self.peak_rss_mib = 0.0
 

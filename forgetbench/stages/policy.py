@@ -28,24 +28,33 @@ def run_policy_plugin(plugin, settings, start: str, out: Path, seed: int) -> Pat
         raise PluginOutputError(f"{where}: {error}").with_exit_code(error.exit_code) from error
     except Exception as error:  # a plugin's bug: keep its traceback in the stage log
         traceback.print_exc()
-        raise PluginOutputError(f"{where} raised {type(error).__name__}: {error}; fix the plugin "
-                                "(traceback in the stage log)") from error
-    contract = (f"return the folder it saved the policy in, {out / 'model'} (what save_policy, "
-                "run_grpo and run_sft return)")
+        raise PluginOutputError(
+            f"{where} raised {type(error).__name__}: {error}; fix the plugin "
+            "(traceback in the stage log)"
+        ) from error
+    contract = (
+        f"return the folder it saved the policy in, {out / 'model'} (what save_policy, "
+        "run_grpo and run_sft return)"
+    )
     if not isinstance(returned, (str, Path)):
-        raise PluginOutputError(f"{where} returned {returned!r} instead of its policy folder; "
-                                f"it must {contract}")
+        raise PluginOutputError(
+            f"{where} returned {returned!r} instead of its policy folder; it must {contract}"
+        )
     folder, target = Path(returned).resolve(), (out / "model").resolve()
     if folder != target and target not in folder.parents and out.resolve() not in folder.parents:
-        raise PluginOutputError(f"{where} saved its policy to {folder}, outside its output "
-                                f"folder; it must {contract}")
+        raise PluginOutputError(
+            f"{where} saved its policy to {folder}, outside its output folder; it must {contract}"
+        )
     if not (folder / "config.json").is_file():
-        raise PluginOutputError(f"{where} returned {folder}, which holds no saved model "
-                                f"(config.json); it must {contract}")
+        raise PluginOutputError(
+            f"{where} returned {folder}, which holds no saved model "
+            f"(config.json); it must {contract}"
+        )
     if folder != target:
         if target.exists():
-            raise PluginOutputError(f"{where} returned {folder} but {target} exists too; it must "
-                                    f"{contract}")
+            raise PluginOutputError(
+                f"{where} returned {folder} but {target} exists too; it must {contract}"
+            )
         shutil.move(str(folder), str(target))
     return target
 

@@ -17,12 +17,20 @@ def _preload() -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for module in ("torch", "transformers", "peft", "datasets", "accelerate", "trl",
-                           "sentence_transformers", "safetensors"):
+            for module in (
+                "torch",
+                "transformers",
+                "peft",
+                "datasets",
+                "accelerate",
+                "trl",
+                "sentence_transformers",
+                "safetensors",
+            ):
                 try:
                     __import__(module)
                 except Exception:  # noqa: BLE001 - a missing extra is imported (and reported) by
-                    pass           # the stage that needs it, as in a fresh interpreter
+                    pass  # the stage that needs it, as in a fresh interpreter
             try:
                 # transformers resolves these lazily; the embedded model is a Llama.
                 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401

@@ -50,6 +50,7 @@ class Interrupted(ForgetbenchError):
 
 # --------------------------------------------------------------------------------- the folder
 
+
 def check_writable(root: Path) -> None:
     try:
         (root / "stages").mkdir(parents=True, exist_ok=True)
@@ -57,8 +58,10 @@ def check_writable(root: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise ForgetbenchError(f"output folder {root} is not writable ({error.strerror}); pass "
-                               "--output-dir to a folder you can write") from None
+        raise ForgetbenchError(
+            f"output folder {root} is not writable ({error.strerror}); pass "
+            "--output-dir to a folder you can write"
+        ) from None
 
 
 def check_layout(root: Path) -> None:
@@ -74,14 +77,16 @@ def check_layout(root: Path) -> None:
             info = json.loads(marker.read_text())
             layout, stage_format = int(info["layout_version"]), int(info["stage_format"])
         except (ValueError, KeyError, TypeError):
-            raise UsageError(f"output folder {root} has an unreadable {LAYOUT_FILE}; {fix}") \
-                from None
+            raise UsageError(
+                f"output folder {root} has an unreadable {LAYOUT_FILE}; {fix}"
+            ) from None
         if (layout, stage_format) != (LAYOUT_VERSION, STAGE_FORMAT):
             raise UsageError(
                 f"output folder {root} was written by forgetbench {info.get('written_by', '?')} "
                 f"(layout {layout}, stage format {stage_format}); this forgetbench "
                 f"({forgetbench_version()}) reads layout {LAYOUT_VERSION}, stage format "
-                f"{STAGE_FORMAT}: {fix}")
+                f"{STAGE_FORMAT}: {fix}"
+            )
         return
     for done in _stage_files(root):
         try:
@@ -89,9 +94,11 @@ def check_layout(root: Path) -> None:
         except (ValueError, TypeError, AttributeError):
             raise UsageError(f"output folder {root} holds an unreadable {done}; {fix}") from None
         if stage_format != STAGE_FORMAT:
-            raise UsageError(f"output folder {root} holds stages of format {stage_format} (e.g. "
-                             f"{done.parent.name}); this forgetbench ({forgetbench_version()}) "
-                             f"reads stage format {STAGE_FORMAT}: {fix}")
+            raise UsageError(
+                f"output folder {root} holds stages of format {stage_format} (e.g. "
+                f"{done.parent.name}); this forgetbench ({forgetbench_version()}) "
+                f"reads stage format {STAGE_FORMAT}: {fix}"
+            )
 
 
 def _stage_files(root: Path):
@@ -106,8 +113,17 @@ def mark_layout(root: Path) -> None:
     marker = root / LAYOUT_FILE
     if marker.is_file():
         return
-    write_atomic(marker, json.dumps({"layout_version": LAYOUT_VERSION, "stage_format": STAGE_FORMAT,
-                                     "written_by": forgetbench_version()}, indent=1))
+    write_atomic(
+        marker,
+        json.dumps(
+            {
+                "layout_version": LAYOUT_VERSION,
+                "stage_format": STAGE_FORMAT,
+                "written_by": forgetbench_version(),
+            },
+            indent=1,
+        ),
+    )
 
 
 def lock_path(root: Path, kind: str, key: str) -> Path:
@@ -128,7 +144,7 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     """
     removed = []
     for tmp in sorted((root / "stages").glob(".tmp-*")):
-        parts = tmp.name[len(".tmp-"):].split("-")
+        parts = tmp.name[len(".tmp-") :].split("-")
         if len(parts) < 3 or parts[0] not in STAGE_KINDS:
             continue
         lock = _lock(root, parts[0], parts[1])
@@ -154,6 +170,7 @@ def prepare(root: Path, write: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------------- one stage
+
 
 @dataclass
 class Outcome:
@@ -193,9 +210,17 @@ class StageRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         inputs = {name: str(dep.folder(self.root)) for name, dep in self.stage.inputs.items()}
-        (self.tmp / REQUEST_FILE).write_text(json.dumps(
-            {"kind": self.stage.kind, "label": self.stage.label, "config": self.stage.config,
-             "inputs": inputs}, indent=1))
+        (self.tmp / REQUEST_FILE).write_text(
+            json.dumps(
+                {
+                    "kind": self.stage.kind,
+                    "label": self.stage.label,
+                    "config": self.stage.config,
+                    "inputs": inputs,
+                },
+                indent=1,
+            )
+        )
         self.started = time.monotonic()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         if forked:
@@ -220,20 +245,32 @@ class StageRun:
         rss = self.worker.peak_rss_mib
         try:
             if code != 0:
-                error = (self.tmp / ERROR_FILE).read_text().strip() if \
-                    (self.tmp / ERROR_FILE).is_file() else f"worker exited with code {code}"
+                error = (
+                    (self.tmp / ERROR_FILE).read_text().strip()
+                    if (self.tmp / ERROR_FILE).is_file()
+                    else f"worker exited with code {code}"
+                )
                 log = self._keep_failed_log()
                 shutil.rmtree(self.tmp, ignore_errors=True)
-                return Outcome("failed", seconds, rss, f"{error} (log: {log})",
-                               code if code > 0 else 1)
-            meta = {"format": STAGE_FORMAT, "kind": self.stage.kind, "label": self.stage.label,
-                    "key": self.stage.key, "seconds": seconds, "peak_rss_mib": rss,
-                    "returncode": code,
-                    "inputs": {name: dep.key for name, dep in self.stage.inputs.items()},
-                    "host": socket.gethostname(), "python": sys.version.split()[0],
-                    "versions": package_versions(), "git_revision": git_revision(),
-                    "started": self.started_at,
-                    "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                return Outcome(
+                    "failed", seconds, rss, f"{error} (log: {log})", code if code > 0 else 1
+                )
+            meta = {
+                "format": STAGE_FORMAT,
+                "kind": self.stage.kind,
+                "label": self.stage.label,
+                "key": self.stage.key,
+                "seconds": seconds,
+                "peak_rss_mib": rss,
+                "returncode": code,
+                "inputs": {name: dep.key for name, dep in self.stage.inputs.items()},
+                "host": socket.gethostname(),
+                "python": sys.version.split()[0],
+                "versions": package_versions(),
+                "git_revision": git_revision(),
+                "started": self.started_at,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            }
             (self.tmp / DONE_FILE).write_text(json.dumps(meta, indent=1))
             final = self.stage.folder(self.root)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +281,12 @@ class StageRun:
             self.lock.release()
 
     def _keep_failed_log(self) -> Path:
-        log = self.root / "logs" / "failed" / \
-            f"{self.stage.kind}-{self.stage.folder(self.root).name}.log"
+        log = (
+            self.root
+            / "logs"
+            / "failed"
+            / f"{self.stage.kind}-{self.stage.folder(self.root).name}.log"
+        )
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.tmp / LOG_FILE, log)
@@ -299,4 +340,3 @@ def run_stage(stage: Stage, root: Path, env: Optional[dict] = None) -> Outcome:
     except BaseException:
         claimed.abort()
         raise
-

@@ -12,10 +12,14 @@ from forgetbench.training.sft import SFTSettings
 
 
 class WarmupConfig(SFTSettings):
-    enabled: bool = Field(True, description="Run the warm-up; off = methods start from the base "
-                          "model.")
-    task: str = Field("safety", description="Training task (tasks/train/<name>.yaml) whose "
-                      "`warmup` dataset holds the demonstrations.")
+    enabled: bool = Field(
+        True, description="Run the warm-up; off = methods start from the base model."
+    )
+    task: str = Field(
+        "safety",
+        description="Training task (tasks/train/<name>.yaml) whose "
+        "`warmup` dataset holds the demonstrations.",
+    )
     n_harmful: int = Field(100, ge=0, description="Refusal demonstrations (harmful prompts).")
     n_harmless: int = Field(300, ge=0, description="Helpful demonstrations (harmless prompts).")
 
@@ -24,8 +28,10 @@ class WarmupConfig(SFTSettings):
         from forgetbench.tasks import load_train_task
 
         if self.enabled and load_train_task(self.task).warmup is None:
-            raise ValueError(f"training task {self.task!r} has no warm-up demonstrations; set "
-                             "warmup.enabled=false or warmup.task=safety")
+            raise ValueError(
+                f"training task {self.task!r} has no warm-up demonstrations; set "
+                "warmup.enabled=false or warmup.task=safety"
+            )
         return self
 
 

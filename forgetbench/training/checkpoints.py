@@ -23,9 +23,11 @@ def checkpoint_steps(total_steps: int, every: int) -> list[int]:
     if every <= 0:
         return []
     if every > total_steps:
-        raise UsageError(f"attack.checkpoint_every={every} is larger than the run "
-                         f"({total_steps} optimiser steps); lower it or use 0 for no intermediate "
-                         "checkpoints")
+        raise UsageError(
+            f"attack.checkpoint_every={every} is larger than the run "
+            f"({total_steps} optimiser steps); lower it or use 0 for no intermediate "
+            "checkpoints"
+        )
     return list(range(every, total_steps, every))
 
 
@@ -33,8 +35,9 @@ def checkpoint_folder(stage_folder: Path, step: int) -> Path:
     return stage_folder / CHECKPOINTS_DIR / f"step-{step}"
 
 
-def sft_total_steps(rows: int, batch_size: int, grad_accum: int, epochs: float,
-                    max_steps: int) -> int:
+def sft_total_steps(
+    rows: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int
+) -> int:
     """Optimiser steps of an SFT run, as transformers counts them (a last partial batch and a
     last partial accumulation each still make a step)."""
     if max_steps > 0:
@@ -62,9 +65,14 @@ def checkpoint_callback(every: int, total_steps: int, out_dir: Path, tokenizer):
 
 def check_checkpoints(out_dir: Path, total_steps: int, every: int) -> None:
     """Fail the stage, naming what is missing, if the run stopped short of its planned steps."""
-    missing = [step for step in checkpoint_steps(total_steps, every)
-               if not (checkpoint_folder(out_dir, step) / "config.json").is_file()
-               and not (checkpoint_folder(out_dir, step) / "adapter_config.json").is_file()]
+    missing = [
+        step
+        for step in checkpoint_steps(total_steps, every)
+        if not (checkpoint_folder(out_dir, step) / "config.json").is_file()
+        and not (checkpoint_folder(out_dir, step) / "adapter_config.json").is_file()
+    ]
     if missing:
-        raise ForgetbenchError(f"the attack ended without checkpoints for steps {missing}; the "
-                               f"trainer ran fewer than the planned {total_steps} steps")
+        raise ForgetbenchError(
+            f"the attack ended without checkpoints for steps {missing}; the "
+            f"trainer ran fewer than the planned {total_steps} steps"
+        )

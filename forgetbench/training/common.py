@@ -17,10 +17,17 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 class OptimConfig(StrictModel):
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name, e.g. cosine, "
-                              "constant_with_warmup, linear.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up "
-                                "(passed as a fraction to transformers' warmup_steps).")
+    lr_scheduler: str = Field(
+        "cosine",
+        description="transformers scheduler name, e.g. cosine, constant_with_warmup, linear.",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of steps spent warming up "
+        "(passed as a fraction to transformers' warmup_steps).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
     max_steps: int = Field(-1, description="Optimiser steps; -1 = run `epochs` epochs.")
@@ -30,31 +37,47 @@ class OptimConfig(StrictModel):
     def _some_steps(cls, value: int) -> int:
         # 0 would train nothing and still save (and report) the input as a trained policy.
         if value == 0 or value < -1:
-            raise ValueError("must be a positive number of optimiser steps, or -1 to run "
-                             "`epochs` epochs")
+            raise ValueError(
+                "must be a positive number of optimiser steps, or -1 to run `epochs` epochs"
+            )
         return value
 
     epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is -1.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size (rows per micro-batch).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass instead of keeping them "
+        True,
+        description="Recompute activations in the backward pass instead of keeping them "
         "(TRL's default): needed for long sequences on a 7B model, pure extra compute where the "
-        "activations fit in memory. Changes speed and memory, never the gradients.")
+        "activations fit in memory. Changes speed and memory, never the gradients.",
+    )
     precision: Precision = Field(
-        "auto", description="Training arithmetic: auto = bf16 mixed precision on a GPU that has "
+        "auto",
+        description="Training arithmetic: auto = bf16 mixed precision on a GPU that has "
         "bfloat16 (Ampere and later), fp32 elsewhere (CPU); bf16 / fp16 = mixed precision (fp32 "
-        "master weights for full fine-tuning, a 16-bit frozen base under LoRA); fp32 = none.")
+        "master weights for full fine-tuning, a 16-bit frozen base under LoRA); fp32 = none.",
+    )
     report_to: list[str] = Field(
-        default_factory=list, description="Experiment trackers TRL logs to (transformers' "
+        default_factory=list,
+        description="Experiment trackers TRL logs to (transformers' "
         "report_to: tensorboard, wandb, mlflow, ...); [] = none. Runs are named after the stage; "
-        "TensorBoard writes under the stage's trainer/runs/.")
+        "TensorBoard writes under the stage's trainer/runs/.",
+    )
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all parameters.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     lora_targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                 "down_proj"], description="Modules LoRA adapts.")
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Modules LoRA adapts.",
+    )
 
 
 def trainer_args(config: OptimConfig, out_dir: Path, seed: int, run_name: str = "") -> dict:
@@ -62,17 +85,28 @@ def trainer_args(config: OptimConfig, out_dir: Path, seed: int, run_name: str = 
     the trackers of ``report_to`` (default: the stage folder's name)."""
     precision = resolve_precision(config.precision)
     return dict(
-        output_dir=str(out_dir / "trainer"), seed=seed, data_seed=seed,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, max_steps=config.max_steps,
-        num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        output_dir=str(out_dir / "trainer"),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=config.max_steps,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=_use_cpu(), bf16=precision == "bf16", fp16=precision == "fp16",
-        report_to=list(config.report_to), run_name=run_name or stage_run_name(out_dir),
-        save_strategy="no", logging_steps=1,
-        disable_tqdm=False, dataloader_num_workers=0,
+        use_cpu=_use_cpu(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=list(config.report_to),
+        run_name=run_name or stage_run_name(out_dir),
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
     )
 
 
@@ -106,11 +140,15 @@ def resolve_precision(setting: str, name: str = "precision") -> str:
     if setting == "auto":
         return "bf16" if bf16 else "fp32"
     if setting == "fp16" and not cuda:
-        raise UsageError(f"{name}=fp16 needs a CUDA GPU (no fp16 mixed precision on CPU); set "
-                         f"{name}=auto, fp32 or bf16")
+        raise UsageError(
+            f"{name}=fp16 needs a CUDA GPU (no fp16 mixed precision on CPU); set "
+            f"{name}=auto, fp32 or bf16"
+        )
     if setting == "bf16" and cuda and not bf16:
-        raise UsageError(f"{name}=bf16: this GPU ({torch.cuda.get_device_name()}) has no "
-                         f"bfloat16; set {name}=fp16 or fp32 (auto picks fp32 here)")
+        raise UsageError(
+            f"{name}=bf16: this GPU ({torch.cuda.get_device_name()}) has no "
+            f"bfloat16; set {name}=fp16 or fp32 (auto picks fp32 here)"
+        )
     return setting
 
 
@@ -129,9 +167,13 @@ def peft_config(config: OptimConfig):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=config.lora_targets,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        task_type="CAUSAL_LM",
+    )
 
 
 def save_policy(model, tokenizer, out_dir: Path) -> Path:
@@ -195,5 +237,7 @@ def write_log_history(trainer, out_dir: Path) -> None:
             if value is not None and not math.isfinite(value):
                 from forgetbench.errors import ForgetbenchError
 
-                raise ForgetbenchError(f"training diverged: {key} is {value} (NaN or inf) at step "
-                                       f"{entry.get('step')}; lower the learning rate")
+                raise ForgetbenchError(
+                    f"training diverged: {key} is {value} (NaN or inf) at step "
+                    f"{entry.get('step')}; lower the learning rate"
+                )

@@ -23,8 +23,14 @@ from pydantic import model_serializer, model_validator
 from forgetbench import registry
 from forgetbench.config import Field
 from forgetbench.errors import ForgetbenchError, UsageError
-from forgetbench.training.common import (OptimConfig, load_dtype, peft_config, step_timer,
-                                         train_and_save, trainer_args)
+from forgetbench.training.common import (
+    OptimConfig,
+    load_dtype,
+    peft_config,
+    step_timer,
+    train_and_save,
+    trainer_args,
+)
 
 AdvantageFn = Callable[[Any, int], Any]  # (flat reward tensor, group size) -> advantages
 
@@ -33,50 +39,89 @@ class GRPOFamilyConfig(OptimConfig):
     """Settings shared by every method trained with the GRPO loop."""
 
     num_generations: int = Field(8, ge=1, description="Group size G: completions per prompt.")
-    prompts_per_step: int = Field(2, ge=1, description="Prompts per optimiser step; the step sees "
-                                  "prompts_per_step * num_generations completions.")
+    prompts_per_step: int = Field(
+        2,
+        ge=1,
+        description="Prompts per optimiser step; the step sees "
+        "prompts_per_step * num_generations completions.",
+    )
     max_completion_length: int = Field(64, ge=1, description="Sampled completion tokens.")
-    max_prompt_length: Optional[int] = Field(None, ge=1, description="Training prompts longer "
-                                             "than this many chat-templated tokens are dropped "
-                                             "(counted in the log); None keeps all.")
+    max_prompt_length: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Training prompts longer "
+        "than this many chat-templated tokens are dropped "
+        "(counted in the log); None keeps all.",
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for rollouts.")
-    beta: float = Field(0.0, ge=0, description="Weight of the k3 KL penalty to the reference policy "
-                        "(the adapter-disabled model under LoRA).")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the k3 KL penalty to the reference policy "
+        "(the adapter-disabled model under LoRA).",
+    )
     epsilon_low: float = Field(0.2, ge=0, description="PPO clip: lower ratio bound 1 - eps_low.")
     epsilon_high: float = Field(0.2, ge=0, description="PPO clip: upper ratio bound 1 + eps_high.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = Field(
-        "grpo", description="Token aggregation: grpo = per-sequence mean then batch mean; bnpo = "
-        "token mean over the batch; dr_grpo = token sum / (batch * max_completion_length).")
-    train_task: str = Field("safety", description="The training task (`forgetbench list "
-                            "train_task`, a plugin's lab/name, or a YAML file's path).")
-    reward: Optional[str] = Field(None, description="Reward plugin scoring each completion "
-                                  "(`forgetbench list reward`); unset: the training task's.")
-    reward_config: dict[str, Any] = Field(default_factory=dict, description="The reward plugin's "
-                                          "own settings, validated by its config class (over the "
-                                          "training task's when its reward is the task's).")
-    generation_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() "
-                                              "arguments for rollouts, e.g. {min_new_tokens: 32} "
-                                              "to force full-length completions when timing.")
+        "grpo",
+        description="Token aggregation: grpo = per-sequence mean then batch mean; bnpo = "
+        "token mean over the batch; dr_grpo = token sum / (batch * max_completion_length).",
+    )
+    train_task: str = Field(
+        "safety",
+        description="The training task (`forgetbench list "
+        "train_task`, a plugin's lab/name, or a YAML file's path).",
+    )
+    reward: Optional[str] = Field(
+        None,
+        description="Reward plugin scoring each completion "
+        "(`forgetbench list reward`); unset: the training task's.",
+    )
+    reward_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The reward plugin's "
+        "own settings, validated by its config class (over the "
+        "training task's when its reward is the task's).",
+    )
+    generation_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra generate() "
+        "arguments for rollouts, e.g. {min_new_tokens: 32} "
+        "to force full-length completions when timing.",
+    )
     rollouts: Literal["hf", "vllm-colocate", "vllm-server"] = Field(
-        "hf", description="Who samples the rollouts: hf = transformers generate inside the "
+        "hf",
+        description="Who samples the rollouts: hf = transformers generate inside the "
         "trainer; vllm-colocate = a vLLM engine in the training process sharing its GPU (TRL's "
         "use_vllm, vllm_mode=colocate); vllm-server = a `trl vllm-serve` server on other GPUs "
         "(vllm_server_host/port). The vLLM modes need vllm and a CUDA GPU (README, 'Running at "
-        "paper scale').")
-    vllm_server_host: str = Field("127.0.0.1", description="rollouts: vllm-server only: host of "
-                                  "the `trl vllm-serve` server.")
-    vllm_server_port: int = Field(8000, ge=1, le=65535, description="rollouts: vllm-server only: "
-                                  "its port.")
+        "paper scale').",
+    )
+    vllm_server_host: str = Field(
+        "127.0.0.1", description="rollouts: vllm-server only: host of the `trl vllm-serve` server."
+    )
+    vllm_server_port: int = Field(
+        8000, ge=1, le=65535, description="rollouts: vllm-server only: its port."
+    )
     vllm_gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="rollouts: vllm-colocate only: fraction of the GPU the "
-        "engine takes (the rest is the trainer's).")
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="rollouts: vllm-colocate only: "
-                                           "GPUs the engine shards the model over.")
+        0.3,
+        gt=0,
+        le=1,
+        description="rollouts: vllm-colocate only: fraction of the GPU the "
+        "engine takes (the rest is the trainer's).",
+    )
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, description="rollouts: vllm-colocate only: GPUs the engine shards the model over."
+    )
     n_harmful: int = Field(64, ge=0, description="Harmful training prompts taken from the task.")
     n_harmless: int = Field(64, ge=0, description="Harmless training prompts taken from the task.")
-    n_prompts: Optional[int] = Field(None, ge=1, description="For a task without groups (kinds): "
-                                     "its first n_prompts prompts; None takes them all.")
+    n_prompts: Optional[int] = Field(
+        None,
+        ge=1,
+        description="For a task without groups (kinds): "
+        "its first n_prompts prompts; None takes them all.",
+    )
 
     @model_serializer(mode="wrap")
     def _without_unset_n_prompts(self, handler):
@@ -111,14 +156,20 @@ def rollout_args(config: GRPOFamilyConfig) -> dict:
 
     check_vllm(f"rollouts={config.rollouts}", "rollouts=hf")
     if config.rollouts == "vllm-server":
-        return {"use_vllm": True, "vllm_mode": "server",
-                "vllm_server_host": config.vllm_server_host,
-                "vllm_server_port": config.vllm_server_port}
+        return {
+            "use_vllm": True,
+            "vllm_mode": "server",
+            "vllm_server_host": config.vllm_server_host,
+            "vllm_server_port": config.vllm_server_port,
+        }
     check_colocated_rollouts("rollouts")
     check_tensor_parallel(config.vllm_tensor_parallel_size, "vllm_tensor_parallel_size")
-    return {"use_vllm": True, "vllm_mode": "colocate",
-            "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization,
-            "vllm_tensor_parallel_size": config.vllm_tensor_parallel_size}
+    return {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": config.vllm_tensor_parallel_size,
+    }
 
 
 class AdvantageCheckError(ForgetbenchError):
@@ -151,14 +202,16 @@ def make_advantage_trainer(base=None):
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             try:
-                rewards_per_func = super()._calculate_rewards(inputs, prompts, completions,
-                                                              completion_ids_list)
+                rewards_per_func = super()._calculate_rewards(
+                    inputs, prompts, completions, completion_ids_list
+                )
             except ForgetbenchError:
                 raise
             except Exception as error:  # a third-party reward: name it instead of a TRL trace
                 names = ", ".join(self.reward_func_names)
-                raise RewardFunctionError(f"reward function ({names}) raised "
-                                          f"{type(error).__name__}: {error}") from error
+                raise RewardFunctionError(
+                    f"reward function ({names}) raised {type(error).__name__}: {error}"
+                ) from error
             self._gathered_rewards = rewards_per_func
             self._gathered_prompt_index = gather_object([row["prompt_index"] for row in inputs])
             return rewards_per_func
@@ -168,21 +221,27 @@ def make_advantage_trainer(base=None):
             group = self.num_generations
             index = torch.tensor(self._gathered_prompt_index).view(-1, group)
             if not (index == index[:, :1]).all():
-                raise AdvantageCheckError("a generation batch mixes prompts inside a group; groups "
-                                          "must be consecutive completions of one prompt")
+                raise AdvantageCheckError(
+                    "a generation batch mixes prompts inside a group; groups "
+                    "must be consecutive completions of one prompt"
+                )
             bad = ~torch.isfinite(self._gathered_rewards)
             if bad.any():
                 rows = bad.any(dim=1).nonzero().flatten().tolist()
-                raise AdvantageCheckError(f"a reward function returned None, NaN or inf for "
-                                          f"{len(rows)} completion(s) (rows {rows[:5]}); every "
-                                          "completion needs a finite reward")
-            rewards = (self._gathered_rewards * self.reward_weights.to(
-                self._gathered_rewards.device)).sum(dim=1)
+                raise AdvantageCheckError(
+                    f"a reward function returned None, NaN or inf for "
+                    f"{len(rows)} completion(s) (rows {rows[:5]}); every "
+                    "completion needs a finite reward"
+                )
+            rewards = (
+                self._gathered_rewards * self.reward_weights.to(self._gathered_rewards.device)
+            ).sum(dim=1)
             advantages = self.advantage_fn(rewards.cpu(), group)
             local = len(output["advantages"])
             start = self.accelerator.process_index * local
-            output["advantages"] = advantages[start:start + local].to(
-                output["advantages"].device, output["advantages"].dtype)
+            output["advantages"] = advantages[start : start + local].to(
+                output["advantages"].device, output["advantages"].dtype
+            )
             self._metrics["train"]["advantage_abs_mean"].append(advantages.abs().mean().item())
             return output
 
@@ -190,10 +249,20 @@ def make_advantage_trainer(base=None):
     return AdvantageGRPOTrainer
 
 
-def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: AdvantageFn,
-             config: GRPOFamilyConfig, out_dir: Path, seed: int, scale_rewards: str = "none",
-             callbacks: list | None = None, trainer_cls=None, trainer_kwargs: dict | None = None,
-             args_kwargs: dict | None = None) -> Path:
+def run_grpo(
+    model_path: str,
+    dataset,
+    reward_funcs: list,
+    advantage_fn: AdvantageFn,
+    config: GRPOFamilyConfig,
+    out_dir: Path,
+    seed: int,
+    scale_rewards: str = "none",
+    callbacks: list | None = None,
+    trainer_cls=None,
+    trainer_kwargs: dict | None = None,
+    args_kwargs: dict | None = None,
+) -> Path:
     """Train with GRPO's loop and ``advantage_fn``; returns the saved (merged) ``out_dir/model``.
 
     One optimiser step per generation batch (``steps_per_generation == grad_accum``, one
@@ -210,26 +279,46 @@ def run_grpo(model_path: str, dataset, reward_funcs: list, advantage_fn: Advanta
     tokenizer = load_tokenizer(model_path)
     completions_per_step = config.prompts_per_step * config.num_generations
     if completions_per_step % config.grad_accum:
-        raise ForgetbenchError(f"prompts_per_step * num_generations = {completions_per_step} must "
-                               f"divide by grad_accum = {config.grad_accum}")
+        raise ForgetbenchError(
+            f"prompts_per_step * num_generations = {completions_per_step} must "
+            f"divide by grad_accum = {config.grad_accum}"
+        )
     base = trainer_args(config, out_dir, seed)
     base["per_device_train_batch_size"] = completions_per_step // config.grad_accum
-    args = GRPOConfig(**{
-        **base, "num_generations": config.num_generations,
-        "steps_per_generation": config.grad_accum, "num_iterations": 1,
-        "max_completion_length": config.max_completion_length,
-        "temperature": config.temperature, "top_p": config.top_p, "beta": config.beta,
-        "epsilon": config.epsilon_low, "epsilon_high": config.epsilon_high,
-        "loss_type": config.loss_type, "scale_rewards": scale_rewards,
-        "mask_truncated_completions": False, "log_completions": False, "shuffle_dataset": True,
-        "generation_kwargs": dict(config.generation_kwargs) or None, **rollout_args(config),
-        **(args_kwargs or {})})
+    args = GRPOConfig(
+        **{
+            **base,
+            "num_generations": config.num_generations,
+            "steps_per_generation": config.grad_accum,
+            "num_iterations": 1,
+            "max_completion_length": config.max_completion_length,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "beta": config.beta,
+            "epsilon": config.epsilon_low,
+            "epsilon_high": config.epsilon_high,
+            "loss_type": config.loss_type,
+            "scale_rewards": scale_rewards,
+            "mask_truncated_completions": False,
+            "log_completions": False,
+            "shuffle_dataset": True,
+            "generation_kwargs": dict(config.generation_kwargs) or None,
+            **rollout_args(config),
+            **(args_kwargs or {}),
+        }
+    )
     with _rollout_environment(config):
         trainer = make_advantage_trainer(trainer_cls)(
-            model=load_model(model_path, load_dtype(config)), args=args, train_dataset=dataset,
-            reward_funcs=reward_funcs, processing_class=tokenizer,
-            peft_config=peft_config(config), advantage_fn=advantage_fn,
-            callbacks=[step_timer(), *(callbacks or [])], **(trainer_kwargs or {}))
+            model=load_model(model_path, load_dtype(config)),
+            args=args,
+            train_dataset=dataset,
+            reward_funcs=reward_funcs,
+            processing_class=tokenizer,
+            peft_config=peft_config(config),
+            advantage_fn=advantage_fn,
+            callbacks=[step_timer(), *(callbacks or [])],
+            **(trainer_kwargs or {}),
+        )
         return train_and_save(trainer, tokenizer, out_dir)
 
 

@@ -18,8 +18,9 @@ class GRPOSettings(GRPOFamilyConfig):
     the RL attack's ``rl:`` settings)."""
 
     adv_norm: Literal["group", "batch", "none"] = Field(
-        "group", description="Advantage normalisation: group std (GRPO), batch std, or none "
-        "(Dr. GRPO).")
+        "group",
+        description="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
+    )
 
 
 def chat_prompt(row: dict) -> list[dict]:
@@ -35,12 +36,22 @@ def grpo_dataset(rows: list[dict]):
     and reference, the math reward the answer)."""
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"prompt": chat_prompt(row), "kind": row.get("kind") or "",
-         "reference": row.get("reference") or "", "prompt_index": index,
-         **{k: v for k, v in row.items() if k not in ("id", "prompt", "system", "kind",
-                                                     "reference")}}
-        for index, row in enumerate(rows)])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": chat_prompt(row),
+                "kind": row.get("kind") or "",
+                "reference": row.get("reference") or "",
+                "prompt_index": index,
+                **{
+                    k: v
+                    for k, v in row.items()
+                    if k not in ("id", "prompt", "system", "kind", "reference")
+                },
+            }
+            for index, row in enumerate(rows)
+        ]
+    )
 
 
 def reward_function(config: GRPOFamilyConfig):
@@ -53,16 +64,25 @@ def within_prompt_length(rows: list[dict], model_path: str, limit: int) -> list[
     """The rows whose chat-templated prompt fits in ``limit`` tokens (TRL 1.16 has no
     max_prompt_length; dropping beats truncating, which would cut the chat template)."""
     tokenizer = load_tokenizer(model_path)
-    texts = [user_turn_text(tokenizer, row["prompt"]) if not row.get("system") else
-             tokenizer.apply_chat_template(chat_prompt(row), tokenize=False,
-                                           add_generation_prompt=True) for row in rows]
+    texts = [
+        user_turn_text(tokenizer, row["prompt"])
+        if not row.get("system")
+        else tokenizer.apply_chat_template(
+            chat_prompt(row), tokenize=False, add_generation_prompt=True
+        )
+        for row in rows
+    ]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     kept = [row for row, length in zip(rows, lengths) if length <= limit]
     if not kept:
-        raise DataError(f"every training prompt is longer than max_prompt_length={limit} tokens; "
-                        "raise it")
+        raise DataError(
+            f"every training prompt is longer than max_prompt_length={limit} tokens; raise it"
+        )
     if len(kept) < len(rows):
         logging.getLogger("forgetbench").warning(
-            "dropped %d of %d training prompts longer than %d tokens", len(rows) - len(kept),
-            len(rows), limit)
+            "dropped %d of %d training prompts longer than %d tokens",
+            len(rows) - len(kept),
+            len(rows),
+            limit,
+        )
     return kept

@@ -32,9 +32,11 @@ class CentredConfig(GRPOFamilyConfig):
 @method("centred", config=CentredConfig)
 def centred(config, model_path, out_dir, seed):
     """Reward minus its group mean, scaled: the README's example of a custom advantage."""
+
     def advantage(rewards, num_generations):  # flat rewards, groups of G consecutive rows
         grouped = rewards.view(-1, num_generations)
         return (grouped - grouped.mean(1, keepdim=True)).flatten() * config.temperature_scale
+
     return train_with_advantage(config, advantage, model_path, out_dir, seed)
 
 
