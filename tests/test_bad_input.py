@@ -36,21 +36,25 @@ def test_unwritable_output_folder(cli, tmp_path):
 
 def test_missing_data_file_names_it(tmp_path):
     with pytest.raises(DataError, match="missing data file .*nope.csv"):
-        load_rows(DatasetSpec(path=str(tmp_path / "nope.csv")))
+        load_rows(DatasetSpec(path="nope.csv", path_root=str(tmp_path)))
 
 
 def test_row_missing_a_field_names_file_and_row(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text('{"prompt": "a", "id": 1}\n{"id": 2}\n')
     with pytest.raises(DataError, match=r"rows.jsonl row 2 lacks required field\(s\) \['prompt'\]"):
-        load_rows(DatasetSpec(path=str(data), fields={"id": "id", "prompt": "prompt"}))
+        load_rows(
+            DatasetSpec(
+                path=data.name, path_root=str(tmp_path), fields={"id": "id", "prompt": "prompt"}
+            )
+        )
 
 
 def test_dataset_empty_after_filtering(tmp_path):
     data = tmp_path / "rows.csv"
     data.write_text("id,label\n1,unsafe\n")
     with pytest.raises(DataError, match="no rows left after filtering"):
-        load_rows(DatasetSpec(path=str(data), filter={"label": "safe"}))
+        load_rows(DatasetSpec(path=data.name, path_root=str(tmp_path), filter={"label": "safe"}))
 
 
 def test_interrupted_run_leaves_no_half_written_stage(tmp_path):

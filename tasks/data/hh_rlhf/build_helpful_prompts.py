@@ -43,12 +43,8 @@ def key(prompt: str) -> str:
 
 
 def main() -> None:
-    safety = [
-        json.loads(line)
-        for name in ("rl_prompts.jsonl",)
-        for line in (SAFETY_TRAIN / name).read_text(encoding="utf-8").splitlines()
-        if line
-    ]
+    safety = [json.loads(line) for name in ("rl_prompts.jsonl",)
+              for line in (SAFETY_TRAIN / name).read_text(encoding="utf-8").splitlines() if line]
     used = {row["id"] for row in safety}
     used_prompts = {key(row["prompt"]) for row in safety}
     with gzip.open(SOURCE, "rt", encoding="utf-8") as handle:
@@ -60,28 +56,16 @@ def main() -> None:
         if row_id in used or turn is None or key(turn[0]) in used_prompts:
             continue
         used_prompts.add(key(turn[0]))  # the same question asked in two dialogues: keep one
-        rows.append(
-            {
-                "id": row_id,
-                "prompt": turn[0],
-                "reference": turn[1],
-                "source": "hh_rlhf/helpful-base/test",
-            }
-        )
+        rows.append({"id": row_id, "prompt": turn[0], "reference": turn[1],
+                     "source": "hh_rlhf/helpful-base/test"})
     random.Random(SEED).shuffle(rows)
     cut = round(len(rows) * (1 - HELDOUT_SHARE))
     with OUT.open("w", encoding="utf-8", newline="\n") as handle:
         for number, row in enumerate(rows):
-            handle.write(
-                json.dumps(
-                    {**row, "split": "train" if number < cut else "heldout"}, ensure_ascii=False
-                )
-                + "\n"
-            )
-    print(
-        f"{OUT.name}: {cut} train + {len(rows) - cut} heldout of {len(dialogues)} dialogues "
-        f"({len(used)} ids of the safety RL prompts left out)"
-    )
+            handle.write(json.dumps({**row, "split": "train" if number < cut else "heldout"},
+                                    ensure_ascii=False) + "\n")
+    print(f"{OUT.name}: {cut} train + {len(rows) - cut} heldout of {len(dialogues)} dialogues "
+          f"({len(used)} ids of the safety RL prompts left out)")
 
 
 if __name__ == "__main__":

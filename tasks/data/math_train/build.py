@@ -50,31 +50,17 @@ def main() -> None:
         if not answer:
             no_answer.append(row["unique_id"])
             continue
-        prompts.append(
-            {
-                "id": row["unique_id"],
-                "problem": row["problem"],
-                "answer": answer,
-                "level": row["level"],
-                "type": row["type"],
-            }
-        )
+        prompts.append({"id": row["unique_id"], "problem": row["problem"], "answer": answer,
+                        "level": row["level"], "type": row["type"]})
     out.mkdir(parents=True, exist_ok=True)
     # mtime=0: the same bytes on every build (gzip stores the time otherwise)
-    with (
-        open(out / "rl_prompts.jsonl.gz", "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle,
-    ):
+    with open(out / "rl_prompts.jsonl.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
         handle.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts).encode())
-    report = {
-        "source_rows": len(rows),
-        "levels_3_5": len(kept),
-        "held_out": len(held),
-        "held_out_ids": [row["unique_id"] for row in held],
-        "dropped_without_boxed_answer": no_answer,
-        "prompts": len(prompts),
-        "per_level": {level: sum(p["level"] == level for p in prompts) for level in LEVELS},
-    }
+    report = {"source_rows": len(rows), "levels_3_5": len(kept), "held_out": len(held),
+              "held_out_ids": [row["unique_id"] for row in held],
+              "dropped_without_boxed_answer": no_answer, "prompts": len(prompts),
+              "per_level": {level: sum(p["level"] == level for p in prompts) for level in LEVELS}}
     (out / "build_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{len(prompts)} prompts ({len(held)} held out, {len(no_answer)} without an answer)")
 
