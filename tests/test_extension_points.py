@@ -118,33 +118,29 @@ def test_forgetbench_error_of_a_method_keeps_its_exit_code_and_gains_the_name(tm
     assert e.value.exit_code == 2
 
 
-@pytest.mark.parametrize(
-    "name, message",
-    [
-        (
-            "raises",
-            "method 'badm/raises' raised ValueError: shape mismatch in my loss; fix the plugin",
-        ),
-        ("returns_nothing", "method 'badm/returns_nothing' returned None"),
-        (
-            "saves_elsewhere",
-            "method 'badm/saves_elsewhere' saved its policy to .*elsewhere-model, "
-            "outside its output folder",
-        ),
-    ],
-)
-def test_bad_method_fails_its_own_train_stage_through_the_cli(cli, tmp_path, name, message):
+BAD_METHOD_ERRORS = {
+    "raises": "method 'badm/raises' raised ValueError: shape mismatch in my loss; fix the plugin",
+    "returns_nothing": "method 'badm/returns_nothing' returned None",
+    "saves_elsewhere": "method 'badm/saves_elsewhere' saved its policy to .*elsewhere-model, "
+    "outside its output folder",
+}
+
+
+def test_bad_methods_fail_their_own_train_stages_through_the_cli(cli, tmp_path):
+    """One `forgetbench matrix` over the three bad methods (one runner, one stage fork server,
+    instead of three runs): each fails its own train stage with its own message, the run ends
+    with one line on stderr naming the first, and nothing later runs or is half-written."""
     import re
 
     site = install_fake_package(tmp_path / "site", "badm", "badm_plugin", BAD_METHODS)
     out = tmp_path / "out"
     result = cli(
-        "run",
+        "matrix",
         "--preset",
         "smoke",
-        "--method",
-        f"badm/{name}",
-        "--attack",
+        "--methods",
+        ",".join(f"badm/{name}" for name in BAD_METHOD_ERRORS),
+        "--attacks",
         "alpaca",
         "--set",
         "warmup.enabled=false",
@@ -153,9 +149,14 @@ def test_bad_method_fails_its_own_train_stage_through_the_cli(cli, tmp_path, nam
         env={"PYTHONPATH": f"{site}:{ROOT}"},
     )
     assert result.returncode != 0
-    assert f"stage 'train badm/{name}' failed" in result.stderr, result.stderr
-    assert re.search(message, result.stderr), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "stage 'train badm/raises' failed" in lines[0]
+    assert re.search(BAD_METHOD_ERRORS["raises"], lines[0]) and "2 more stage(s) failed" in lines[0]
+    # Each stage's own failure, as the progress display reported it (rich may wrap the line).
+    progress = " ".join(result.stdout.split())
+    for name, message in BAD_METHOD_ERRORS.items():
+        assert re.search(rf"train badm/{name}.*?failed after \d+ s: {message}", progress), name
     # Nothing half-written: no finished or temporary train stage, and no later stage ran.
     stages = out / "stages"
     assert not list(stages.glob("train/*/stage.json")) and not list(stages.glob(".tmp-*"))

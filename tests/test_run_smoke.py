@@ -56,6 +56,10 @@ def run_args(tiny_model):
         "alpaca",
         "--set",
         f"model={tiny_model}",
+        # two stages at once, one thread each: the tiny model's stages are mostly Python, so
+        # this nearly halves the run (the serial path is every other CLI test's)
+        "--jobs",
+        "2",
     )
 
 
@@ -65,7 +69,7 @@ def smoke_run(tmp_path_factory, run_args):
 
     out = tmp_path_factory.mktemp("smoke")
     started = time.monotonic()
-    first = run_cli(*run_args, "--output-dir", str(out))
+    first = run_cli(*run_args, "--output-dir", str(out), env={"FORGETBENCH_THREADS": "1"})
     yield out, first, time.monotonic() - started
     shutil.rmtree(out, ignore_errors=True)  # checkpoints: disk a small CI machine needs back
 

@@ -14,14 +14,14 @@ def test_gradient_checkpointing_is_a_setting_trl_receives(tmp_path, setting):
     assert GRPOConfig(**args).gradient_checkpointing is setting
 
 
-def test_gradient_checkpointing_changes_no_weight(tmp_path):
+def test_gradient_checkpointing_changes_no_weight(tmp_path, tiny_model):
     """Recomputing activations in the backward pass gives the same gradients: three SFT steps on
-    the embedded model with and without it end on bit-identical weights. (Why the setting is
-    left out of stage keys: a stage trained either way is the same stage.)"""
+    a Llama (the embedded model's architecture and tokenizer, a few random layers: the property
+    is of the arithmetic, not of the weights) with and without it end on bit-identical weights.
+    (Why the setting is left out of stage keys: a stage trained either way is the same stage.)"""
     import torch
     from safetensors.torch import load_file
 
-    from forgetbench.models import resolve_model
     from forgetbench.training.sft import SFTSettings, run_sft
 
     pairs = [
@@ -39,25 +39,23 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path):
             learning_rate=1e-4,
             gradient_checkpointing=setting,
         )
-        out = run_sft(
-            resolve_model("smollm2-135m-instruct"), pairs, config, tmp_path / str(setting), seed=0
-        )
+        out = run_sft(str(tiny_model), pairs, config, tmp_path / str(setting), seed=0)
         weights[setting] = load_file(out / "model.safetensors")
-    start = load_file(f"{resolve_model('smollm2-135m-instruct')}/model.safetensors")
+    start = load_file(tiny_model / "model.safetensors")
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(weights[True][name], start[name])  # it trained: a test that can fail
     for name, tensor in weights[True].items():
         assert torch.equal(tensor, weights[False][name]), name
 
 
-def test_report_to_tensorboard_writes_events_named_after_the_stage(tmp_path):
-    """report_to reaches TRL: a 2-step SFT on the embedded model writes TensorBoard event files
-    with the training loss at each step, in a run named after the stage (label and key)."""
+def test_report_to_tensorboard_writes_events_named_after_the_stage(tmp_path, tiny_model):
+    """report_to reaches TRL: a 2-step SFT (on the tests' tiny Llama: plumbing) writes
+    TensorBoard event files with the training loss at each step, in a run named after the stage
+    (label and key)."""
     import json
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from forgetbench.models import resolve_model
     from forgetbench.training.sft import SFTSettings, run_sft
 
     stage = tmp_path / ".tmp-attack-0123abcd4567-99"  # how the runner names a computing stage
@@ -71,7 +69,7 @@ def test_report_to_tensorboard_writes_events_named_after_the_stage(tmp_path):
         report_to=["tensorboard"],
         gradient_checkpointing=False,
     )
-    run_sft(resolve_model("smollm2-135m-instruct"), pairs, config, stage, seed=0)
+    run_sft(str(tiny_model), pairs, config, stage, seed=0)
     events = list((stage / "trainer" / "runs").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
