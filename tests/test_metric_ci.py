@@ -58,5 +58,7 @@ def test_wilson_interval_matches_published_values():
     assert (round(low, 4), round(high, 4)) == (0.4618, 0.7239)
     low, high = wilson_interval(50, 50)
     assert (round(low, 4), round(high, 4)) == (0.9287, 1.0)
+    # the endpoint itself, exactly (not 3.5e-18, which tables then print as such)
+    assert wilson_interval(0, 100)[0] == 0.0 and wilson_interval(100, 100)[1] == 1.0
     row = metric_row(verdicts([1.0] * 30 + [0.0] * 20), "mean", binary=True)
     assert (round(row["wilson_low"], 4), round(row["wilson_high"], 4)) == (0.4618, 0.7239)
