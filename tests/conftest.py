@@ -7,12 +7,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Under pytest-xdist (`-n 2`) two test processes share the cores: each, and every stage process
-# it starts, gets one torch/OpenMP thread. With two threads each, OpenMP's spinning threads fight
-# over two cores (measured here: a 7 s training test took 100 s).
+# Under pytest-xdist (the README's `-n 2`) two test processes share the cores: each, and every
+# stage process it starts, gets one torch/OpenMP thread, whatever the caller exported (CI exports
+# FORGETBENCH_THREADS=2 for the slow suite). With two threads each, OpenMP's spinning threads
+# fight over two cores (measured here: a 7 s training test took 100 s).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("FORGETBENCH_THREADS", "1")
+    os.environ["OMP_NUM_THREADS"] = os.environ["FORGETBENCH_THREADS"] = "1"
 
 
 def run_cli(*args, env=None, timeout=900, **kwargs):
