@@ -158,7 +158,7 @@ def test_second_run_reuses_every_stage(smoke_run, run_args, cli):
     out, first, _ = smoke_run
     assert first.returncode == 0
     started = time.monotonic()
-    second = cli(*run_args, "--output-dir", str(out))
+    second = cli(*run_args, "--output-dir", str(out), env={"FORGETBENCH_THREADS": "1"})
     elapsed = time.monotonic() - started
     assert second.returncode == 0, second.stderr
     lines = [line for line in second.stdout.splitlines() if line.startswith("[")]
