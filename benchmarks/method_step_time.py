@@ -121,11 +121,26 @@ def main() -> None:
     medians = {m: statistics.median(t) for m, t in times.items()}
     reference = methods[0]
     for method, values in times.items():
+        low, high = ratio_interval(values, times[reference])
         print(
             f"{method}: median {medians[method]:.2f} s/step over {len(values)} steps "
             f"(min {min(values):.2f}, max {max(values):.2f}), "
-            f"ratio to {reference} {medians[method] / medians[reference]:.3f}"
+            f"ratio to {reference} {medians[method] / medians[reference]:.3f} "
+            f"[95% CI {low:.3f}, {high:.3f}]"
         )
+
+
+def ratio_interval(values: list[float], reference: list[float], resamples: int = 5000):
+    """Percentile-bootstrap 95% interval of median(values) / median(reference), the steps of
+    each resampled on their own (seed 0: the same interval for the same times)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = np.asarray(values), np.asarray(reference)
+    ratios = np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1) / np.median(
+        b[rng.integers(0, len(b), (resamples, len(b)))], axis=1
+    )
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
 if __name__ == "__main__":
