@@ -293,6 +293,7 @@ class CGPOStep(NamedTuple):
     policy_logps: "object"  # (N,) log pi(a | s), sum over the completion, without gradient
     reference_logps: "object"  # (N,) log pi_ref(a | s)
     kl_seq: "object"  # (N,) policy_logps - reference_logps
+    lengths: "object"  # (N,) completion tokens
     advantages: "object"  # (N,) CRPG's, what TRL's loss gets; 0 on crraft / codpo tasks' rows
     parts: dict  # crraft / codpo task -> TaskPart
     skipped: bool  # nothing in the batch to train on: the optimiser step is skipped
@@ -415,9 +416,9 @@ class CGPOScorer:
             [fresh[row] if row in fresh else self._baseline_judgements[key(row)] for row in rows]
         )
 
-    def plan(self, policy_logps, reference_logps, baseline_logps) -> CGPOStep:
+    def plan(self, policy_logps, reference_logps, lengths, baseline_logps) -> CGPOStep:
         """The step of the batch just scored, given the trainer's log pi and log pi_ref per row
-        (sums over each completion, no gradient): CRPG's advantages for the crpg tasks, what each
+        (sums over each completion, no gradient) and the completions' lengths: CRPG's advantages for the crpg tasks, what each
         crraft / codpo task trains on. ``baseline_logps(rows, texts)`` gives log pi, log pi_ref and
         the token ids of answers ``texts`` to the prompts of batch ``rows`` (CRRAFT's ā)."""
         import torch
@@ -462,7 +463,15 @@ class CGPOScorer:
                 "crraft); nothing to train on, the optimiser step is skipped"
             )
         self.step = CGPOStep(
-            batch, policy_logps, reference_logps, kl_seq, advantages, parts, skipped, []
+            batch,
+            policy_logps,
+            reference_logps,
+            kl_seq,
+            torch.as_tensor(lengths),
+            advantages,
+            parts,
+            skipped,
+            [],
         )
         self.steps.append(self.step)
         self.metrics["cgpo/kl_seq_mean"] = float(kl_seq.mean())
@@ -673,6 +682,7 @@ def cgpo_trainer_class():
             step = self.cgpo.plan(
                 self.accelerator.gather(sequence_logps(policy, mask)).float().cpu(),
                 self.accelerator.gather(sequence_logps(reference, mask)).float().cpu(),
+                self.accelerator.gather(mask.sum(-1)).cpu(),
                 self._baseline_logps,
             )
             self._cgpo_step = step
