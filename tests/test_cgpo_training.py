@@ -242,6 +242,8 @@ def test_the_loss_each_task_trains_with_is_the_papers_on_the_runs_rollouts(
             assert seen["advantages"] == []  # TRL's loss is not run: no crpg task
         assert step.skipped == (not trained)
         assert log["cgpo/skipped_steps"] == sum(s.skipped for s in steps[: k + 1])
+    if set(optimizers.values()) != {"crpg"}:  # the formulas were compared on something
+        assert any(step.losses and sum(step.losses) != 0 for step in steps)
 
 
 def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
@@ -471,7 +473,8 @@ def _down(prompts, responses) -> list[Verdict]:
 
 
 @pytest.mark.slow
-def test_cgpo_trains_and_is_attacked_on_smoke(cli, tmp_path):
+@pytest.mark.parametrize("optimizer", ["crpg", "crraft", "codpo"])
+def test_cgpo_trains_and_is_attacked_on_smoke(optimizer, cli, tmp_path):
     import pandas as pd
 
     out = tmp_path / "out"
@@ -483,6 +486,8 @@ def test_cgpo_trains_and_is_attacked_on_smoke(cli, tmp_path):
         "cgpo",
         "--attack",
         "alpaca",
+        "--set",
+        f"method.optimizer={optimizer}",
         "--set",
         "warmup.enabled=false",
         "--set",
@@ -499,6 +504,14 @@ def test_cgpo_trains_and_is_attacked_on_smoke(cli, tmp_path):
     assert len(cgpo_logs) == 1, histories
     entries = [e for e in json.loads(cgpo_logs[0].read_text()) if "cgpo/pass_rate" in e]
     assert len(entries) == 2 and all("cgpo/skipped_steps" in e for e in entries)
+    if optimizer != "crpg":  # each step's prompts (2 on smoke) trained or counted as skipped
+        for entry in entries:
+            counted = [
+                entry.get(f"cgpo/{kind}/{what}", 0)
+                for kind in TASKS
+                for what in ("trained_prompts", "skipped_prompts")
+            ]
+            assert sum(counted) == 2, entry
     assert list(out.rglob("baseline.jsonl"))
     assert "cgpo attacked by alpaca" in result.stdout
     [parquet] = (out / "results").glob("*.parquet")

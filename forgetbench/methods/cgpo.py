@@ -29,7 +29,7 @@ into GRPO's loop, at GRPO's sampling cost (the optimisers train on GRPO's rollou
    * codpo: per prompt with a passing sample, chosen = the best passing by r(s, a), rejected = the
      worst failing (the worst of all when all pass); loss [P] eq. (14), ``cgpo.codpo_loss``, with
      log pi_ref from the same reference pass.
-   The crraft and codpo losses are added to TRL's in ``compute_loss``: each task's trained
+   The crraft and codpo losses are added to TRL's in ``compute_loss``: the tasks' trained
    prompts are dealt over the step's micro-batches, each micro-batch adds its share in one forward
    pass with gradient over its chosen (and rejected) sequences, and the shares add up to the
    task's loss; the tasks' losses (so their gradients) sum ([P] §4.2).
@@ -709,15 +709,18 @@ def cgpo_trainer_class():
             return loss
 
         def _own_loss(self, model, micro: int):
-            """This micro-batch's share of the crraft and codpo tasks' losses. Each task's trained
-            prompts are dealt round-robin over the step's micro-batches, and a share is the
-            task's loss on its prompts times (its prompts / the task's), so the shares add up to
-            the task's loss over the step: eq. (18) / eq. (14) averaged over the task's prompts.
-            One forward pass with gradient over the micro-batch's sequences."""
+            """This micro-batch's share of the crraft and codpo tasks' losses. The trained prompts
+            (all tasks') are dealt round-robin over the step's micro-batches, and a task's share
+            is its loss on the prompts dealt here times (their number / the task's), so the shares
+            add up to the task's loss over the step: eq. (18) / eq. (14) averaged over the task's
+            prompts. One forward pass with gradient over the micro-batch's sequences."""
             step, deal = self._cgpo_step, self.args.steps_per_generation
+            dealt = [
+                (name, v) for name, part in step.parts.items() for v in range(len(part.chosen))
+            ]
             prompt_rows, completions, taken = [], [], {}
             for name, part in step.parts.items():
-                mine = list(range(micro, len(part.chosen), deal))
+                mine = [v for task, v in dealt[micro::deal] if task == name]
                 if not mine:
                     continue
                 taken[name] = (mine, len(completions))
