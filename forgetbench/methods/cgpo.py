@@ -676,9 +676,8 @@ def cgpo_trainer_class():
                 policy = self._token_logps(self.model, output)
             reference = self._reference_token_logps(output)
             mask = output["completion_mask"]
-            self._rollout = (
-                output  # TRL shuffles a copy into micro-batches; the plan's rows are these
-            )
+            # TRL shuffles a copy of it into micro-batches; the plan's rows are this one's
+            self._rollout = output
             step = self.cgpo.plan(
                 self.accelerator.gather(sequence_logps(policy, mask)).float().cpu(),
                 self.accelerator.gather(sequence_logps(reference, mask)).float().cpu(),
