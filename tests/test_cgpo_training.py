@@ -246,13 +246,14 @@ def test_the_loss_each_task_trains_with_is_the_papers_on_the_runs_rollouts(
         assert any(step.losses and sum(step.losses) != 0 for step in steps)
 
 
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
-    model_path, tmp_path, monkeypatch
+    lora_r, model_path, tmp_path, monkeypatch
 ):
     """A judge that passes only the row's reference: no sample passes, ā (the reference) does,
-    so CRRAFT trains on ā with weight 0.5: the weights move, and the loss is -0.5 * mean log pi(ā)
-    over the step's prompts, on ā's tokens (its text and the end of turn, cut at
-    max_completion_length)."""
+    so CRRAFT trains on ā with weight 0.5: the trained weights move, and the loss is -0.5 * mean
+    log pi(ā) over the step's prompts, on ā's tokens (its text and the end of turn, cut at
+    max_completion_length). Under LoRA ā's KL is taken against the adapter-disabled model."""
     from forgetbench.judges import Verdict
     from forgetbench.models import load_tokenizer
 
@@ -266,6 +267,7 @@ def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
     settings = dict(
         HARMLESS_ONLY,
         optimizer="crraft",
+        lora_r=lora_r,
         kl_max=1e9,
         tasks={
             "harmless": {
@@ -292,8 +294,12 @@ def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
         assert sum(step.losses) == pytest.approx(expected, rel=1e-4)
     logged = [entry for entry in seen["history"] if "cgpo/pass_rate" in entry]
     assert [entry["cgpo/harmless/baseline_used"] for entry in logged] == [2.0, 2.0]
-    moved = [not torch.equal(b, p) for b, p in zip(seen["before"], seen["model"].parameters())]
-    assert all(moved)
+    trained = [
+        not torch.equal(b, p)
+        for b, p in zip(seen["before"], seen["model"].parameters())
+        if p.requires_grad
+    ]
+    assert trained and all(trained)
 
 
 @pytest.mark.parametrize("optimizer", ["crpg", "crraft", "codpo"])
