@@ -8,37 +8,11 @@ is the mixture of judges' per-row outcome in {1 pass, 0 violated, -1 a judge fai
 passes. Where [PR] treats -1 otherwise (CRPG multiplies by the raw judgement, so -1 flips the
 reward's sign; CODPO casts it to True, a pass) it is a bug we do not copy.
 
-Wiring (the ``cgpo`` method plugin, ``forgetbench/methods/cgpo.py``, which holds its config;
-CRPG is wired as below, CRRAFT and CODPO are still a plan and refused at config time):
-
-1. Data: the GRPO-family rollout dataset (``prompt``, ``kind``, ``reference``, ``prompt_index``)
-   plus ``baseline`` = ā per prompt: the row's ``reference`` where there is one, else a greedy
-   answer of the initial policy, generated once before training with the run's back-end and
-   cached beside the checkpoint (``baseline.jsonl`` keyed by prompt id); a prompt with neither is
-   a :class:`CGPOError` before training.
-2. Scoring (TRL's reward call, same sampling cost as GRPO): one reward function per run whose call
-   runs, per task (:func:`stratify` on ``kind``), the task's :class:`TaskScorer`: the judges
-   (:meth:`TaskScorer.judge`), r(s,a) and r(s,ā) (:meth:`TaskScorer.rewards`,
-   :meth:`TaskScorer.baseline_rewards`, the latter cached per prompt), kept on the scorer for the
-   hook below.
-3. The hook "advantages from the scored batch" (``_generate_and_score_completions`` after TRL's
-   own) must also hand over **per-token log-probs of the policy and of the reference** on the
-   sampled completions, with ``completion_mask``: TRL computes ``ref_per_token_logps`` only when
-   ``beta > 0``, and CGPO runs with beta = 0, so the extension point has to compute it when the
-   method asks (the policy side is ``old_per_token_logps``, or one no-grad forward pass when TRL
-   skips it on-policy). KL_seq = :func:`sequence_logps` (policy - reference), as [PR]
-   ``kl_div = completion_logprobs - ref_logprobs``.
-   * CRPG: ``output["advantages"] = crpg_advantages(...).advantages``; TRL's loss (ratio 1
-     on-policy, loss_type grpo, beta 0) then gives mean_i A_i * token-mean grad log pi, [PR]'s
-     REINFORCE up to per-sequence length normalisation (:func:`crpg_loss` is [PR]'s exact loss).
-   * CRRAFT / CODPO: a ``compute_loss`` override computing the selected rows' policy log-probs
-     with gradient and :func:`crraft_loss` / :func:`codpo_loss`; ā's log-probs (CRRAFT fallback)
-     need one extra forward pass on the ``baseline`` text.
-   * Multi-task: each task's loss on its rows, summed by :func:`multitask_loss` ([P] §4.2).
-4. A skipped batch (no sample passed: ``skipped``) is logged and counted in the trainer metrics
-   (``cgpo/skipped_batches``), and the extension point must skip the optimiser step (AdamW's
-   weight decay would move the weights on a zero gradient). Judge counts
-   (:meth:`TaskScorer.rejected_share`) go to the metrics and the run log.
+Wiring (the ``cgpo`` method plugin, ``forgetbench/methods/cgpo.py``, which holds its config and
+describes the loop): the rollouts are GRPO's; per task, CRPG's advantages go to TRL's loss
+(:func:`crpg_multitask_advantages`), CRRAFT's choices (:func:`crraft_select`) and CODPO's pairs
+(:func:`codpo_pairs`) are trained with :func:`crraft_loss` / :func:`codpo_loss`, and the step's
+loss is the sum of the tasks' ([P] §4.2, :func:`multitask_loss`).
 """
 
 from __future__ import annotations
@@ -176,19 +150,23 @@ def crpg_multitask_advantages(
     kl_max: float,
     num_generations: int,
 ) -> CRPGResult:
-    """CRPG advantages of a batch holding several tasks (:func:`stratify`'s rows per task): per
-    task R~ - group mean, scaled by N / N_t (N rows in the batch, N_t in the task), so that a loss
+    """CRPG advantages of the CRPG tasks of a batch (:func:`stratify`'s rows per task): per task
+    R~ - group mean, scaled by N / N_t (N rows in the batch, N_t in the task), so that a loss
     averaging A_i * grad log pi over all N rows (TRL's, loss_type grpo) is the sum over tasks of
     each task's own mean: the tasks' gradients add ([P] §4.2) whatever their share of the batch.
-    One task is :func:`crpg_advantages` exactly (N_t = N)."""
+    Rows of no task given (a crraft or codpo task's) get advantage 0: that loss ignores them.
+    ``skipped``: no group of the given tasks has a non-zero R~. One task covering the batch is
+    :func:`crpg_advantages` exactly (N_t = N)."""
     rows = len(calibrated)
     advantages = torch.zeros(rows, dtype=torch.float64)
     constrained = torch.zeros(rows, dtype=torch.float64)
+    taken = torch.zeros(rows, dtype=torch.bool)
     zero_groups = 0
-    covered = 0
     for name, index in tasks.items():
         index = torch.as_tensor(index, dtype=torch.long)
-        covered += len(index)
+        if taken[index].any():
+            raise CGPOError(f"task {name!r} shares rows of the batch with another task")
+        taken[index] = True
         reward = crpg_rewards(
             torch.as_tensor(judgement)[index],
             torch.as_tensor(calibrated)[index],
@@ -201,15 +179,7 @@ def crpg_multitask_advantages(
         )
         constrained[index] = reward
         zero_groups += int((grouped == 0).all(dim=1).sum())
-    if covered != rows:
-        raise CGPOError(f"the tasks cover {covered} of the batch's {rows} rows")
-    skipped = zero_groups == _groups(rows, num_generations)
-    if skipped:
-        log.warning(
-            "cgpo: no sample of the batch passed the judges within KL_max (%d groups); "
-            "advantages are all 0 and the step is skipped",
-            zero_groups,
-        )
+    skipped = zero_groups == int(taken.sum()) // num_generations
     return CRPGResult(advantages, constrained, zero_groups, skipped)
 
 

@@ -19,6 +19,7 @@ from forgetbench.cgpo import (
     calibrated_rewards,
     crpg_advantages,
     crpg_loss,
+    crpg_multitask_advantages,
     crpg_rewards,
     crraft_loss,
     crraft_select,
@@ -369,6 +370,26 @@ def test_multitask_loss_sums_the_task_gradients():
     assert not total.skipped
 
 
+def test_crpg_advantages_of_a_crpg_task_beside_another_optimisers_task():
+    """A crpg task beside a crraft / codpo one: its advantages are scaled by N / N_t as when it
+    is alone in a batch of N rows, the other task's rows get 0 (TRL's loss averages over all N
+    rows, so they add nothing), and the skip only looks at the crpg task."""
+    judgement = torch.tensor([1, 0, 1, 1, 1, 0, 0, 0])
+    calib = torch.tensor([0.8, 0.4, 0.6, 0.2, 0.9, 0.9, 0.9, 0.9])
+    kl = torch.zeros(8)
+    harmful = torch.tensor([0, 1, 2, 3])
+    result = crpg_multitask_advantages({"harmful": harmful}, judgement, calib, kl, 5.0, 2)
+    # by hand: R~ = [0.8, 0, 0.6, 0.2]; minus the group means 0.4 and 0.4; times N / N_t = 2
+    assert result.advantages.tolist() == pytest.approx([0.8, -0.8, 0.4, -0.4, 0, 0, 0, 0])
+    assert not result.skipped and result.zero_groups == 0
+    idle = crpg_multitask_advantages(
+        {"harmless": torch.tensor([4, 5, 6, 7])}, torch.zeros(8), calib, kl, 5.0, 2
+    )
+    assert idle.skipped and not idle.advantages.any()
+    with pytest.raises(CGPOError, match="task 'b' shares rows of the batch with another task"):
+        crpg_multitask_advantages({"a": harmful, "b": harmful}, judgement, calib, kl, 5.0, 2)
+
+
 # ---- config --------------------------------------------------------------------------------------
 
 
@@ -393,6 +414,11 @@ def test_cgpo_config_defaults_and_one_line_errors():
             },
         },
         "takes its rewards per task": {"kl_max": 1, "reward": "helpfulness"},
+        "beta > 0 .* works with optimizer crpg only": {
+            "kl_max": 1,
+            "optimizer": "codpo",
+            "beta": 0.1,
+        },
         "codpo needs num_generations >= 2": {
             "kl_max": 1,
             "optimizer": "codpo",

@@ -32,8 +32,9 @@ TINY_LOOP = dict(
 
 class PassCounter:
     """Counts passes through the policy's network (policy and reference copies alike: every pass
-    crosses the token embedding once), split into generation / no-grad / with-grad, plus
-    backward passes and optimiser steps, by wrapping the real methods during a real run."""
+    crosses the token embedding once), split into generation / no-grad / with-grad (and the
+    sequences in those: ``*_rows``), plus backward passes and optimiser steps, by wrapping the
+    real methods during a real run."""
 
     def __init__(self, monkeypatch, vocab_size: int):
         from transformers import GenerationMixin
@@ -62,9 +63,9 @@ class PassCounter:
         def counted_embed(module, *args, **kwargs):
             # The reward's MiniLM has other embeddings (another vocabulary): not counted.
             if module.num_embeddings == vocab_size and not counter._generating:
-                counter.counts[
-                    "forward_grad" if torch.is_grad_enabled() else "forward_no_grad"
-                ] += 1
+                kind = "forward_grad" if torch.is_grad_enabled() else "forward_no_grad"
+                counter.counts[kind] += 1
+                counter.counts[f"{kind}_rows"] += len(args[0])  # sequences in the pass
             return embed(module, *args, **kwargs)
 
         monkeypatch.setattr(GenerationMixin, "generate", counted_generate)
