@@ -45,10 +45,11 @@ def launch_config(distributed: str) -> Path:
 
 
 def accelerate_command(
-    folder: Path, processes: int, distributed: str, module: str = WORKER_MODULE
+    processes: int, distributed: str, arguments: list[str], module: str = WORKER_MODULE
 ) -> list[str]:
-    """The launcher's command line. Port 0: accelerate picks a free port, so several
-    multi-process stages (local jobs, Ray tasks on one node) never collide on 29500."""
+    """The launcher's command line: ``python -m module *arguments`` on each rank. Port 0:
+    accelerate picks a free port, so several multi-process stages (local jobs, Ray tasks on one
+    node) never collide on 29500."""
     return [
         sys.executable,
         "-m",
@@ -63,7 +64,7 @@ def accelerate_command(
         "0",
         "-m",
         module,
-        str(folder),
+        *arguments,
     ]
 
 
@@ -93,5 +94,5 @@ class RanksWorker(FreshWorker):
         super().__init__(
             folder,
             ranks_environment(env, processes, visible_gpus()),
-            command=accelerate_command(folder, processes, distributed),
+            command=accelerate_command(processes, distributed, [str(folder)]),
         )
