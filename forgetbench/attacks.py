@@ -26,6 +26,7 @@ from forgetbench.training.checkpoints import (
     sft_total_steps,
 )
 from forgetbench.training.common import OptimConfig
+from forgetbench.training.distributed import SHARDED_WEIGHTS, is_main
 from forgetbench.training.grpo_inputs import (
     GRPOSettings,
     grpo_dataset,
@@ -96,8 +97,20 @@ class AttackTask(SFTSettings):
         "(default 0 here), adv_norm, reward, reward_config).",
     )
 
+    def rows_per_micro_batch(self) -> Optional[int]:
+        # An RL attack's micro-batch is completions: its `rl` GRPO settings check the split.
+        return None if self.trainer == "grpo" else self.batch_size
+
     @model_validator(mode="after")
     def _rl_settings_are_valid(self):
+        if self.checkpoint_every and self.processes > 1 and self.distributed in SHARDED_WEIGHTS:
+            # a checkpoint is saved by rank 0 from its own copy of the weights, which sharded
+            # strategies do not keep
+            raise ValueError(
+                f"checkpoint_every={self.checkpoint_every} needs every rank to hold the whole "
+                f"model, which distributed={self.distributed} does not; set distributed=ddp or "
+                "deepspeed-zero2, or checkpoint_every=0"
+            )
         if self.rl and self.trainer != "grpo":
             raise ValueError("`rl` settings apply to trainer: grpo only")
         if self.trainer == "grpo":
@@ -207,7 +220,8 @@ def run_attack(task: AttackTask, model_path: str, out_dir: Path, seed: int) -> P
         model = run_sft(model_path, pairs, task, out_dir, seed, callbacks=callbacks)
     else:
         model = _run_grpo_attack(task, pairs, model_path, out_dir, seed, callbacks)
-    check_checkpoints(out_dir, steps, task.checkpoint_every)
+    if is_main():  # rank 0 wrote them (a multi-process stage's other ranks only trained)
+        check_checkpoints(out_dir, steps, task.checkpoint_every)
     return model
 
 

@@ -40,6 +40,8 @@ def format_validation_error(where: str, error: ValidationError) -> str:
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key {field!r}")
+        elif not item["loc"]:  # a check across fields: its input is the whole config, not shown
+            problems.append(f"{field}: {item['msg']}")
         else:
             problems.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
     return f"invalid {where} config: {'; '.join(problems)}"
@@ -158,10 +160,15 @@ def canonical_json(value: Any) -> str:
 # Settings that change how fast a stage runs, how much memory it takes or where it reports its
 # progress, never what it computes (tests/test_training_settings.py checks gradient checkpointing
 # bit for bit). Hashes leave them out, so switching one re-uses the stages already computed and
-# keeps a row's track; request.json still records them.
+# keeps a row's track; request.json still records them. `processes` and `distributed` spread one
+# optimiser step over several ranks without changing its rows or its loss (the global batch is
+# held fixed: forgetbench/training/distributed.py); only float summation order and rollout draws
+# differ, as with `precision: auto` on another machine, so a run on 8 GPUs and on 1 share a track.
 SPEED_ONLY_SETTINGS = frozenset(
     {
         "gradient_checkpointing",
+        "processes",
+        "distributed",
         "report_to",
         "vllm_server_host",
         "vllm_server_port",

@@ -1,8 +1,8 @@
 """Settings that depend on this machine's devices, checked before any stage runs.
 
-A precision the GPU lacks, more tensor-parallel GPUs than are visible, or vLLM rollouts where
-vllm does not import would otherwise fail inside a stage, after the stages before it ran (an hour
-of training, on the paper preset). ``check_resolved`` reads a resolved cell config and raises one
+A precision the GPU lacks, more tensor-parallel GPUs (or training ranks) than are visible, or
+vLLM rollouts where vllm does not import would otherwise fail inside a stage, after the stages
+before it ran (an hour of training, on the paper preset). ``check_resolved`` reads a resolved cell config and raises one
 UsageError naming the setting and the fix. The same checks run again inside the stage (the
 trainer and the engine call them), so a stage sent to another machine (Ray) is checked there.
 """
@@ -53,6 +53,46 @@ def check_colocated_rollouts(name: str) -> None:
         )
 
 
+def check_processes(processes: int, distributed: str, where: str) -> None:
+    """A multi-process stage (``where.processes`` ranks sharing the model as
+    ``where.distributed`` says) against this machine: one rank per visible GPU, or per core
+    where there is none; sharding strategies need GPUs (and DeepSpeed its package)."""
+    if processes <= 1:
+        return
+    from forgetbench import environment
+
+    gpus = visible_gpus()
+    if gpus == 0:
+        if distributed != "ddp":
+            raise UsageError(
+                f"{where}.distributed={distributed} shards the model over GPUs and no CUDA GPU is "
+                f"visible; set {where}.distributed=ddp (gloo ranks on CPU) or run on GPUs"
+            )
+        cores = environment.cores()
+        if processes > cores:
+            raise UsageError(
+                f"{where}.processes={processes} is more than this machine's {cores} cores (no "
+                f"GPU is visible, so each rank is a CPU process); set {where}.processes to at "
+                f"most {cores}"
+            )
+        return
+    if processes > gpus:
+        raise UsageError(
+            f"{where}.processes={processes} but {gpus} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES); set {where}.processes to at most {gpus} or run on a "
+            "machine with more GPUs"
+        )
+    if distributed.startswith("deepspeed"):
+        try:
+            import deepspeed  # noqa: F401
+        except Exception as error:  # a broken install raises more than ImportError
+            raise UsageError(
+                f"{where}.distributed={distributed} needs DeepSpeed, which does not import "
+                f"({type(error).__name__}); pip install deepspeed, or set "
+                f"{where}.distributed=ddp or fsdp"
+            ) from None
+
+
 def training_sections(resolved: dict) -> dict[str, dict]:
     """Where each training config sits in a resolved cell config: {config path: fields}."""
     sections = {"method": resolved["method"]["config"], "attack": resolved["attack"]["config"]}
@@ -70,6 +110,7 @@ def check_training(fields: dict, where: str) -> None:
 
     if "precision" in fields:
         resolve_precision(fields["precision"], f"{where}.precision")
+    check_processes(fields.get("processes", 1), fields.get("distributed", "ddp"), where)
     rollouts = fields.get("rollouts", "hf")
     if rollouts != "hf":
         check_vllm(f"{where}.rollouts={rollouts}", f"{where}.rollouts=hf")

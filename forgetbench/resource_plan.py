@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from forgetbench.errors import UsageError
+from forgetbench.training.distributed import split_batch
 
 SHIPPED_CONFIGS = Path(__file__).with_name("model_configs.json")
 BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
@@ -221,21 +222,34 @@ def generation_memory(
 PROMPT_TOKENS_ASSUMED = 512  # prompt length where a config sets none (generation, rollouts)
 
 
+# How much of the model state each distributed strategy shards over its ranks, as a ZeRO stage
+# (FSDP's full sharding is ZeRO-3's: weights, gradients and optimiser state).
+ZERO_STAGE = {"ddp": 0, "deepspeed-zero2": 2, "deepspeed-zero3": 3, "fsdp": 3}
+
+
 @dataclass(frozen=True)
 class StageEstimate:
     label: str
     count: int  # stages of this kind sharing the estimate (e.g. one generate stage per eval)
-    memory: Memory
+    memory: Memory  # one rank's, before sharding
     note: str = ""
+    ranks: int = 1  # a training stage's processes (one GPU each)
+    distributed: str = "ddp"
+
+    @property
+    def per_gpu(self) -> Memory:
+        """What each of the stage's GPUs holds, sharded as its ``distributed`` setting says."""
+        return self.memory.sharded(self.ranks, ZERO_STAGE[self.distributed])
 
 
 def _training(shape: ModelShape, fields: dict, gpu_gib: float) -> tuple[Memory, str]:
     precision = _precision_on_gpu(fields.get("precision", "auto"))
     lora = dict(lora_r=fields.get("lora_r", 0), lora_targets=fields.get("lora_targets"))
     checkpointing = fields.get("gradient_checkpointing", True)
+    accumulation, ranks = fields.get("grad_accum", 1), fields.get("processes", 1)
     if "num_generations" in fields:  # the GRPO family: the micro-batch is completions
         completions = fields["prompts_per_step"] * fields["num_generations"]
-        batch = completions // fields.get("grad_accum", 1)
+        batch = split_batch(completions // accumulation, accumulation, ranks)[0]  # one rank's
         prompt = fields.get("max_prompt_length") or PROMPT_TOKENS_ASSUMED
         tokens = prompt + fields["max_completion_length"]
         rollouts = fields.get("rollouts", "hf")
@@ -258,7 +272,8 @@ def _training(shape: ModelShape, fields: dict, gpu_gib: float) -> tuple[Memory, 
             f"{precision}, {batch} x {tokens} tok, rollouts {rollouts}"
             f"{', GC' if checkpointing else ''}{_lora_note(fields)}"
         )
-    batch, tokens = fields.get("batch_size", 8), fields.get("max_length", 512)
+    batch = split_batch(fields.get("batch_size", 8), accumulation, ranks)[0]
+    tokens = fields.get("max_length", 512)
     memory = training_memory(
         shape, precision=precision, batch=batch, tokens=tokens, checkpointing=checkpointing, **lora
     )
@@ -349,9 +364,13 @@ def estimate_stages(matrix, gpu_gib: float = 80) -> list[StageEstimate]:
             label = "kl"
         else:
             continue
+        ranks, distributed = stage.processes, stage.distributed
+        if ranks > 1:
+            note += f", {ranks} x {distributed}"
         key = (label, note)
         known = estimates.get(key)
-        estimates[key] = StageEstimate(label, (known.count if known else 0) + 1, memory, note)
+        count = (known.count if known else 0) + 1
+        estimates[key] = StageEstimate(label, count, memory, note, ranks, distributed)
     return list(estimates.values())
 
 
@@ -366,20 +385,19 @@ def _base_model(stage) -> str:
     return stage.config["model"]
 
 
-def format_plan(estimates: list[StageEstimate], gpus: int = 8, zero_stage: int = 2) -> str:
-    """A text table: GB per GPU by part, the total on one GPU and under ZeRO over ``gpus``."""
+def format_plan(estimates: list[StageEstimate]) -> str:
+    """A text table: GB by part for one process, its total on one GPU, and what each GPU of the
+    stage holds as configured (its ``processes`` and ``distributed``: ZeRO / FSDP sharding)."""
     header = (
         f"{'stage':34s} {'n':>3s} {'weights':>8s} {'grads':>7s} {'optim':>7s} "
-        f"{'activ':>7s} {'vLLM':>7s} {'1 GPU':>7s} {f'Z{zero_stage}x{gpus}':>7s}  setting"
+        f"{'activ':>7s} {'vLLM':>7s} {'1 GPU':>7s} {'as set':>7s} {'GPUs':>4s}  setting"
     )
     lines = ["estimated GPU memory per stage, GB per GPU (forgetbench/resource_plan.py):", header]
     for item in estimates:
-        m, z = item.memory, item.memory.sharded(gpus, zero_stage)
-        training = m.gradients > 0
+        m = item.memory
         lines.append(
             f"{item.label[:34]:34s} {item.count:3d} {m.weights / GB:8.1f} {m.gradients / GB:7.1f} "
             f"{m.optimiser / GB:7.1f} {m.activations / GB:7.1f} {m.vllm / GB:7.1f} "
-            f"{m.total / GB:7.1f} {(f'{z.total / GB:7.1f}' if training else '      -')}  "
-            f"{item.note}"
+            f"{m.total / GB:7.1f} {item.per_gpu.total / GB:7.1f} {item.ranks:4d}  {item.note}"
         )
     return "\n".join(lines)

@@ -116,7 +116,7 @@ def run_stages(matrix: MatrixPlan, root: Path, executor: Executor, console: Cons
                         pending.remove(stage)
                         outcomes[stage] = Outcome("skipped", error="an input failed")
                         say(stage, "[yellow]skipped[/] (an input failed)")
-                    elif all(o is not None for o in inputs) and executor.has_capacity():
+                    elif all(o is not None for o in inputs) and executor.has_capacity(stage):
                         pending.remove(stage)
                         executor.submit(stage)
                         if stage in executor.in_flight():

@@ -89,8 +89,8 @@ class Executor(ABC):
         self.root = root
 
     @abstractmethod
-    def has_capacity(self) -> bool:
-        """Whether another stage may be submitted now."""
+    def has_capacity(self, stage: Optional[Stage] = None) -> bool:
+        """Whether ``stage`` (or any stage) may be submitted now."""
 
     @abstractmethod
     def submit(self, stage: Stage) -> None:

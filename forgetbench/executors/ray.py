@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executors import HEAVY_KINDS, Executor, ExecutorConfig, StageResources
@@ -87,9 +88,11 @@ class RayExecutor(Executor):
         where = "local cluster" if self.started_cluster else "cluster"
         return f"ray ({where}: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)"
 
-    def resources(self, kind: str) -> dict:
+    def resources(self, kind: str, processes: int = 1) -> dict:
         """Resources a stage of ``kind`` declares: the config's entry for the kind, else its
-        `default` entry, else 1 CPU and (for model-loading stages on a GPU cluster) 1 GPU."""
+        `default` entry, else 1 CPU and (for model-loading stages on a GPU cluster) 1 GPU; a
+        stage of ``processes`` ranks declares that many times as much (its ranks run in one
+        task, on one node, each with its own GPU and share of the CPUs)."""
         chosen = (
             self.config.resources.get(kind)
             or self.config.resources.get("default")
@@ -101,18 +104,18 @@ class RayExecutor(Executor):
             else (1 if kind in HEAVY_KINDS and self.cluster_gpus > 0 else 0)
         )
         options = {
-            "num_cpus": chosen.num_cpus if chosen.num_cpus is not None else 1,
-            "num_gpus": gpus,
+            "num_cpus": (chosen.num_cpus if chosen.num_cpus is not None else 1) * processes,
+            "num_gpus": gpus * processes,
         }
         if chosen.memory_gb:
-            options["memory"] = int(chosen.memory_gb * 2**30)
+            options["memory"] = int(chosen.memory_gb * 2**30) * processes
         return options
 
-    def has_capacity(self) -> bool:
+    def has_capacity(self, stage: Optional[Stage] = None) -> bool:
         return True  # Ray queues tasks until their resources are free
 
     def submit(self, stage: Stage) -> None:
-        options = self.resources(stage.kind)
+        options = self.resources(stage.kind, stage.processes)
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env.setdefault("FORGETBENCH_THREADS", str(max(1, int(options["num_cpus"]))))
         ref = self.task.options(name=stage.label, max_retries=0, **options).remote(

@@ -191,6 +191,18 @@ class CGPOConfig(GRPOFamilyConfig):
             )
         return self
 
+    @field_validator("processes")
+    @classmethod
+    def _one_process(cls, processes: int) -> int:
+        # The skipped-step guard and the cached baseline answers are per process (see
+        # cgpo_trainer_class): refused with the config, not after the ranks have started.
+        if processes != 1:
+            raise ValueError(
+                "cgpo trains on one process (its CRPG step guard and baseline answers are per "
+                "process); set method.processes=1"
+            )
+        return processes
+
     def task_optimizer(self, task: str) -> Optimizer:
         return self.tasks[task].optimizer or self.optimizer
 

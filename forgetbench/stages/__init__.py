@@ -56,3 +56,20 @@ class Stage:
 
     def is_done(self, root: Path) -> bool:
         return (self.folder(root) / DONE_FILE).is_file()
+
+    @property
+    def processes(self) -> int:
+        """Ranks this stage trains on (its training config's ``processes``; 1 for stages that do
+        not train, and for plugins whose config has no such field)."""
+        return int(self.training_settings().get("processes", 1))
+
+    @property
+    def distributed(self) -> str:
+        return self.training_settings().get("distributed", "ddp")
+
+    def training_settings(self) -> dict:
+        """The training config inside this stage's config: warm-up, method or attack."""
+        if self.kind == "warmup":
+            return self.config.get("warmup", {})
+        section = {"train": "method", "attack": "attack"}.get(self.kind)
+        return self.config.get(section, {}).get("config", {}) if section else {}

@@ -42,16 +42,20 @@ def die_with_parent() -> None:
         pass
 
 
-class FreshWorker:
-    """``python -m forgetbench.stages.worker <folder>``: a new interpreter (Ray tasks use it)."""
+WORKER_MODULE = "forgetbench.stages.worker"
 
-    def __init__(self, folder: Path, env: Optional[dict]) -> None:
+
+class FreshWorker:
+    """``python -m forgetbench.stages.worker <folder>``: a new interpreter (Ray tasks use it), or
+    ``command`` (a multi-process stage's launcher, ``forgetbench.stages.ranks``)."""
+
+    def __init__(self, folder: Path, env: Optional[dict], command: Optional[list] = None) -> None:
         self.peak_rss_mib = 0.0
         with open(folder / LOG_FILE, "ab") as log:
             # The worker's own output (TRL, tqdm, tracebacks) goes to the stage's log, not to
             # the runner's display; the log travels with the stage (or to logs/failed/).
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "forgetbench.stages.worker", str(folder)],
+                command or [sys.executable, "-m", WORKER_MODULE, str(folder)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

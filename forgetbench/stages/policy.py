@@ -9,6 +9,7 @@ from pathlib import Path
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.training.checkpoints import checkpoint_folder
+from forgetbench.training.distributed import is_main
 
 
 class PluginOutputError(ForgetbenchError):
@@ -32,6 +33,8 @@ def run_policy_plugin(plugin, settings, start: str, out: Path, seed: int) -> Pat
             f"{where} raised {type(error).__name__}: {error}; fix the plugin "
             "(traceback in the stage log)"
         ) from error
+    if not is_main():  # a multi-process stage's other ranks: rank 0 saved and checks it
+        return out / "model"
     contract = (
         f"return the folder it saved the policy in, {out / 'model'} (what save_policy, "
         "run_grpo and run_sft return)"

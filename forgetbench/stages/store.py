@@ -197,7 +197,7 @@ class StageRun:
     root: Path
     lock: FileLock
     tmp: Path = field(init=False)
-    worker: "FreshWorker | ForkedWorker | None" = None
+    worker: "FreshWorker | ForkedWorker | None" = None  # RanksWorker is a FreshWorker
     started: float = 0.0
     started_at: str = ""
 
@@ -206,7 +206,8 @@ class StageRun:
 
     def start(self, env: Optional[dict] = None, forked: bool = False) -> None:
         """Start the worker: a fork of the pre-imported fork server when ``forked`` (the local
-        executor), else a fresh interpreter (``forgetbench.stages.launch``)."""
+        executor), else a fresh interpreter (``forgetbench.stages.launch``); a multi-process
+        stage's ranks under a fresh ``accelerate launch`` either way (``stages.ranks``)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         inputs = {name: str(dep.folder(self.root)) for name, dep in self.stage.inputs.items()}
@@ -223,6 +224,14 @@ class StageRun:
         )
         self.started = time.monotonic()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        if self.stage.processes > 1:
+            from forgetbench.stages.ranks import RanksWorker
+
+            where = {"train": "method"}.get(self.stage.kind, self.stage.kind)
+            self.worker = RanksWorker(
+                self.tmp, env, self.stage.processes, self.stage.distributed, where
+            )
+            return
         if forked:
             try:
                 self.worker = ForkedWorker(self.tmp, env)

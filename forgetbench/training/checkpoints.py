@@ -54,7 +54,9 @@ def checkpoint_callback(every: int, total_steps: int, out_dir: Path, tokenizer):
 
     class SaveCheckpoints(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step in wanted:
+            # rank 0 of a multi-process stage writes (every rank holds the whole model: the
+            # attack config refuses checkpoints under sharded weights)
+            if state.global_step in wanted and state.is_world_process_zero:
                 folder = checkpoint_folder(out_dir, state.global_step)
                 with timed("save"):
                     model.save_pretrained(folder)  # a PEFT model saves just its adapter

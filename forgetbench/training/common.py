@@ -7,10 +7,16 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from forgetbench.config import Field, StrictModel
 from forgetbench.errors import UsageError
+from forgetbench.training.distributed import (
+    COLLECTIVE_TIMEOUT_SECONDS,
+    Distributed,
+    is_main,
+    split_batch,
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -63,6 +69,21 @@ class OptimConfig(StrictModel):
         "report_to: tensorboard, wandb, mlflow, ...); [] = none. Runs are named after the stage; "
         "TensorBoard writes under the stage's trainer/runs/.",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Ranks training this stage together under `accelerate launch`: 1 = one "
+        "process; N > 1 = data parallel over N GPUs (N CPU processes, gloo, on a CPU machine). "
+        "batch_size x grad_accum stays the rows per optimiser step, shared by the ranks, so the "
+        "step is the same as on one process (forgetbench/training/distributed.py).",
+    )
+    distributed: Distributed = Field(
+        "ddp",
+        description="How N > 1 ranks share the model: ddp = a full copy each; fsdp = weights, "
+        "gradients and optimiser state sharded (GPU); deepspeed-zero2 = gradients and optimiser "
+        "state sharded (GPU, needs deepspeed); deepspeed-zero3 = the weights too. The accelerate "
+        "configs are shipped in forgetbench/launch_configs/.",
+    )
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all parameters.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -79,11 +100,27 @@ class OptimConfig(StrictModel):
         description="Modules LoRA adapts.",
     )
 
+    def rows_per_micro_batch(self) -> int | None:
+        """The global rows of one micro-batch (what the ranks share); None where this config's
+        trainer does not use ``batch_size`` (a subclass says)."""
+        return self.batch_size
+
+    @model_validator(mode="after")
+    def _ranks_share_each_step(self):
+        # Checked with the config, so an indivisible batch fails before any stage starts.
+        rows = self.rows_per_micro_batch()
+        if rows is not None:
+            split_batch(rows, self.grad_accum, self.processes)
+        return self
+
 
 def trainer_args(config: OptimConfig, out_dir: Path, seed: int, run_name: str = "") -> dict:
     """Keyword arguments shared by TRL's SFTConfig and GRPOConfig. ``run_name`` names the run in
-    the trackers of ``report_to`` (default: the stage folder's name)."""
+    the trackers of ``report_to`` (default: the stage folder's name). Under ``processes`` > 1 the
+    batch and accumulation are each rank's share of the step (``distributed.split_batch``)."""
     precision = resolve_precision(config.precision)
+    rows = config.rows_per_micro_batch() or config.batch_size
+    batch, accumulation = split_batch(rows, config.grad_accum, config.processes)
     return dict(
         output_dir=str(out_dir / "trainer"),
         seed=seed,
@@ -95,8 +132,9 @@ def trainer_args(config: OptimConfig, out_dir: Path, seed: int, run_name: str = 
         max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps,
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        ddp_timeout=COLLECTIVE_TIMEOUT_SECONDS,
         gradient_checkpointing=config.gradient_checkpointing,
         use_cpu=_use_cpu(),
         bf16=precision == "bf16",
@@ -177,15 +215,40 @@ def peft_config(config: OptimConfig):
 
 
 def save_policy(model, tokenizer, out_dir: Path) -> Path:
-    """Save a full model folder; a LoRA policy is merged so every later stage loads one format."""
+    """Save a full model folder; a LoRA policy is merged so every later stage loads one format.
+    In a multi-process stage only rank 0 writes (every rank holds the whole model under DDP and
+    ZeRO-2; FSDP and ZeRO-3 go through ``train_and_save``'s gather); all ranks get the folder."""
     from forgetbench.timing import timed
 
+    target = out_dir / "model"
+    if not is_main():
+        return target
     with timed("save"):
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
-        target = out_dir / "model"
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
+    return target
+
+
+def _save_gathered(trainer, tokenizer, out_dir: Path) -> Path:
+    """FSDP / ZeRO-3: each rank holds a shard, so transformers' ``save_model`` gathers the full
+    weights (a collective: every rank calls it) and rank 0 writes them; a LoRA run's adapter is
+    then merged into its base on rank 0, as ``save_policy`` merges it."""
+    from forgetbench.timing import timed
+
+    target = out_dir / "model"
+    with timed("save"):
+        trainer.save_model(str(target))
+        if is_main():
+            tokenizer.save_pretrained(target)
+            if (target / "adapter_config.json").is_file():
+                from peft import AutoPeftModelForCausalLM
+
+                merged = AutoPeftModelForCausalLM.from_pretrained(target).merge_and_unload()
+                for adapter in target.glob("adapter_*"):
+                    adapter.unlink()
+                merged.save_pretrained(target)
     return target
 
 
@@ -218,17 +281,34 @@ def train_and_save(trainer, tokenizer, out_dir: Path) -> Path:
     to ``out_dir/model`` and return that folder: the end of every loop here."""
     from forgetbench.timing import timed
 
+    ranks = trainer.accelerator.state
+    if ranks.num_processes > 1:  # in the stage's log: every rank trains, in one process group
+        print(
+            f"forgetbench: rank {ranks.process_index} of {ranks.num_processes} trains "
+            f"({ranks.distributed_type.value}, backend {ranks.backend})",
+            flush=True,
+        )
     with timed("train"):
         trainer.train()
     write_log_history(trainer, out_dir)
     tokenizer.padding_side = "left"  # SFT trains right-padded; the saved policy generates
+    if ranks.num_processes > 1 and (trainer.is_fsdp_enabled or _zero3(trainer)):
+        return _save_gathered(trainer, tokenizer, out_dir)
     return save_policy(trainer.model, tokenizer, out_dir)
 
 
+def _zero3(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
 def write_log_history(trainer, out_dir: Path) -> None:
+    """Rank 0 writes the log; every rank checks it (the logged loss and gradient norm are reduced
+    over the ranks, so all of them see a divergence and fail together)."""
     import json
 
-    (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if is_main():
+        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     # A diverged run's weights are NaN after the step whose gradient norm was NaN or inf, even
     # when the loss logged at that step (computed before the update) is still finite.
     for entry in trainer.state.log_history:

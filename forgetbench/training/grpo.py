@@ -132,6 +132,17 @@ class GRPOFamilyConfig(OptimConfig):
             values.pop("n_prompts", None)
         return values
 
+    def rows_per_micro_batch(self) -> int | None:
+        """A micro-batch is completions: the step's ``prompts_per_step * num_generations`` over
+        ``grad_accum`` micro-batches (the ranks of a multi-process stage share them)."""
+        completions = self.prompts_per_step * self.num_generations
+        if completions % self.grad_accum:
+            raise ValueError(
+                f"prompts_per_step * num_generations = {completions} must divide by "
+                f"grad_accum = {self.grad_accum}"
+            )
+        return completions // self.grad_accum
+
     @model_validator(mode="after")
     def _reward_config_is_valid(self):
         # Checked when the config is resolved, so a bad reward key fails before any training.
@@ -265,7 +276,7 @@ def run_grpo(
 ) -> Path:
     """Train with GRPO's loop and ``advantage_fn``; returns the saved (merged) ``out_dir/model``.
 
-    One optimiser step per generation batch (``steps_per_generation == grad_accum``, one
+    One optimiser step per generation batch (``steps_per_generation`` = the accumulation, one
     iteration), so the policy is on-policy and groups are never split across optimiser steps.
     ``callbacks``: extra TrainerCallbacks; ``trainer_cls``: a GRPOTrainer subclass to train with
     (the advantage hook is added on top, ``make_advantage_trainer``); ``trainer_kwargs``: extra
@@ -277,19 +288,15 @@ def run_grpo(
     from forgetbench.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    completions_per_step = config.prompts_per_step * config.num_generations
-    if completions_per_step % config.grad_accum:
-        raise ForgetbenchError(
-            f"prompts_per_step * num_generations = {completions_per_step} must "
-            f"divide by grad_accum = {config.grad_accum}"
-        )
+    # Each rank's micro-batch of completions and accumulation steps (all of them on one
+    # process); TRL samples one generation batch of per-rank rows x ranks x steps, which is the
+    # step's prompts_per_step * num_generations completions whatever the number of ranks.
     base = trainer_args(config, out_dir, seed)
-    base["per_device_train_batch_size"] = completions_per_step // config.grad_accum
     args = GRPOConfig(
         **{
             **base,
             "num_generations": config.num_generations,
-            "steps_per_generation": config.grad_accum,
+            "steps_per_generation": base["gradient_accumulation_steps"],
             "num_iterations": 1,
             "max_completion_length": config.max_completion_length,
             "temperature": config.temperature,
