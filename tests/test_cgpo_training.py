@@ -178,8 +178,9 @@ def codpo_by_hand(step, rows, judgement):
     [
         {"harmful": "crraft", "harmless": "crraft"},
         {"harmful": "codpo", "harmless": "codpo"},
-        {"harmful": "codpo", "harmless": "crraft"},
-        {"harmful": "crpg", "harmless": "crraft"},
+        # the mixes (two optimisers' losses summed in one step) are real-model runs too: slow
+        pytest.param({"harmful": "codpo", "harmless": "crraft"}, marks=pytest.mark.slow),
+        pytest.param({"harmful": "crpg", "harmless": "crraft"}, marks=pytest.mark.slow),
     ],
     ids=["crraft", "codpo", "codpo+crraft", "crpg+crraft"],
 )
@@ -246,7 +247,9 @@ def test_the_loss_each_task_trains_with_is_the_papers_on_the_runs_rollouts(
         assert any(step.losses and sum(step.losses) != 0 for step in steps)
 
 
-@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "lora_r", [0, pytest.param(4, marks=pytest.mark.slow)], ids=["full", "lora"]
+)
 def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
     lora_r, model_path, tmp_path, monkeypatch
 ):
@@ -306,7 +309,15 @@ def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
         assert moved and all("_proj." in name for name in moved), sorted(moved)[:5]
 
 
-@pytest.mark.parametrize("optimizer", ["crpg", "crraft", "codpo"])
+# crpg in the default suite; crraft and codpo (the same gate, other losses) in the slow one
+GATED = [
+    "crpg",
+    pytest.param("crraft", marks=pytest.mark.slow),
+    pytest.param("codpo", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("optimizer", GATED)
 def test_every_judge_violated_or_failing_a_real_step_does_not_move_the_weights(
     optimizer, model_path, tmp_path, monkeypatch
 ):
@@ -347,7 +358,7 @@ def test_every_judge_violated_or_failing_a_real_step_does_not_move_the_weights(
         assert entry["cgpo/harmless/refusal/rejected"] == 1.0
 
 
-@pytest.mark.parametrize("optimizer", ["crpg", "crraft", "codpo"])
+@pytest.mark.parametrize("optimizer", GATED)
 def test_every_judge_passing_a_real_step_moves_the_weights(
     optimizer, model_path, tmp_path, monkeypatch
 ):
