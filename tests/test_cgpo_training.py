@@ -17,6 +17,7 @@ from forgetbench import registry
 from forgetbench.cgpo import CGPOError, calibrated_rewards, crpg_multitask_advantages
 from forgetbench.judges import Verdict
 from forgetbench.judges.refusal import is_refusal
+from forgetbench.methods.cgpo import _embedded_tasks
 from forgetbench.models import resolve_model
 
 TINY_LOOP = dict(
@@ -114,16 +115,9 @@ def test_crpg_advantages_entering_trls_loss_are_the_pure_functions(
     assert steps[0].kl_seq.abs().max() < 1e-4
 
 
-TASKS = {
-    "harmful": {
-        "judges": [{"judge": "refusal", "passes_if": "at_least"}],
-        "reward": [{"name": "safety"}],
-    },
-    "harmless": {
-        "judges": [{"judge": "refusal", "passes_if": "below"}],
-        "reward": [{"name": "helpfulness"}],
-    },
-}
+# The embedded default's tasks (refusal constraints, offline rewards); each test sets its
+# optimisers or judges on them.
+TASKS = _embedded_tasks()
 
 
 def logsigmoid(x: float) -> float:
