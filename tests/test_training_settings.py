@@ -83,3 +83,22 @@ def test_no_tracker_by_default(tmp_path):
     args = trainer_args(OptimConfig(), tmp_path / ".tmp-train-00ff-12", seed=0)
     assert args["report_to"] == []
     assert stage_run_name(tmp_path / "somewhere") == "somewhere"  # outside a stage
+
+
+@pytest.mark.parametrize(
+    "shares, warned",
+    [([1.0, 1.0, 1.0], True), ([1.0, 0.5, 1.0], False), ([], False)],
+)
+def test_a_run_whose_every_group_had_one_reward_says_it_learned_nothing(capsys, shares, warned):
+    """The tiny math run: math_boxed scored 0 for every completion, FRPO's loss was 0 at every
+    step and the stage reported a plain success. Now its log says why nothing was learned."""
+    from forgetbench.training.common import _warn_if_nothing_was_learned
+
+    history = [
+        {"step": i + 1, "loss": 0.0, "frac_reward_zero_std": s} for i, s in enumerate(shares)
+    ]
+    _warn_if_nothing_was_learned(history + [{"train_runtime": 1.0}])
+    err = capsys.readouterr().err
+    assert ("every advantage was 0" in err) is warned, err
+    if warned:
+        assert f"all {len(shares)} logged steps" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -321,3 +322,21 @@ def write_log_history(trainer, out_dir: Path) -> None:
                     f"training diverged: {key} is {value} (NaN or inf) at step "
                     f"{entry.get('step')}; lower the learning rate"
                 )
+    _warn_if_nothing_was_learned(trainer.state.log_history)
+
+
+def _warn_if_nothing_was_learned(history: list[dict]) -> None:
+    """A GRPO-family run whose every group had one reward for all its completions had zero
+    advantages at every step: the policy moved only by the KL term, whatever the method. It is not
+    an error (a task can be too hard for the model: the tiny math run), but the stage's log says
+    so rather than reporting a normal success. TRL logs the share as ``frac_reward_zero_std``."""
+    shares = [e["frac_reward_zero_std"] for e in history if "frac_reward_zero_std" in e]
+    if shares and is_main() and min(shares) >= 1.0:
+        print(
+            f"forgetbench: warning: every group had the same reward for all its completions in "
+            f"all {len(shares)} logged steps, so every advantage was 0 and the method learned "
+            "nothing from its reward; check the reward and the training task (a task too hard "
+            "for the model scores 0 everywhere)",
+            file=sys.stderr,
+            flush=True,
+        )
