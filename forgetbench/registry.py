@@ -59,6 +59,11 @@ class Plugin:
     target: Any
     description: str
     config: type[BaseModel] | None = None
+    # A method's forward/backward passes through the policy per micro-batch (GRPO and plain SFT:
+    # 1; SAM: 2), the cost beside its seconds per step on the leaderboard. Declared, because old
+    # stages cannot be re-counted; tests/test_method_training.py and tests/test_baselines.py
+    # count the real passes of every in-repo method and check the declaration.
+    passes: float | None = None
 
     def build_config(self, values: dict | None = None) -> BaseModel:
         """Validate ``values`` against the plugin's config class (unknown keys are rejected); a
@@ -94,6 +99,7 @@ def register(
     *,
     description: str = "",
     config: type[BaseModel] | None = None,
+    passes: float | None = None,
 ) -> Plugin:
     if kind not in KINDS:
         raise ValueError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
@@ -102,8 +108,15 @@ def register(
     existing = _plugins.get((kind, full_name))
     if existing is not None and existing.target is not target:
         raise ValueError(f"{kind} {full_name!r} is registered twice")
+    if passes is not None and not (isinstance(passes, (int, float)) and passes > 0):
+        raise ValueError(f"{kind} {full_name!r}: passes must be a number > 0, got {passes!r}")
     plugin = Plugin(
-        kind, full_name, target, description or _first_line(getattr(target, "__doc__", "")), config
+        kind,
+        full_name,
+        target,
+        description or _first_line(getattr(target, "__doc__", "")),
+        config,
+        None if passes is None else float(passes),
     )
     _plugins[(kind, full_name)] = plugin
     return plugin
@@ -131,24 +144,35 @@ CONTRACTS = {
 }
 
 
+PASSES = (
+    "``passes``: forward/backward passes through the policy per micro-batch (GRPO and plain SFT "
+    "1, a two-pass optimiser such as SAM 2); the leaderboard shows it relative to GRPO beside "
+    "seconds per step, and unset shows as unknown."
+)
+
+
 def _decorator(kind: str):
     def decorate(
-        name: str, *, config: type[BaseModel] | None = None, description: str = ""
+        name: str,
+        *,
+        config: type[BaseModel] | None = None,
+        description: str = "",
+        passes: float | None = None,
     ) -> Callable[[Any], Any]:
         def wrap(target: Any) -> Any:
-            register(kind, name, target, description=description, config=config)
+            register(kind, name, target, description=description, config=config, passes=passes)
             return target
 
         return wrap
 
     decorate.__name__ = kind
-    decorate.__doc__ = " ".join(
-        [
-            f"Register a {kind} plugin under ``name`` (its ``config`` class "
-            "declares and documents its settings).",
-            CONTRACTS.get(kind, ""),
-        ]
-    ).strip()
+    parts = [
+        f"Register a {kind} plugin under ``name`` (its ``config`` class "
+        "declares and documents its settings).",
+        PASSES if kind == "method" else "",
+        CONTRACTS.get(kind, ""),
+    ]
+    decorate.__doc__ = " ".join(part for part in parts if part)
     return decorate
 
 

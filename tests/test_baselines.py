@@ -442,6 +442,8 @@ def test_passes_per_optimiser_step_next_to_grpo(
     tiny model (tests/conftest.py): the count is the loop's, whatever the weights."""
     from test_method_training import TINY_LOOP, train_counting
 
+    from forgetbench import registry
+
     model_path = tiny_model
     grpo = grpo_passes
     sam = train_counting("baselines/sam_grpo", model_path, tmp_path, monkeypatch)
@@ -509,6 +511,14 @@ def test_passes_per_optimiser_step_next_to_grpo(
     print("booster:", per["booster"])
     assert per["booster"]["backward"] == 3 * per["sft"]["backward"]
     assert per["booster"]["forward_grad"] == 3 * per["sft"]["forward_grad"]
+    # what the leaderboard shows (registry ``passes``): backward passes per micro-batch (2 here)
+    for name, key in (
+        ("sam_grpo", "sam"),
+        ("safety_sft", "sft"),
+        ("vaccine", "vaccine"),
+        ("booster", "booster"),
+    ):
+        assert registry.get("method", f"baselines/{name}").passes == per[key]["backward"] / 2
 
 
 # ----------------------------------------------------------------- end to end

@@ -415,6 +415,7 @@ def test_passes_per_optimiser_step_next_to_grpo(tiny_model, grpo_passes, tmp_pat
         assert counts["backward"] == per["grpo"]["backward"] == TINY_LOOP["grad_accum"]
         assert counts["forward_no_grad"] == 2 * per["grpo"]["forward_no_grad"]
         assert counts["forward_grad"] == per["grpo"]["forward_grad"] == TINY_LOOP["grad_accum"]
+        assert registry.get("method", "cgpo").passes == counts["backward"] / TINY_LOOP["grad_accum"]
     assert per["crpg"]["forward_grad_rows"] == per["grpo"]["forward_grad_rows"] == prompts * G
     assert per["crraft"]["forward_grad_rows"] == prompts  # a* per prompt
     assert per["codpo"]["forward_grad_rows"] == 2 * prompts  # a+ and a- per prompt

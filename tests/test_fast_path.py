@@ -98,6 +98,8 @@ def test_two_by_two_matrix_runs_to_a_results_table_per_cell(matrix):
         .all()
         .all()
     )
+    # the cost beside seconds per step: the methods' declared passes (both one per micro-batch)
+    assert frame["method_passes"].eq(1.0).all()
 
 
 def test_a_second_run_reuses_every_stage_and_tabulates_the_same_numbers(matrix, cli):

@@ -50,6 +50,7 @@ def write_run(
                         judge_stage=keys.get(row.get("judge_stage")),
                         train_seconds=10.0 if method == "grpo" else 25.0,
                         train_steps=2,
+                        method_passes=1.0 if method == "grpo" else 2.0,
                     )
                 rows += part
             write_table(rows, root / "results", f"{method}__seed{seed}__{protocol}")
@@ -73,7 +74,9 @@ def test_build_writes_every_format_from_the_rows(built):
     header, rule, first, second = result.stdout.splitlines()[:4]
     assert header.startswith("| rank | method | S-AUC [95% CI] | S P0 |")
     assert first.startswith("| 1 | frpo |") and second.startswith("| 2 | grpo |")
-    assert "| 2.50 |" in first  # s/step x GRPO: 25 s / 10 s per step
+    # s/step x GRPO: 25 s / 10 s per step; passes x GRPO: 2 / 1 (the plugins' declarations)
+    assert "| s/step ×GRPO | passes ×GRPO |" in header
+    assert "| 2.50 | 2.00 |" in first and "| 1.00 | 1.00 |" in second
     tex = (track / "leaderboard.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "S-AUC [95\\% CI]" in tex

@@ -110,6 +110,9 @@ def test_frpo_and_grpo_run_the_same_passes_per_optimiser_step(
     assert counts.get("forward_grad") == TINY_LOOP["grad_accum"], counts
     assert counts.get("generate", 0) >= 1, counts
     assert counts.get("forward_no_grad", 0) >= 1, counts
+    # what the leaderboard shows (registry ``passes``): backward passes per micro-batch
+    for name in ("frpo", "grpo"):
+        assert registry.get("method", name).passes == counts["backward"] / TINY_LOOP["grad_accum"]
 
 
 def _dataset():

@@ -60,6 +60,12 @@ def test_unknown_eval_lists_known_ones():
         registry.get("eval", "harmbnch")
 
 
+@pytest.mark.parametrize("passes", [0, -1, "2", float("nan")])
+def test_a_method_declaring_passes_that_are_not_a_positive_number_is_refused(passes):
+    with pytest.raises(ValueError, match="passes must be a number > 0"):
+        registry.method("bad_passes_test", passes=passes)(len)
+
+
 def test_same_name_twice_is_an_error():
     registry.register("judge", "dup_test", len)
     with pytest.raises(ValueError, match="registered twice"):

@@ -114,7 +114,7 @@ def booster_trainer_class():
     return BoosterSFTTrainer
 
 
-@method("booster", config=BoosterConfig)
+@method("booster", config=BoosterConfig, passes=3)
 def booster(config: BoosterConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Booster: safety SFT + lam * (harmful-loss drop of a simulated harmful step), 3 passes."""
     out_dir.mkdir(parents=True, exist_ok=True)

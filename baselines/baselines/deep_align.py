@@ -88,7 +88,7 @@ def augmented_rows(
     return out
 
 
-@method("deep_align", config=DeepAlignConfig)
+@method("deep_align", config=DeepAlignConfig, passes=1)
 def deep_align(config: DeepAlignConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Deep alignment: refusals after random harmful-answer prefixes, plus benign anchors."""
     from datasets import Dataset

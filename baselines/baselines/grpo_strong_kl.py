@@ -30,7 +30,7 @@ class StrongKLConfig(GRPOMethodConfig):
     )
 
 
-@method("grpo_strong_kl", config=StrongKLConfig)
+@method("grpo_strong_kl", config=StrongKLConfig, passes=1)
 def grpo_strong_kl(config: StrongKLConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Strong-KL GRPO: GRPO at beta >= 0.1 (FRPO paper's baseline), the stay-close control."""
     from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time

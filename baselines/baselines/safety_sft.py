@@ -87,7 +87,7 @@ def training_pairs(config: SafetySFTConfig) -> list[tuple[str, str]]:
     return [(row["prompt"], row["target"]) for row in training_rows(config)]
 
 
-@method("safety_sft", config=SafetySFTConfig)
+@method("safety_sft", config=SafetySFTConfig, passes=1)
 def safety_sft(config: SafetySFTConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Safety SFT only: refusals / reference answers on the RL prompts, no RL (Vaccine's SFT)."""
     return run_sft(model_path, training_pairs(config), config, out_dir, seed)

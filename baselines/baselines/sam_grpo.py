@@ -101,7 +101,7 @@ def sam_trainer_class():
     return SAMGRPOTrainer
 
 
-@method("sam_grpo", config=SAMGRPOConfig)
+@method("sam_grpo", config=SAMGRPOConfig, passes=2)
 def sam_grpo(config: SAMGRPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """SAM-GRPO: GRPO's gradient taken at theta + rho*g/||g|| (sharpness-aware, 2 passes/step)."""
     from forgetbench import grpo_advantages  # imports torch: not at `forgetbench list` time

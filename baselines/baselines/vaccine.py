@@ -130,7 +130,7 @@ def vaccine_trainer_class():
     return VaccineSFTTrainer
 
 
-@method("vaccine", config=VaccineConfig)
+@method("vaccine", config=VaccineConfig, passes=2)
 def vaccine(config: VaccineConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """Vaccine: safety SFT with worst-case attention-output perturbations (2 passes)."""
     return run_sft(

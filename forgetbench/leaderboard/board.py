@@ -146,6 +146,7 @@ def build_board(
         entry["task_before"] = _nanmean([per_attack[a]["task_before"] for a in attacks])
         entry["task_after"] = _nanmean([per_attack[a]["task_after"] for a in attacks])
         entry["sec_per_step"] = _sec_per_step(frame, method)
+        entry["passes"] = _passes(frame, method)
         badges = set(frame.loc[frame["method"] == method, "badge"]) if "badge" in frame else set()
         entry["badge"] = "self-reported" if "self-reported" in badges else "verified"
         entries.append(entry)
@@ -158,6 +159,8 @@ def build_board(
         entry["sec_per_step_rel"] = (
             entry["sec_per_step"] / base if base and base == base else math.nan
         )
+        base = ref["passes"] if ref else math.nan
+        entry["passes_rel"] = entry["passes"] / base if base and base == base else math.nan
     if ref is None:
         notes.append(
             f"no {reference!r} rows in the track: the gates that compare with it and "
@@ -199,6 +202,15 @@ def _sec_per_step(frame, method) -> float:
         return math.nan
     rows = frame[frame["method"] == method].drop_duplicates("seed")
     values = (rows["train_seconds"] / rows["train_steps"]).dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _passes(frame, method) -> float:
+    """Forward/backward passes per micro-batch, as the method plugin declares them (NaN for rows
+    written before the column existed, or a plugin that declares none)."""
+    if "method_passes" not in frame.columns:
+        return math.nan
+    values = frame.loc[frame["method"] == method, "method_passes"].dropna()
     return float(values.mean()) if len(values) else math.nan
 
 

@@ -89,6 +89,7 @@ def main_columns(board: Board) -> list[tuple[str, callable]]:
         ("task P0→after", lambda e: f"{_num(e['task_before'], 2)}→{_num(e['task_after'], 2)}"),
         ("XSTest P0", lambda e: _num(e["xstest_p0"], 2)),
         ("s/step ×GRPO", lambda e: _num(e["sec_per_step_rel"], 2)),
+        ("passes ×GRPO", lambda e: _num(e["passes_rel"], 2)),
         ("seeds", lambda e: str(e["seeds"])),
         ("badge", lambda e: e["badge"]),
         ("flags", lambda e: ", ".join(e["flags"]) or "–"),

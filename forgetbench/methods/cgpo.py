@@ -798,7 +798,7 @@ def cgpo_trainer_class():
     return CGPOTrainer
 
 
-@method("cgpo", config=CGPOConfig)
+@method("cgpo", config=CGPOConfig, passes=1)
 def cgpo(config: CGPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """CGPO: per task, CRPG, CRRAFT or CODPO on samples that pass every judge, within KL_max."""
     rows = training_rows(config, model_path)

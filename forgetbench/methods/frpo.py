@@ -64,7 +64,7 @@ class FRPOConfig(GRPOFamilyConfig):
         return self
 
 
-@method("frpo", config=FRPOConfig)
+@method("frpo", config=FRPOConfig, passes=1)
 def frpo(config: FRPOConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """FRPO: entropic-risk (max-min over a KL ball) advantage inside GRPO, no extra compute."""
     from forgetbench.advantages import frpo_advantages

@@ -24,7 +24,7 @@ class GRPOMethodConfig(GRPOSettings):
     )
 
 
-@method("grpo", config=GRPOMethodConfig)
+@method("grpo", config=GRPOMethodConfig, passes=1)
 def grpo(config: GRPOMethodConfig, model_path: str, out_dir: Path, seed: int) -> Path:
     """GRPO: group-normalised advantages inside TRL's clipped loss with a k3 KL penalty."""
     from forgetbench.advantages import grpo_advantages

@@ -101,6 +101,8 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
     provenance: the hashes of every config part and the key of every stage a row comes from, the
     base model, back-end, the protocol (track) hash, and the package versions, git revision and
     dates read from the row's own stages' ``stage.json``."""
+    from forgetbench import registry
+
     cell = cell_plan.cell
     resolved = cell.resolved
     train = stage_provenance(cell_plan.policies["before"].folder(root))
@@ -128,6 +130,8 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
         "trained_at": train["finished"],
         "train_seconds": train["seconds"],
         "train_steps": steps,
+        # declared by the plugin (forgetbench.registry.Plugin.passes), checked by the tests
+        "method_passes": registry.get("method", resolved["method"]["name"]).passes,
     }
     policy_key = {phase: stage.key for phase, stage in cell_plan.policies.items()}
     policy_key["during"] = policy_key["after"]

@@ -79,7 +79,16 @@ _INT = (
     "stage_format",
     "train_steps",
 )
-_FLOAT = ("value", "ci_low", "ci_high", "stderr", "wilson_low", "wilson_high", "train_seconds")
+_FLOAT = (
+    "value",
+    "ci_low",
+    "ci_high",
+    "stderr",
+    "wilson_low",
+    "wilson_high",
+    "train_seconds",
+    "method_passes",
+)
 # What names one row of the long table; a repeat means two tables for one cell.
 # What names one row of the long table; a repeat means two tables for one cell.
 ROW_KEY = ("method", "attack", "seed", "phase", "step", "eval", "judge", "metric")
