@@ -100,6 +100,9 @@ def test_two_by_two_matrix_runs_to_a_results_table_per_cell(matrix):
     )
     # the cost beside seconds per step: the methods' declared passes (both one per micro-batch)
     assert frame["method_passes"].eq(1.0).all()
+    # and the median step time of the train stage's own log, the same for a policy's two cells
+    assert frame["train_step_seconds"].gt(0).all()
+    assert frame.groupby("method")["train_step_seconds"].nunique().eq(1).all()
 
 
 def test_a_second_run_reuses_every_stage_and_tabulates_the_same_numbers(matrix, cli):

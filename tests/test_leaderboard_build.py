@@ -185,3 +185,22 @@ def test_add_without_a_published_board_says_how_to_build_one(tmp_path, cli):
     result = cli("leaderboard", "add", str(bundle), "--leaderboard", str(tmp_path / "lb"))
     assert result.returncode == 2 and "leaderboard build --out" in result.stderr
     assert not (tmp_path / "lb").exists()
+
+
+def test_seconds_per_step_is_the_median_over_seeds_of_each_seeds_median_step():
+    """One seed slowed by another job (its stage took 320 s for 20 steps of about 11.4 s) moves
+    neither the per-seed median step time nor the median over seeds; rows without the column
+    fall back to stage seconds over steps."""
+    from forgetbench.leaderboard.board import _sec_per_step
+
+    frame = pd.DataFrame(
+        {
+            "method": ["frpo"] * 3 + ["old"] * 2,
+            "seed": [0, 1, 2, 0, 1],
+            "train_step_seconds": [11.33, 11.34, 11.39, None, None],
+            "train_seconds": [239.3, 239.5, 320.6, 30.0, 50.0],
+            "train_steps": [20, 20, 20, 10, 10],
+        }
+    )
+    assert _sec_per_step(frame, "frpo") == pytest.approx(11.34)
+    assert _sec_per_step(frame, "old") == pytest.approx(4.0)  # median of 3 s and 5 s

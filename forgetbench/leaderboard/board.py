@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from forgetbench.leaderboard import rank
 from forgetbench.leaderboard.rank import Curve
@@ -198,11 +199,17 @@ def _task_of(frame, method, attack) -> tuple[float, float]:
 
 
 def _sec_per_step(frame, method) -> float:
-    if "train_seconds" not in frame.columns or "train_steps" not in frame.columns:
-        return math.nan
+    """Seconds per optimiser step of the method's base training, the median over its seeds: each
+    seed's median step time (``train_step_seconds``, from its train stage's log), else its stage
+    seconds over its steps (rows written before that column, or a loop that logs no step times)."""
     rows = frame[frame["method"] == method].drop_duplicates("seed")
-    values = (rows["train_seconds"] / rows["train_steps"]).dropna()
-    return float(values.mean()) if len(values) else math.nan
+    values = pd.Series(math.nan, index=rows.index)
+    if "train_step_seconds" in rows.columns:
+        values = rows["train_step_seconds"].astype(float)
+    if "train_seconds" in rows.columns and "train_steps" in rows.columns:
+        values = values.fillna(rows["train_seconds"] / rows["train_steps"])
+    values = values.dropna()
+    return float(values.median()) if len(values) else math.nan
 
 
 def _passes(frame, method) -> float:

@@ -53,6 +53,19 @@ def final_step(policy_folder: Path) -> int:
     return max((entry.get("step", 0) for entry in history), default=0)
 
 
+def median_step_seconds(policy_folder: Path) -> float | None:
+    """The median of the optimiser steps' wall times (``step_seconds``, logged by every loop here:
+    ``forgetbench.training.common.step_timer``) of a training stage: its cost per step without
+    the model load and save, and robust to a few steps slowed by another job on the machine."""
+    import statistics
+
+    path = policy_folder / "log_history.json"
+    if not path.is_file():
+        return None
+    seconds = [e["step_seconds"] for e in json.loads(path.read_text()) if "step_seconds" in e]
+    return round(statistics.median(seconds), 4) if seconds else None
+
+
 def stage_provenance(folder: Path) -> dict:
     """What a finished stage's own ``stage.json`` says about how it was computed: the package
     versions and git revision of the process that ran it and when it finished. Read, never
@@ -130,6 +143,7 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
         "trained_at": train["finished"],
         "train_seconds": train["seconds"],
         "train_steps": steps,
+        "train_step_seconds": median_step_seconds(cell_plan.policies["before"].folder(root)),
         # declared by the plugin (forgetbench.registry.Plugin.passes), checked by the tests
         "method_passes": registry.get("method", resolved["method"]["name"]).passes,
     }

@@ -87,6 +87,7 @@ _FLOAT = (
     "wilson_low",
     "wilson_high",
     "train_seconds",
+    "train_step_seconds",
     "method_passes",
 )
 # What names one row of the long table; a repeat means two tables for one cell.
