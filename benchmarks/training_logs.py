@@ -18,6 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
+from forgetbench.results.rows import median_step_seconds
+
 
 def summarise(folder: Path, prefixes: tuple[str, ...]) -> dict:
     request = json.loads((folder / "request.json").read_text())
@@ -34,7 +36,7 @@ def summarise(folder: Path, prefixes: tuple[str, ...]) -> dict:
         "method": request["config"]["method"]["name"],
         "seed": request["config"]["seed"],
         "steps": len(steps),
-        "sec_per_step": statistics.median(e["step_seconds"] for e in steps) if steps else None,
+        "sec_per_step": median_step_seconds(folder),  # the results rows' train_step_seconds
         "reward": mean("reward"),
         "steps_all_groups_one_reward": (sum(z >= 1.0 for z in zero) / len(zero)) if zero else None,
         **{key: mean(key) for key in extra},

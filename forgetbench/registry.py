@@ -61,8 +61,8 @@ class Plugin:
     config: type[BaseModel] | None = None
     # A method's forward/backward passes through the policy per micro-batch (GRPO and plain SFT:
     # 1; SAM: 2), the cost beside its seconds per step on the leaderboard. Declared, because old
-    # stages cannot be re-counted; tests/test_method_training.py and tests/test_baselines.py
-    # count the real passes of every in-repo method and check the declaration.
+    # stages cannot be re-counted; tests/test_method_training.py, tests/test_baselines.py and
+    # tests/test_cgpo_training.py count the real passes of the in-repo methods and check them.
     passes: float | None = None
 
     def build_config(self, values: dict | None = None) -> BaseModel:

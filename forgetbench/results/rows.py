@@ -118,7 +118,8 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
 
     cell = cell_plan.cell
     resolved = cell.resolved
-    train = stage_provenance(cell_plan.policies["before"].folder(root))
+    policy = cell_plan.policies["before"].folder(root)
+    train = stage_provenance(policy)
     steps = resolved["method"]["config"].get("max_steps")
     prompt_hashes = {
         eval_name: prompts_sha256(stage.inputs["generations"].folder(root))
@@ -143,7 +144,7 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
         "trained_at": train["finished"],
         "train_seconds": train["seconds"],
         "train_steps": steps,
-        "train_step_seconds": median_step_seconds(cell_plan.policies["before"].folder(root)),
+        "train_step_seconds": median_step_seconds(policy),
         # declared by the plugin (forgetbench.registry.Plugin.passes), checked by the tests
         "method_passes": registry.get("method", resolved["method"]["name"]).passes,
     }
