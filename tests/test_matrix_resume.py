@@ -49,6 +49,7 @@ TIMESTAMPS = [
     "generated_at",
     "trained_at",
     "train_seconds",
+    "train_step_seconds",
     "git_revision",
     "table_written",
 ]

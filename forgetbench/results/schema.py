@@ -91,7 +91,6 @@ _FLOAT = (
     "method_passes",
 )
 # What names one row of the long table; a repeat means two tables for one cell.
-# What names one row of the long table; a repeat means two tables for one cell.
 ROW_KEY = ("method", "attack", "seed", "phase", "step", "eval", "judge", "metric")
 PHASE_ORDER = {"before": 0, "during": 1, "after": 2}
 
