@@ -1,4 +1,4 @@
-"""The `cgpo` method on the real embedded model and real TRL, for each optimiser (crpg, crraft,
+"""The `cgpo` method in its real loop on real TRL (the tiny model of tests/conftest.py), for each optimiser (crpg, crraft,
 codpo, and tasks mixing them): the advantages TRL's loss gets and the crraft / codpo loss the
 trainer computes equal direct computations of [P] (CRPG, eq. 18, eq. 14) on what the run recorded;
 with every judge "violated" (or failing) a real step leaves the weights alone, with every judge
@@ -18,7 +18,6 @@ from forgetbench.cgpo import CGPOError, calibrated_rewards, crpg_multitask_advan
 from forgetbench.judges import Verdict
 from forgetbench.judges.refusal import is_refusal
 from forgetbench.methods.cgpo import _embedded_tasks
-from forgetbench.models import resolve_model
 
 TINY_LOOP = dict(
     max_steps=2,
@@ -35,8 +34,12 @@ HARMLESS_ONLY = dict(TINY_LOOP, n_harmful=0, n_harmless=4, learning_rate=1e-3, w
 
 
 @pytest.fixture(scope="module")
-def model_path():
-    return resolve_model("smollm2-135m-instruct")
+def model_path(tiny_model):
+    # The checks here are of arithmetic and gating (what the loss receives, whether a step moves
+    # the weights), which hold whatever the weights: the tiny model (tests/conftest.py) runs
+    # them in a fraction of the embedded model's time. The real model's cgpo runs are the slow
+    # smoke test below and the tiny preset's matrix.
+    return tiny_model
 
 
 def train_recording(settings: dict, model_path, out, monkeypatch):
@@ -172,9 +175,8 @@ def codpo_by_hand(step, rows, judgement):
     [
         {"harmful": "crraft", "harmless": "crraft"},
         {"harmful": "codpo", "harmless": "codpo"},
-        # the mixes (two optimisers' losses summed in one step) are real-model runs too: slow
-        pytest.param({"harmful": "codpo", "harmless": "crraft"}, marks=pytest.mark.slow),
-        pytest.param({"harmful": "crpg", "harmless": "crraft"}, marks=pytest.mark.slow),
+        {"harmful": "codpo", "harmless": "crraft"},
+        {"harmful": "crpg", "harmless": "crraft"},
     ],
     ids=["crraft", "codpo", "codpo+crraft", "crpg+crraft"],
 )
@@ -241,9 +243,7 @@ def test_the_loss_each_task_trains_with_is_the_papers_on_the_runs_rollouts(
         assert any(step.losses and sum(step.losses) != 0 for step in steps)
 
 
-@pytest.mark.parametrize(
-    "lora_r", [0, pytest.param(4, marks=pytest.mark.slow)], ids=["full", "lora"]
-)
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
     lora_r, model_path, tmp_path, monkeypatch
 ):
@@ -303,12 +303,7 @@ def test_crraft_trains_on_the_reference_answer_when_no_sample_passes(
         assert moved and all("_proj." in name for name in moved), sorted(moved)[:5]
 
 
-# crpg in the default suite; crraft and codpo (the same gate, other losses) in the slow one
-GATED = [
-    "crpg",
-    pytest.param("crraft", marks=pytest.mark.slow),
-    pytest.param("codpo", marks=pytest.mark.slow),
-]
+GATED = ["crpg", "crraft", "codpo"]
 
 
 @pytest.mark.parametrize("optimizer", GATED)
