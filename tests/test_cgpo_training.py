@@ -1,6 +1,7 @@
 """The `cgpo` method in its real loop on real TRL (the tiny model of tests/conftest.py), for each
-optimiser (crpg, crraft, codpo, and tasks mixing them): the advantages TRL's loss gets and the crraft / codpo loss the
-trainer computes equal direct computations of [P] (CRPG, eq. 18, eq. 14) on what the run recorded;
+optimiser (crpg, crraft, codpo, and tasks mixing them): the advantages TRL's loss gets and the
+crraft / codpo loss the trainer computes equal direct computations of [P] (CRPG, eq. 18, eq. 14)
+on what the run recorded;
 with every judge "violated" (or failing) a real step leaves the weights alone, with every judge
 passing it moves them (the unmerged TRL PR #2190's checks); passes per optimiser step next to
 GRPO's; bad input."""
