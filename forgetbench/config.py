@@ -185,22 +185,38 @@ _HASH_BLIND = SPEED_ONLY_SETTINGS | LOCATION_ONLY_SETTINGS
 LEFT_OUT_AT_DEFAULT = {"precision": "auto", "rollouts": "hf", "vllm_tensor_parallel_size": 1}
 
 
-def _without_speed_settings(value: Any) -> Any:
+# Settings hashed at one fixed value whatever they are set to: they change only speed, but were
+# keyed before that was known, so hashing them at the value every stage computed so far was
+# keyed with keeps those stages, and each track, while the setting changes. The hf back-end's
+# prompts per generate() call: left-padded greedy decoding gives the same tokens at any batch size
+# (tests/test_backend_hf.py; the tiny preset's evals, 16 against 64: the same tokens for all 130
+# prompts on two policies, benchmarks/results/main_job_after.md); vLLM schedules its own batches.
+# With temperature > 0 the draws depend on it, as they do on `processes`; their distribution
+# does not.
+HASHED_AS = {("backend", "config", "batch_size"): 16}
+
+
+def _without_speed_settings(value: Any, path: tuple = ()) -> Any:
     if isinstance(value, dict):
-        return {
-            k: _without_speed_settings(v)
-            for k, v in value.items()
-            if k not in _HASH_BLIND
-            and not (k in LEFT_OUT_AT_DEFAULT and v == LEFT_OUT_AT_DEFAULT[k])
-        }
+        kept = {}
+        for k, v in value.items():
+            if k in _HASH_BLIND or (k in LEFT_OUT_AT_DEFAULT and v == LEFT_OUT_AT_DEFAULT[k]):
+                continue
+            where = (*path, k)
+            if where[-3:] in HASHED_AS:
+                kept[k] = HASHED_AS[where[-3:]]
+            else:
+                kept[k] = _without_speed_settings(v, where)
+        return kept
     if isinstance(value, (list, tuple)):
-        return [_without_speed_settings(v) for v in value]
+        return [_without_speed_settings(v, path) for v in value]
     return value
 
 
 def stable_hash(value: Any, length: int = 12) -> str:
     """A short content hash of a config (stage keys, config and protocol hashes), blind to
-    :data:`SPEED_ONLY_SETTINGS` and :data:`LOCATION_ONLY_SETTINGS`."""
+    :data:`SPEED_ONLY_SETTINGS` and :data:`LOCATION_ONLY_SETTINGS`, with :data:`HASHED_AS`
+    settings at their fixed value."""
     return hashlib.sha256(canonical_json(_without_speed_settings(value)).encode()).hexdigest()[
         :length
     ]

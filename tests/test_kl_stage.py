@@ -27,7 +27,8 @@ from forgetbench.stages.worker import REQUEST_FILE
 from test_backend_hf import make_lora_adapter
 
 LONG = ("Here is some background you can skip. " * 30) + "Now, what is the capital of France?"
-PROMPTS = ["Reply with the single word: yes", "Write a long story about a dragon.", LONG]
+# Not in length order: the stage batches rollouts by length and must put each value back.
+PROMPTS = ["Write a long story about a dragon.", "Reply with the single word: yes", LONG]
 SETTINGS = dict(max_new_tokens=12, batch_size=4, max_model_len=96)
 
 
@@ -178,3 +179,28 @@ def test_kl_of_p0_from_itself_is_zero_without_running_the_model(stages, tmp_path
         {"eval": "test"}, {"reference": copy, "policy": stages / "policy", "generations": own}, out
     )
     assert [json.loads(line)["value"] for line in open(out / kl.KL_FILE)] == [0.0] * len(PROMPTS)
+
+
+def test_log_probs_from_a_position_equal_the_whole_sequences(tiny_model):
+    """The output layer run from position ``first`` on (``logits_to_keep``), or on every position
+    and sliced (a model whose forward does not take it), gives the whole sequence's values."""
+    model = load_model(str(tiny_model)).eval()
+
+    class NoKeep(torch.nn.Module):  # a forward without logits_to_keep
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    ids = torch.randint(0, 1000, (3, 20))
+    attention = torch.ones_like(ids)
+    attention[0, 15:] = 0
+    whole = kl.token_logprobs(model, ids, attention)
+    assert whole.shape == (3, 19)
+    for first in (1, 7):
+        for scored in (model, NoKeep()):
+            part = kl.token_logprobs(scored, ids, attention, first)
+            assert part.shape == (3, 19 - first)
+            torch.testing.assert_close(part, whole[:, first:], rtol=1e-5, atol=1e-5)

