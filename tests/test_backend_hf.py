@@ -117,6 +117,30 @@ def test_lora_adapter_folder_equals_merged_folder_and_changes_outputs(
         assert generation.num_tokens == len(generation.token_ids) <= 16
 
 
+def test_greedy_tokens_do_not_depend_on_the_batch_size(base_model, threads):
+    """Left-padded greedy decoding gives each prompt the same tokens whatever else shares its
+    generate() call, so the batch size is a speed setting (config.HASHED_AS): prompts of unlike
+    lengths, one call of all of them against calls of two."""
+    from forgetbench.backends.hf import generate_hf
+
+    prompts = [
+        "How do I pick a lock?",
+        "Write a haiku about the sea.",
+        "Explain, step by step and with an example, how a hash table handles collisions.",
+        "What is 17 times 23?",
+        "Name three primary colours.",
+        "Give me a recipe for pancakes, with quantities for four people.",
+    ]
+
+    def tokens(batch_size):
+        config = GenerationConfig(max_new_tokens=24, batch_size=batch_size)
+        return [g.token_ids for g in generate_hf(config, base_model, prompts)]
+
+    together, in_pairs = tokens(6), tokens(2)
+    assert together == in_pairs
+    assert len(set(together)) == len(prompts) and all(len(t) > 4 for t in together)
+
+
 def test_overlong_prompt_is_truncated_and_recorded(base_model, threads):
     from forgetbench.backends.hf import generate_hf
 

@@ -195,3 +195,23 @@ def test_speed_only_settings_leave_stage_keys_and_track_unchanged():
     assert default == off == on
     changed = keys("attack.learning_rate=3e-5")
     assert changed[-1] != default[-1] and changed[-2] == default[-2]  # the attack's, not train's
+
+
+def test_generation_batch_size_is_hashed_as_16_and_keeps_stages_and_track():
+    """The hf back-end's prompts per generate() call change speed only (the tokens, checked in
+    test_backend_hf.py): any value keeps the config hash, every stage key and the protocol (track)
+    that 16 gave, the value stages were keyed with before; a training batch size still counts."""
+    from forgetbench.results.rows import protocol
+
+    def fingerprint(*overrides):
+        cell = resolve("frpo", "alpaca", "tiny", overrides)
+        cell_plan = plan_cell(cell)
+        keys = [stage.key for stage in cell_plan.targets()]
+        return cell.config_hash, keys, stable_hash(protocol(cell.resolved, {}))
+
+    at_16 = fingerprint("generation.batch_size=16")
+    assert fingerprint() == at_16  # the tiny preset's 64
+    assert fingerprint("generation.batch_size=3") == at_16
+    trained = fingerprint("attack.batch_size=4")
+    assert trained[0] != at_16[0] and trained[1] != at_16[1]
+    assert fingerprint("generation.max_new_tokens=32")[2] != at_16[2]  # decoding still counts
