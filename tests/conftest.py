@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -14,44 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # fight over two cores (measured here: a 7 s training test took 100 s).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["FORGETBENCH_THREADS"] = "1"
-
-
-# ------------------------------------------------------------- the order files are handed out in
-
-# Under `-n 2 --dist loadfile` each test file goes whole to one of two test processes, in the
-# order they are queued; the run ends when the later process ends. Queued longest first (the
-# longest-processing-time rule), the two files that compute a module-wide run on the tiny model
-# (about a minute each) start at once and the short files fill in behind them. xdist's own order
-# (most tests first) queued those two files, which have few tests, near the end, where one
-# process ran them while the other idled. The costs are each file's seconds (setup, call and
-# teardown of its tests) from a run of the default suite with FORGETBENCH_TEST_DURATIONS=1,
-# which rewrites the file below; a file not in it (a new one) is queued last.
-DURATIONS = Path(__file__).with_name("durations.json")
-RECORD_DURATIONS = os.environ.get("FORGETBENCH_TEST_DURATIONS") == "1"
-_recorded: dict[str, float] = {}
-
-
-def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False  # the order below, not xdist's
-
-
-def pytest_collection_modifyitems(config, items):
-    costs = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
-    # sort is stable: a file's tests keep their order (module-wide fixtures rely on it)
-    items.sort(key=lambda item: -costs.get(item.nodeid.split("::", 1)[0], 0.0))
-
-
-def pytest_runtest_logreport(report):
-    if RECORD_DURATIONS:  # in the controller, it sees every process's reports
-        path = report.nodeid.split("::", 1)[0]
-        _recorded[path] = _recorded.get(path, 0.0) + report.duration
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if RECORD_DURATIONS and _recorded and not os.environ.get("PYTEST_XDIST_WORKER"):
-        costs = {path: round(seconds, 1) for path, seconds in _recorded.items()}
-        DURATIONS.write_text(json.dumps(dict(sorted(costs.items())), indent=1) + "\n")
 
 
 def run_cli(*args, env=None, timeout=900, **kwargs):
