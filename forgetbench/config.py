@@ -189,8 +189,9 @@ LEFT_OUT_AT_DEFAULT = {"precision": "auto", "rollouts": "hf", "vllm_tensor_paral
 # keyed before that was known, so hashing them at the value every stage computed so far was
 # keyed with keeps those stages, and each track, while the setting changes. The hf back-end's
 # prompts per generate() call: left-padded greedy decoding gives the same tokens at any batch size
-# (tests/test_backend_hf.py; measured on the tiny preset's evals, 16 against 64: the same tokens
-# for all 130 prompts of two policies, README "the main job"); vLLM schedules its own batches.
+# (tests/test_backend_hf.py; measured on the tiny preset's evals, batches of 16 against one call
+# per eval: the same tokens for all 130 prompts of two policies, README "the main job"); vLLM
+# schedules its own batches.
 # With temperature > 0 the draws depend on it, as they do on `processes`; their distribution
 # does not.
 HASHED_AS = {("backend", "config", "batch_size"): 16}
