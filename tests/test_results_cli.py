@@ -293,3 +293,34 @@ def test_before_after_pairs_each_judge_separately_and_shows_wilson():
         pairs.loc["refusal", "after_high"],
     ) == wilson_interval(0, 50)
     assert pairs.loc["refusal", "change"] == -1.0 and pairs.loc["refusal", "during_steps"] == 1
+
+
+@pytest.mark.slow
+def test_a_bundles_refused_rows_leave_no_arrow_thread_to_abort_the_exit(output, tmp_path):
+    """A bundle's rows were read from a Python file object, and an Arrow pool thread could drop
+    the last reference to it while the interpreter exited: SIGABRT ("terminate called without an
+    active exception", apache/arrow#34314). CI once failed on it in `leaderboard check` of a
+    bundle with schema version 99. That way, 10 of 30 processes doing what this test's do aborted
+    here, 2 at a time; twenty clean exits in a row would happen by chance under 1% of the time."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "schema99.parquet"
+    pd.read_parquet(output / "results" / "grpo__alpaca__seed0__grpo0.parquet").assign(
+        schema_version=99
+    ).to_parquet(path, index=False)
+    script = (
+        "import sys; from pathlib import Path; from forgetbench.errors import ForgetbenchError; "
+        "from forgetbench.leaderboard.bundle import Bundle\n"
+        f"try: Bundle(Path('b.tar.gz'), {{'rows.parquet': Path({str(path)!r}).read_bytes()}}).rows()\n"
+        "except ForgetbenchError as error: sys.exit(3 if 'schema version 99' in str(error) else 4)"
+    )
+    exits = []
+    for _ in range(10):  # four at a time: on two cores the exits overlap, as in CI
+        runs = [
+            subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        exits += [(run.wait(), run.stderr.read()[-300:]) for run in runs]
+    failed = [exit for exit in exits if exit[0] != 3]
+    assert not failed, f"{len(failed)} of 40 exits were not 3: {failed[:2]}"

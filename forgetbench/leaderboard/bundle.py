@@ -60,8 +60,7 @@ class Bundle:
     def rows(self):
         from forgetbench.results import read_table
 
-        tmp = io.BytesIO(self.files["rows.parquet"])
-        return read_table(tmp)
+        return read_table(self.files["rows.parquet"], "rows.parquet")
 
 
 def _safe_name(name: str) -> str | None:

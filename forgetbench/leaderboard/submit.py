@@ -210,7 +210,7 @@ def check(path: Path, tracks: dict | None, min_seeds: int = rank.MIN_SEEDS) -> d
     try:
         rows = bundle.rows()
     except ForgetbenchError as error:
-        _refuse(f"bundle {path}: rows.parquet: {error}")
+        _refuse(f"bundle {path}: {error}")
     methods = sorted(rows["method"].unique())
     if methods != [manifest.get("method")]:
         _refuse(

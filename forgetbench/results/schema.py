@@ -158,14 +158,22 @@ def write_table(rows: list[dict], folder: Path, name: str) -> Path:
     return target
 
 
-def read_table(path: Path):
-    """One results table, refused in one line if it was written under another schema."""
+def read_table(source: Path | bytes, name: str | None = None):
+    """One results table, a file or a bundle's bytes (then `name` names it), refused in one line
+    if it was written under another schema."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    name = name or str(source)
+    # Bytes go to Arrow as its own buffer, never as a Python file object: an Arrow pool thread can
+    # hold the last reference to a Python file and drop it while the interpreter exits, which
+    # needs the GIL and aborts the process ("terminate called without an active exception",
+    # SIGABRT; seen in CI on `leaderboard check`, core dump read here; apache/arrow#34314).
+    readable = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = pq.read_table(readable).to_pandas()
     except Exception as error:  # pyarrow raises several types for a damaged file
-        raise ForgetbenchError(f"results table {path} is not readable Parquet ({error})") from None
+        raise ForgetbenchError(f"results table {name} is not readable Parquet ({error})") from None
     versions = (
         set(frame["schema_version"].dropna().astype(int))
         if "schema_version" in frame.columns
@@ -178,11 +186,11 @@ def read_table(path: Path):
             else "none (written before the results schema)"
         )
         raise ForgetbenchError(
-            f"results table {path} has schema version {found}; this forgetbench reads version "
+            f"results table {name} has schema version {found}; this forgetbench reads version "
             f"{SCHEMA_VERSION} only: re-run the command that made it (finished stages are "
             "re-used) to rewrite it, or move it out of the folder"
         )
-    check_frame(frame, f"results table {path}")
+    check_frame(frame, f"results table {name}")
     return frame
 
 
