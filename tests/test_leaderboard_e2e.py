@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from chromium import BOARD, artefact, inspect_page
@@ -276,14 +278,16 @@ def _rewrite(source: Path, target: Path, change, rehash: bool = True) -> Path:
     return target
 
 
+# Arrow's own buffers, not Python file objects: an Arrow thread can drop a Python file during
+# interpreter exit and abort pytest (see forgetbench.results.schema.read_table).
 def _rows(files) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(files["rows.parquet"]))
+    return pq.read_table(pa.BufferReader(files["rows.parquet"])).to_pandas()
 
 
 def _put_rows(files, frame) -> None:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    files["rows.parquet"] = buffer.getvalue()
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    files["rows.parquet"] = buffer.getvalue().to_pybytes()
 
 
 def _changed_value(files):

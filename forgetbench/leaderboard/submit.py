@@ -77,8 +77,7 @@ def method_template(rows, config: dict, stage_meta: list[dict]) -> dict:
 def pack(runs: Path, out: Path, method: str | None = None, method_yaml: Path | None = None) -> Path:
     """One method's current rows in ``runs`` with everything needed to re-check them; the
     method.yaml is ``method_yaml`` when given (filled in), else a template filled from the run."""
-    import io
-
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from forgetbench.results import check_frame, current, load_results
@@ -95,9 +94,9 @@ def pack(runs: Path, out: Path, method: str | None = None, method_yaml: Path | N
     rows = frame[frame["method"] == method].reset_index(drop=True)
     folders = _stage_folders(runs)
     files, metas = {}, []
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()  # Arrow's own buffer: see read_table on Python files
     pq.write_table(check_frame(rows, "bundle rows"), buffer)
-    files["rows.parquet"] = buffer.getvalue()
+    files["rows.parquet"] = buffer.getvalue().to_pybytes()
     configs = {}
     for name in rows["config_file"].dropna().unique():
         text = (runs / "results" / name).read_text()
