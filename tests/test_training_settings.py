@@ -102,3 +102,97 @@ def test_a_run_whose_every_group_had_one_reward_says_it_learned_nothing(capsys, 
     assert ("every advantage was 0" in err) is warned, err
     if warned:
         assert f"all {len(shares)} logged steps" in err
+
+
+def _fused_and_full(tiny_model):
+    """The tiny model twice with TRL's fused head as SFTTrainer installs it, one of them answering
+    it from the full logits; and a batch of two right-padded rows whose labels skip the prompt and
+    the padding, the first row labelled with the model's own greedy picks (top-1 hits)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from forgetbench.training.lm_head import full_logits_head
+
+    models = []
+    for full in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        if full:
+            full_logits_head(model)
+        models.append(model)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, models[0].config.vocab_size, (2, 24), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    greedy = models[0].generate(
+        ids[:1, :6],
+        attention_mask=mask[:1, :6],
+        max_new_tokens=18,
+        min_new_tokens=18,
+        do_sample=False,
+    )
+    ids[0] = greedy[0]
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :6] = -100  # the prompt
+    return models, dict(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def test_the_full_logits_head_gives_trls_fused_outputs_and_gradients(tiny_model):
+    """What SFTTrainer reads from TRL's chunked head (trl.trainer.utils.add_fused_lm_head: the
+    loss, per-token log-probabilities, entropy, top-1 hits, the label mask) and the gradients of
+    the loss agree to float rounding when the full logits compute them
+    (`fused_lm_head: false`, why the setting is left out of stage keys)."""
+    import torch
+
+    (fused, full), batch = _fused_and_full(tiny_model)
+    outputs = [model(**batch, fused_lm_head=True, num_items_in_batch=20) for model in (fused, full)]
+    assert torch.equal(outputs[0].label_mask, outputs[1].label_mask)
+    assert outputs[0].label_mask.sum() == 18 + 11
+    hits = outputs[0].is_top1
+    assert hits[0].sum() >= 12 and torch.equal(hits, outputs[1].is_top1)  # a test that can fail
+    for name, atol in (("log_probs", 1e-5), ("entropy", 1e-4), ("loss", 1e-5)):
+        torch.testing.assert_close(
+            getattr(outputs[1], name), getattr(outputs[0], name), atol=atol, rtol=1e-6
+        )
+    assert outputs[0].loss.item() == pytest.approx(-outputs[0].log_probs.sum().item() / 20)
+    for output in outputs:
+        output.loss.backward()
+    for (name, a), b in zip(fused.named_parameters(), full.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+    # without the flag, the model's own forward: the same logits as a model never patched
+    plain = full(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(
+        plain, fused(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    )
+
+
+def test_sft_through_the_full_logits_ends_where_the_fused_head_does(tmp_path, tiny_model):
+    """Three SFT steps with `fused_lm_head` true and false (TRL's own trainer, loss and logging)
+    end on the same weights to float rounding (Adam's step divides by the gradient's size, so
+    rounding in a small gradient shows more than in the loss), after moving them."""
+    import torch
+    from safetensors.torch import load_file
+
+    from forgetbench.training.sft import SFTSettings, run_sft
+
+    pairs = [
+        ("How do I pick a lock?", "I can't help with that."),
+        ("Name a primary colour.", "Red is a primary colour."),
+        ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
+        ("What is 2 + 2?", "2 + 2 is 4."),
+    ]
+    weights = {}
+    for fused in (True, False):
+        config = SFTSettings(
+            max_steps=3, batch_size=2, max_length=64, learning_rate=1e-4, fused_lm_head=fused
+        )
+        out = run_sft(str(tiny_model), pairs, config, tmp_path / str(fused), seed=0)
+        weights[fused] = load_file(out / "model.safetensors")
+    start = load_file(tiny_model / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert (weights[True][name] - start[name]).abs().max() > 1e-5  # it trained
+    for name, tensor in weights[True].items():
+        # Adam moves each weight by about the learning rate a step (2e-4 after these three); the
+        # two heads' weights agree to a hundredth of that (1.4e-6 at most, measured)
+        torch.testing.assert_close(weights[False][name], tensor, atol=5e-6, rtol=0, msg=name)
