@@ -22,7 +22,7 @@ class SFTSettings(OptimConfig):
         True,
         description="Compute the loss through TRL's chunked LM head (its default), which never "
         "holds the full logits: needed for large vocabularies and long rows on a GPU. false = "
-        "through the model's full logits: 1.6x faster per step on CPU for the embedded model. "
+        "through the model's full logits: faster on CPU for the embedded model (README). "
         "Changes speed, memory and the float rounding of the loss, never what is computed "
         "(forgetbench/training/lm_head.py).",
     )
