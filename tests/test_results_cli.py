@@ -301,7 +301,7 @@ def test_a_bundles_refused_rows_leave_no_arrow_thread_to_abort_the_exit(output, 
     the last reference to it while the interpreter exited: SIGABRT ("terminate called without an
     active exception", apache/arrow#34314). CI once failed on it in `leaderboard check` of a
     bundle with schema version 99. That way, 10 of 30 processes doing what this test's do aborted
-    here, 2 at a time; twenty clean exits in a row would happen by chance under 1% of the time."""
+    here, 2 at a time; forty clean exits in a row would happen by chance about once in 10^7."""
     import subprocess
     import sys
 
