@@ -164,9 +164,10 @@ def canonical_json(value: Any) -> str:
 # optimiser step over several ranks without changing its rows or its loss (the global batch is
 # held fixed: forgetbench/training/distributed.py); only float summation order and rollout draws
 # differ, as with `precision: auto` on another machine, so a run on 8 GPUs and on 1 share a track.
-# `fused_lm_head` computes the same SFT loss through TRL's chunked kernel or the full logits: the
-# loss and gradients agree to float rounding (tests/test_training_settings.py), as they do
-# across thread counts and machines, which no key holds either.
+# `fused_lm_head` computes the same SFT and GRPO losses through TRL's chunked kernel or the
+# model's own head: the losses and gradients agree to float rounding
+# (tests/test_training_settings.py), as they do across thread counts and machines, which no key
+# holds either.
 SPEED_ONLY_SETTINGS = frozenset(
     {
         "gradient_checkpointing",

@@ -193,8 +193,10 @@ def test_speed_only_settings_leave_stage_keys_and_track_unchanged():
         "attack.gradient_checkpointing=true",
     )
     assert default == off == on
-    # the SFT loss through the full logits: the same loss to float rounding (test_training_settings)
-    assert keys("warmup.fused_lm_head=false", "attack.fused_lm_head=false") == default
+    # the loss through the model's own head: the same to float rounding (test_training_settings)
+    head = ("warmup", "method", "attack")
+    assert keys(*(f"{stage}.fused_lm_head=true" for stage in head)) == default
+    assert keys(*(f"{stage}.fused_lm_head=false" for stage in head)) == default
     changed = keys("attack.learning_rate=3e-5")
     assert changed[-1] != default[-1] and changed[-2] == default[-2]  # the attack's, not train's
 

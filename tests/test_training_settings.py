@@ -104,22 +104,23 @@ def test_a_run_whose_every_group_had_one_reward_says_it_learned_nothing(capsys, 
         assert f"all {len(shares)} logged steps" in err
 
 
-def _fused_and_full(tiny_model):
-    """The tiny model twice with TRL's fused head as SFTTrainer installs it, one of them answering
-    it from the full logits; and a batch of two right-padded rows whose labels skip the prompt and
-    the padding, the first row labelled with the model's own greedy picks (top-1 hits)."""
+def _fused_and_own(tiny_model, temperature=1.0, outputs=("log_probs", "entropy", "is_top1")):
+    """The tiny model twice with TRL's fused head as its trainers install it (SFT's outputs, or
+    GRPO's at its sampling temperature), one of them answering it through the model's own head;
+    and a batch of two right-padded rows whose labels skip the prompt and the padding, the first
+    row labelled with the model's own greedy picks (top-1 hits)."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from forgetbench.training.lm_head import full_logits_head
+    from forgetbench.training.lm_head import own_lm_head
 
     models = []
-    for full in (False, True):
+    for own in (False, True):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-        if full:
-            full_logits_head(model)
+        add_fused_lm_head(model, temperature=temperature, outputs=outputs)
+        if own:
+            assert own_lm_head(model, temperature)
         models.append(model)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, models[0].config.vocab_size, (2, 24), generator=generator)
@@ -138,15 +139,15 @@ def _fused_and_full(tiny_model):
     return models, dict(input_ids=ids, attention_mask=mask, labels=labels)
 
 
-def test_the_full_logits_head_gives_trls_fused_outputs_and_gradients(tiny_model):
+def test_the_own_head_gives_trls_fused_outputs_and_gradients(tiny_model):
     """What SFTTrainer reads from TRL's chunked head (trl.trainer.utils.add_fused_lm_head: the
     loss, per-token log-probabilities, entropy, top-1 hits, the label mask) and the gradients of
-    the loss agree to float rounding when the full logits compute them
+    the loss agree to float rounding when the model's own head computes them
     (`fused_lm_head: false`, why the setting is left out of stage keys)."""
     import torch
 
-    (fused, full), batch = _fused_and_full(tiny_model)
-    outputs = [model(**batch, fused_lm_head=True, num_items_in_batch=20) for model in (fused, full)]
+    (fused, own), batch = _fused_and_own(tiny_model)
+    outputs = [model(**batch, fused_lm_head=True, num_items_in_batch=20) for model in (fused, own)]
     assert torch.equal(outputs[0].label_mask, outputs[1].label_mask)
     assert outputs[0].label_mask.sum() == 18 + 11
     hits = outputs[0].is_top1
@@ -158,16 +159,93 @@ def test_the_full_logits_head_gives_trls_fused_outputs_and_gradients(tiny_model)
     assert outputs[0].loss.item() == pytest.approx(-outputs[0].log_probs.sum().item() / 20)
     for output in outputs:
         output.loss.backward()
-    for (name, a), b in zip(fused.named_parameters(), full.parameters()):
+    for (name, a), b in zip(fused.named_parameters(), own.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
     # without the flag, the model's own forward: the same logits as a model never patched
-    plain = full(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = own(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(
         plain, fused(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     )
 
 
-def test_sft_through_the_full_logits_ends_where_the_fused_head_does(tmp_path, tiny_model):
+def test_the_own_head_gives_grpos_tempered_log_probs_and_entropy_gradient(tiny_model):
+    """GRPO's call (TRL's GRPOTrainer: the sampling temperature divides the logits; the entropy
+    bonus differentiates the entropy): the own head's log-probabilities, entropy and the
+    gradients of a loss built from both agree with TRL's kernel to float rounding."""
+    import torch
+
+    (fused, own), batch = _fused_and_own(tiny_model, 0.7, outputs=("log_probs", "entropy"))
+    outputs = [model(**batch, fused_lm_head=True) for model in (fused, own)]
+    for name in ("log_probs", "entropy"):
+        torch.testing.assert_close(
+            getattr(outputs[1], name), getattr(outputs[0], name), atol=1e-4, rtol=1e-6
+        )
+    # the temperature reaches the head: at 1.0 the log-probabilities are others
+    (_, untempered), _ = _fused_and_own(tiny_model, 1.0, outputs=("log_probs", "entropy"))
+    other = untempered(**batch, fused_lm_head=True).log_probs
+    assert (other - outputs[1].log_probs).abs().max() > 1e-3
+    for output in outputs:
+        (output.log_probs.sum() + 3.0 * output.entropy.sum()).backward()
+    for (name, a), b in zip(fused.named_parameters(), own.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert own.model.embed_tokens.weight.grad.abs().max() > 0  # the entropy term has a gradient
+
+
+def test_grpo_through_the_own_head_ends_where_the_fused_head_does(
+    tmp_path, tiny_model, monkeypatch
+):
+    """Two GRPO steps (TRL's own trainer and loss, an entropy bonus, temperature 0.7) with
+    `fused_lm_head` true and false sample the same completions (generation never crosses the
+    head) and end on the same weights to float rounding, after moving them."""
+    import torch
+    from safetensors.torch import load_file
+
+    from forgetbench.advantages import frpo_advantages
+    from forgetbench.training import lm_head
+    from forgetbench.training.grpo import GRPOFamilyConfig, run_grpo
+    from test_method_training import _dataset
+
+    def longer_is_better(prompts, completions, **_):
+        return [float(len(str(completion))) for completion in completions]
+
+    replaced, own_lm_head = [], lm_head.own_lm_head
+    monkeypatch.setattr(
+        lm_head,
+        "own_lm_head",
+        lambda model, t: replaced.append((type(model).__name__, t)) or own_lm_head(model, t),
+    )
+    weights = {}
+    for fused in (True, False):
+        config = GRPOFamilyConfig(
+            max_steps=2,
+            num_generations=4,
+            prompts_per_step=2,
+            max_completion_length=8,
+            temperature=0.7,
+            learning_rate=1e-4,
+            fused_lm_head=fused,
+        )
+        out = run_grpo(
+            str(tiny_model),
+            _dataset(),
+            [longer_is_better],
+            lambda r, g: frpo_advantages(r, g, lam=0.5),
+            config,
+            tmp_path / str(fused),
+            0,
+            args_kwargs={"entropy_coef": 0.01},
+        )
+        weights[fused] = load_file(out / "model.safetensors")
+    # the policy's head only (beta = 0: no reference model), at the sampling temperature
+    assert replaced == [("LlamaForCausalLM", 0.7)]
+    start = load_file(tiny_model / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert (weights[True][name] - start[name]).abs().max() > 1e-5  # it trained
+    for name, tensor in weights[True].items():
+        torch.testing.assert_close(weights[False][name], tensor, atol=5e-6, rtol=0, msg=name)
+
+
+def test_sft_through_the_own_head_ends_where_the_fused_head_does(tmp_path, tiny_model):
     """Three SFT steps with `fused_lm_head` true and false (TRL's own trainer, loss and logging)
     end on the same weights to float rounding (Adam's step divides by the gradient's size, so
     rounding in a small gradient shows more than in the loss), after moving them."""

@@ -58,6 +58,14 @@ class OptimConfig(StrictModel):
         "(TRL's default): needed for long sequences on a 7B model, pure extra compute where the "
         "activations fit in memory. Changes speed and memory, never the gradients.",
     )
+    fused_lm_head: bool = Field(
+        True,
+        description="Score tokens through TRL's chunked LM head (its default), which never "
+        "holds the full logits: needed for large vocabularies and long rows on a GPU. false = "
+        "through the model's own head on the scored positions only: faster on CPU for the "
+        "embedded model (README). Changes speed, memory and float rounding, never what is "
+        "computed (forgetbench/training/lm_head.py).",
+    )
     precision: Precision = Field(
         "auto",
         description="Training arithmetic: auto = bf16 mixed precision on a GPU that has "

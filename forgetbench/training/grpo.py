@@ -326,6 +326,10 @@ def run_grpo(
             callbacks=[step_timer(), *(callbacks or [])],
             **(trainer_kwargs or {}),
         )
+        if not config.fused_lm_head:
+            from forgetbench.training.lm_head import own_lm_heads
+
+            own_lm_heads(trainer)
         return train_and_save(trainer, tokenizer, out_dir)
 
 

@@ -18,14 +18,6 @@ from forgetbench.training.common import (
 
 class SFTSettings(OptimConfig):
     max_length: int = Field(512, ge=16, description="Tokens per training row (prompt + response).")
-    fused_lm_head: bool = Field(
-        True,
-        description="Compute the loss through TRL's chunked LM head (its default), which never "
-        "holds the full logits: needed for large vocabularies and long rows on a GPU. false = "
-        "through the model's full logits: faster on CPU for the embedded model (README). "
-        "Changes speed, memory and the float rounding of the loss, never what is computed "
-        "(forgetbench/training/lm_head.py).",
-    )
 
 
 def sft_dataset(pairs: list[tuple[str, str]]):
@@ -92,10 +84,7 @@ def run_sft(
         **(trainer_kwargs or {}),
     )
     if not config.fused_lm_head:
-        from peft import PeftModel
+        from forgetbench.training.lm_head import own_lm_heads
 
-        from forgetbench.training.lm_head import full_logits_head
-
-        model = trainer.model
-        full_logits_head(model.get_base_model() if isinstance(model, PeftModel) else model)
+        own_lm_heads(trainer)
     return train_and_save(trainer, tokenizer, out_dir)
