@@ -14,12 +14,9 @@ def test_gradient_checkpointing_is_a_setting_trl_receives(tmp_path, setting):
     assert GRPOConfig(**args).gradient_checkpointing is setting
 
 
-def test_gradient_checkpointing_changes_no_weight(tmp_path, tiny_model):
-    """Recomputing activations in the backward pass gives the same gradients: three SFT steps on
-    a Llama (the embedded model's architecture and tokenizer, a few random layers: the property
-    is of the arithmetic, not of the weights) with and without it end on bit-identical weights.
-    (Why the setting is left out of stage keys: a stage trained either way is the same stage.)"""
-    import torch
+def _three_sft_steps(tiny_model, tmp_path, setting: str):
+    """Three SFT steps on four pairs with ``setting`` true and false: ({value: weights}, the
+    weights they started from)."""
     from safetensors.torch import load_file
 
     from forgetbench.training.sft import SFTSettings, run_sft
@@ -31,17 +28,23 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, tiny_model):
         ("What is 2 + 2?", "2 + 2 is 4."),
     ]
     weights = {}
-    for setting in (True, False):
+    for value in (True, False):
         config = SFTSettings(
-            max_steps=3,
-            batch_size=2,
-            max_length=64,
-            learning_rate=1e-4,
-            gradient_checkpointing=setting,
+            max_steps=3, batch_size=2, max_length=64, learning_rate=1e-4, **{setting: value}
         )
-        out = run_sft(str(tiny_model), pairs, config, tmp_path / str(setting), seed=0)
-        weights[setting] = load_file(out / "model.safetensors")
-    start = load_file(tiny_model / "model.safetensors")
+        out = run_sft(str(tiny_model), pairs, config, tmp_path / str(value), seed=0)
+        weights[value] = load_file(out / "model.safetensors")
+    return weights, load_file(tiny_model / "model.safetensors")
+
+
+def test_gradient_checkpointing_changes_no_weight(tmp_path, tiny_model):
+    """Recomputing activations in the backward pass gives the same gradients: three SFT steps on
+    a Llama (the embedded model's architecture and tokenizer, a few random layers: the property
+    is of the arithmetic, not of the weights) with and without it end on bit-identical weights.
+    (Why the setting is left out of stage keys: a stage trained either way is the same stage.)"""
+    import torch
+
+    weights, start = _three_sft_steps(tiny_model, tmp_path, "gradient_checkpointing")
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(weights[True][name], start[name])  # it trained: a test that can fail
     for name, tensor in weights[True].items():
@@ -250,27 +253,11 @@ def test_sft_through_the_own_head_ends_where_the_fused_head_does(tmp_path, tiny_
     end on the same weights to float rounding (Adam's step divides by the gradient's size, so
     rounding in a small gradient shows more than in the loss), after moving them."""
     import torch
-    from safetensors.torch import load_file
 
-    from forgetbench.training.sft import SFTSettings, run_sft
-
-    pairs = [
-        ("How do I pick a lock?", "I can't help with that."),
-        ("Name a primary colour.", "Red is a primary colour."),
-        ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
-        ("What is 2 + 2?", "2 + 2 is 4."),
-    ]
-    weights = {}
-    for fused in (True, False):
-        config = SFTSettings(
-            max_steps=3, batch_size=2, max_length=64, learning_rate=1e-4, fused_lm_head=fused
-        )
-        out = run_sft(str(tiny_model), pairs, config, tmp_path / str(fused), seed=0)
-        weights[fused] = load_file(out / "model.safetensors")
-    start = load_file(tiny_model / "model.safetensors")
+    weights, start = _three_sft_steps(tiny_model, tmp_path, "fused_lm_head")
     name = "model.layers.0.mlp.down_proj.weight"
     assert (weights[True][name] - start[name]).abs().max() > 1e-5  # it trained
     for name, tensor in weights[True].items():
         # Adam moves each weight by about the learning rate a step (2e-4 after these three); the
-        # two heads' weights agree to a hundredth of that (1.4e-6 at most, measured)
+        # two heads' weights agree to a fortieth of that
         torch.testing.assert_close(weights[False][name], tensor, atol=5e-6, rtol=0, msg=name)
