@@ -30,6 +30,9 @@ def load_policy(path: str, dtype: str = "float32"):
 
 
 def load_weights(policy, dtype: str = "float32"):
+    """The policy's model for inference (generation, KL): grouped key/value heads go to torch's
+    CPU attention kernel uncopied (``forgetbench.attention``: the same numbers, less copying)."""
+    from forgetbench.attention import grouped_attention
     from forgetbench.models import load_model
 
     model = load_model(policy.model, dtype=dtype)
@@ -37,7 +40,7 @@ def load_weights(policy, dtype: str = "float32"):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, policy.adapter).merge_and_unload()
-    return model.eval()
+    return grouped_attention(model.eval())
 
 
 def generate_hf(
