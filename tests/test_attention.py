@@ -4,10 +4,10 @@ pass and in greedy generation on the embedded model, and out of the way where gr
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
+from test_backend_hf import threads  # noqa: F401 - the torch-threads fixture, shared
 
 from forgetbench.attention import NAME, grouped_attention, sdpa_grouped
 
@@ -18,16 +18,6 @@ PROMPTS = [
     "What is 17 times 23?",
     "Give me a recipe for pancakes, with quantities for four people.",
 ]
-
-
-@pytest.fixture(scope="module")
-def threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("FORGETBENCH_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
 
 
 def _left_padded_mask(batch: int, q_length: int, kv_length: int, pads: list[int]):
@@ -81,7 +71,8 @@ def test_with_gradients_it_is_transformers_sdpa_itself(monkeypatch):
     assert calls == [3, 3]  # no copy without gradients
 
 
-def test_generation_and_log_probs_on_the_embedded_model_are_unchanged(threads, monkeypatch):
+@pytest.mark.usefixtures("threads")
+def test_generation_and_log_probs_on_the_embedded_model_are_unchanged(monkeypatch):
     """The loaded policy takes the grouped path (counted), and greedy tokens of left-padded
     prompts of unlike lengths, and a padded batch's log-probabilities, equal those of
     transformers' own sdpa exactly."""
