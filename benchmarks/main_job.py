@@ -4,7 +4,10 @@
         [--set KEY=VALUE ...] [--output-dir DIR] [--peak-repeats 5]
     python benchmarks/main_job.py --analyse DIR       # a finished run's folder, no new run
 
-1. The peak: dense fp32 matmul (2048 x 2048) on this process's torch threads, best of several.
+1. The peak: dense matmul (2048 x 2048) on this process's torch threads, best of several, in
+   fp32 and, where the CPU has bfloat16 in hardware (``devices.native_bf16``), in bf16: each
+   stage is held to the peak of the arithmetic it ran (training's resolved ``precision`` from
+   its ``training.json``, generation's ``dtype`` from its rows; KL runs fp32).
 2. The job: ``forgetbench run`` in a fresh process, timed whole (a clean output folder unless
    ``--output-dir`` points at a finished one: then the stages are re-used and only the analysis
    is new).
@@ -47,14 +50,16 @@ TIMINGS = "timings.json"
 # ------------------------------------------------------------------------------ the machine
 
 
-def peak_gflops(repeats: int, size: int = 2048) -> list[float]:
-    """GFLOP/s of a dense fp32 ``size`` x ``size`` matmul, one figure per repeat (after a warm-up)."""
+def peak_gflops(repeats: int, size: int = 2048, dtype: str = "fp32") -> list[float]:
+    """GFLOP/s of a dense ``size`` x ``size`` matmul in ``dtype`` (fp32 or bf16), one figure per
+    repeat (after a warm-up)."""
     import torch
 
     from forgetbench.models import set_threads
 
     set_threads()
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
     torch.mm(a, b)
     figures = []
     for _ in range(repeats):
@@ -145,11 +150,25 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
 # ------------------------------------------------------------------------------ the table
 
 
+def stage_precision(kind: str, folder: Path) -> str:
+    """``bf16`` or ``fp32``: the arithmetic the stage's matmuls ran in, from its own files (a
+    stage written before they recorded it ran fp32)."""
+    if kind in ("warmup", "train", "attack") and (folder / "training.json").is_file():
+        return json.loads((folder / "training.json").read_text()).get("precision", "fp32")
+    if kind == "generate":
+        with open(folder / "generations.jsonl") as rows:
+            first = json.loads(next(rows, "{}"))
+        return "bf16" if first.get("dtype") == "bfloat16" else "fp32"
+    return "fp32"
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def analyse(root: Path, peak: float) -> tuple[list[dict], Model]:
+def analyse(root: Path, peaks: dict[str, float]) -> tuple[list[dict], Model]:
+    """Per stage: wall, overheads, GFLOP and the share of the peak of its own precision
+    (``peaks``: GFLOP/s by ``fp32`` / ``bf16``)."""
     from forgetbench.models import resolve_model
 
     stages = [
@@ -170,7 +189,8 @@ def analyse(root: Path, peak: float) -> tuple[list[dict], Model]:
     for meta, request, folder in stages:
         timings = json.loads((folder / TIMINGS).read_text()) if (folder / TIMINGS).is_file() else {}
         wall = meta["seconds"]
-        row = {"stage": meta["label"], "kind": meta["kind"], "wall": wall}
+        precision = stage_precision(meta["kind"], folder)
+        row = {"stage": meta["label"], "kind": meta["kind"], "wall": wall, "precision": precision}
         if timings:
             start = max(timings["entered"] - _epoch(meta["started"]), 0.0)
             load, save = timings.get("load", 0.0), timings.get("save", 0.0)
@@ -187,7 +207,7 @@ def analyse(root: Path, peak: float) -> tuple[list[dict], Model]:
         row["gflop"] = gflop
         if gflop is not None and wall > 0:
             row["gflops"] = gflop / wall
-            row["peak_share"] = gflop / wall / peak
+            row["peak_share"] = gflop / wall / peaks.get(precision, peaks["fp32"])
         rows.append(row)
     return rows, model
 
@@ -196,15 +216,16 @@ def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(rows: list[dict], peak: float, job_wall: float | None) -> str:
+def markdown(rows: list[dict], peaks: dict[str, float], job_wall: float | None) -> str:
     lines = [
-        "| stage | wall s | start s | import s | load s | save s | publish s | work s | "
-        "GFLOP | GFLOP/s | % peak |",
-        "|" + "---|" * 11,
+        "| stage | precision | wall s | start s | import s | load s | save s | publish s | "
+        "work s | GFLOP | GFLOP/s | % peak |",
+        "|" + "---|" * 12,
     ]
     for row in rows:
         lines.append(
-            f"| {row['stage']} | {_f(row['wall'])} | {_f(row.get('start'))} | "
+            f"| {row['stage']} | {row.get('precision', 'fp32')} | {_f(row['wall'])} | "
+            f"{_f(row.get('start'))} | "
             f"{_f(row.get('imports'))} | {_f(row.get('load'))} | {_f(row.get('save'))} | "
             f"{_f(row.get('after'))} | {_f(row.get('work'))} | {_f(row['gflop'], 0)} | "
             f"{_f(row.get('gflops'))} | "
@@ -215,13 +236,21 @@ def markdown(rows: list[dict], peak: float, job_wall: float | None) -> str:
     overhead = sum(
         row.get(k) or 0 for row in rows for k in ("start", "imports", "load", "save", "after")
     )
-    bound = gflop / peak
+    by_precision: dict[str, float] = {}
+    for row in rows:
+        precision = row.get("precision", "fp32")
+        by_precision[precision] = by_precision.get(precision, 0.0) + (row["gflop"] or 0)
+    bound = sum(g / peaks.get(p, peaks["fp32"]) for p, g in by_precision.items())
+    shares = ", ".join(
+        f"{g / 1000:.1f} in {p} at {peaks.get(p, peaks['fp32']):.0f} GFLOP/s"
+        for p, g in sorted(by_precision.items())
+    )
     lines += [
         "",
         f"stages: {len(rows)}; sum of stage walls {wall:.0f} s, of which start-up, "
         f"imports, loads, saves and publishing {overhead:.0f} s",
-        f"useful arithmetic {gflop / 1000:.1f} TFLOP; at the peak {peak:.0f} GFLOP/s the "
-        f"bound is {bound:.0f} s ({bound / 60:.1f} min)",
+        f"useful arithmetic {gflop / 1000:.1f} TFLOP ({shares}); at those peaks the bound is "
+        f"{bound:.0f} s ({bound / 60:.1f} min)",
     ]
     if job_wall is not None:
         lines.append(
@@ -255,20 +284,30 @@ def main() -> None:
         "--peak",
         type=float,
         default=None,
-        help="GFLOP/s measured earlier on a "
+        help="fp32 GFLOP/s measured earlier on a "
         "quiet machine (skips the measurement: with --analyse on a busy one)",
     )
+    parser.add_argument("--peak-bf16", type=float, default=None, help="the same for bf16")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
-    peaks = [args.peak] if args.peak else peak_gflops(args.peak_repeats)
-    peak = max(peaks)
-    print(
-        f"peak fp32 matmul on {os.environ.get('FORGETBENCH_THREADS', 'all')} threads: "
-        f"{peak:.0f} GFLOP/s (best of {len(peaks)}; median {statistics.median(peaks):.0f}, "
-        f"min {min(peaks):.0f}{', given' if args.peak else ''})",
-        flush=True,
-    )
+    from forgetbench.devices import native_bf16
+
+    given = {"fp32": args.peak, "bf16": args.peak_bf16}
+    dtypes = ["fp32", "bf16"] if native_bf16() else ["fp32"]
+    figures = {
+        dtype: [given[dtype]] if given[dtype] else peak_gflops(args.peak_repeats, dtype=dtype)
+        for dtype in dtypes
+    }
+    peaks = {dtype: max(values) for dtype, values in figures.items()}
+    for dtype, values in figures.items():
+        print(
+            f"peak {dtype} matmul on {os.environ.get('FORGETBENCH_THREADS', 'all')} threads: "
+            f"{peaks[dtype]:.0f} GFLOP/s (best of {len(values)}; median "
+            f"{statistics.median(values):.0f}, min {min(values):.0f}"
+            f"{', given' if given[dtype] else ''})",
+            flush=True,
+        )
     job_wall = None
     root = args.analyse
     if root is None:
@@ -293,11 +332,19 @@ def main() -> None:
         begin = time.perf_counter()
         subprocess.run(command, check=True)
         job_wall = time.perf_counter() - begin
-    rows, _ = analyse(root, peak)
-    print(markdown(rows, peak, job_wall))
+    rows, _ = analyse(root, peaks)
+    print(markdown(rows, peaks, job_wall))
     if args.json:
         args.json.write_text(
-            json.dumps({"peak_gflops": peaks, "job_wall": job_wall, "rows": rows}, indent=1)
+            json.dumps(
+                {
+                    "peak_gflops": figures["fp32"],
+                    "peak_gflops_bf16": figures.get("bf16"),
+                    "job_wall": job_wall,
+                    "rows": rows,
+                },
+                indent=1,
+            )
         )
 
 

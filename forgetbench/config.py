@@ -200,6 +200,12 @@ LEFT_OUT_AT_DEFAULT = {"precision": "auto", "rollouts": "hf", "vllm_tensor_paral
 # With temperature > 0 the draws depend on it, as they do on `processes`; their distribution
 # does not.
 HASHED_AS = {("backend", "config", "batch_size"): 16}
+# Values hashed as another value of the same setting: generation `dtype: auto` is float32 on a
+# CPU without bf16 in hardware, the value every stage was keyed with before `tiny` said auto, so
+# those stages and their tracks are kept. Where auto means bfloat16 (a GPU, an AVX512-BF16 or AMX
+# CPU) it shares the key as `precision: auto` does (LEFT_OUT_AT_DEFAULT); the results table's
+# `generation_dtype` and `train_precision` columns say what really ran.
+HASHED_VALUE_AS = {(("backend", "config", "dtype"), "auto"): "float32"}
 
 
 def _without_speed_settings(value: Any, path: tuple = ()) -> Any:
@@ -211,6 +217,8 @@ def _without_speed_settings(value: Any, path: tuple = ()) -> Any:
             where = (*path, k)
             if where[-3:] in HASHED_AS:
                 kept[k] = HASHED_AS[where[-3:]]
+            elif isinstance(v, str) and (where[-3:], v) in HASHED_VALUE_AS:
+                kept[k] = HASHED_VALUE_AS[where[-3:], v]
             else:
                 kept[k] = _without_speed_settings(v, where)
         return kept

@@ -9,6 +9,10 @@ read them through the same functions.
 - ``FORGETBENCH_CACHE``: where converted models are cached (default ``~/.cache/forgetbench``).
 - ``FORGETBENCH_TASKS``: folders laid out like ``tasks/`` (``os.pathsep``-separated) whose tasks
   are added to the built-in ones (``forgetbench.task_sources``).
+- ``FORGETBENCH_CPU_BF16``: ``1`` or ``0`` says whether this CPU does bfloat16 in hardware, which
+  ``precision: auto`` and generation ``dtype: auto`` follow (default: the CPU's flags,
+  ``forgetbench.devices.native_bf16``). ``0`` keeps auto in float32 on every CPU, so numbers
+  compare across machines (the test suite sets it).
 - ``FORGETBENCH_TASK_FILES``: set by forgetbench itself for its stage processes (the task YAML
   files named on the command line); not a user setting.
 """
@@ -25,6 +29,7 @@ THREADS = "FORGETBENCH_THREADS"
 OUTPUT = "FORGETBENCH_OUTPUT"
 CACHE = "FORGETBENCH_CACHE"
 TASKS = "FORGETBENCH_TASKS"
+CPU_BF16 = "FORGETBENCH_CPU_BF16"
 
 
 def _set(name: str) -> Optional[str]:
@@ -95,9 +100,23 @@ def task_folders() -> list[Path]:
     return folders
 
 
+def cpu_bf16() -> Optional[bool]:
+    """``$FORGETBENCH_CPU_BF16`` as a bool, or None when unset (the CPU's flags decide)."""
+    value = _set(CPU_BF16)
+    if value is None:
+        return None
+    if value.strip() not in ("0", "1"):
+        raise UsageError(
+            f"{CPU_BF16}={value!r} is not 0 or 1; set 1 (bf16 in hardware), 0 (float32) or "
+            "unset it to follow the CPU's flags"
+        )
+    return value.strip() == "1"
+
+
 def check() -> None:
     """Every variable, before any work."""
     threads()
+    cpu_bf16()
     output_dir()
     cache_dir()
     task_folders()

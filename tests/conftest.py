@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["FORGETBENCH_THREADS"] = "1"
 
+# `precision: auto` and generation `dtype: auto` are bf16 on a CPU with it in hardware
+# (AVX512-BF16, AMX) and float32 elsewhere: the suite pins float32, so the tolerances its tests
+# compare at hold on every machine CI may draw, and their stages (children) inherit it.
+# tests/test_precision.py checks the CPU detection itself, with this variable unset.
+os.environ["FORGETBENCH_CPU_BF16"] = "0"
+
 
 def run_cli(*args, env=None, timeout=900, **kwargs):
     """Run the real console entry point in a fresh process."""

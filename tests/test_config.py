@@ -219,3 +219,21 @@ def test_generation_batch_size_is_hashed_as_16_and_keeps_stages_and_track():
     trained = fingerprint("attack.batch_size=4")
     assert trained[0] != at_16[0] and trained[1] != at_16[1]
     assert fingerprint("generation.max_new_tokens=32")[2] != at_16[2]  # decoding still counts
+
+
+def test_generation_dtype_auto_is_hashed_as_float32_and_keeps_stages_and_track():
+    """`tiny` generates at `dtype: auto` (bfloat16 only where the CPU has it in hardware): auto
+    keeps the config hash, the stage keys and the track that float32, the value its stages were
+    keyed with, gave; an explicit bfloat16 is other work and changes them."""
+    from forgetbench.results.rows import protocol
+
+    def fingerprint(*overrides):
+        cell = resolve("frpo", "alpaca", "tiny", overrides)
+        keys = [stage.key for stage in plan_cell(cell).targets()]
+        return cell.config_hash, keys, stable_hash(protocol(cell.resolved, {}))
+
+    at_float32 = fingerprint("generation.dtype=float32")
+    assert fingerprint() == at_float32  # the tiny preset's auto
+    assert fingerprint("generation.dtype=auto") == at_float32
+    bf16 = fingerprint("generation.dtype=bfloat16")
+    assert bf16[0] != at_float32[0] and bf16[1] != at_float32[1]

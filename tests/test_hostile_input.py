@@ -88,6 +88,8 @@ def test_a_bad_task_file_in_a_tasks_folder(cli, tmp_path, bad_files, case):
         ("FORGETBENCH_CACHE", "{file}", "is a file, not a folder"),
         ("FORGETBENCH_CACHE", "", "is set but empty"),
         ("FORGETBENCH_OUTPUT", "", "is set but empty"),
+        ("FORGETBENCH_CPU_BF16", "yes", "is not 0 or 1"),
+        ("FORGETBENCH_CPU_BF16", "", "is set but empty"),
     ],
 )
 def test_a_bad_environment_variable_is_one_line_before_any_work(

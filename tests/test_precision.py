@@ -10,7 +10,8 @@ from forgetbench.errors import UsageError
     "setting, bf16, fp16", [("bf16", True, False), ("fp32", False, False), ("auto", False, False)]
 )
 def test_precision_reaches_trl_args(tmp_path, setting, bf16, fp16):
-    """On this CPU machine auto is fp32; bf16 is CPU autocast, which transformers accepts."""
+    """bf16 is CPU autocast, which transformers accepts; auto is fp32 on a CPU without bf16 in
+    hardware, which the suite pins (conftest.py; the detection is tested below)."""
     from trl import GRPOConfig, SFTConfig
 
     from forgetbench.training.common import OptimConfig, trainer_args
@@ -28,11 +29,29 @@ def _fake_gpu(monkeypatch, bf16: bool, name: str = "Tesla V100-SXM2-32GB"):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
 
 
+def _fake_cpu(monkeypatch, avx512_bf16: bool, amx: bool = False):
+    import torch
+
+    monkeypatch.delenv("FORGETBENCH_CPU_BF16", raising=False)  # the flags decide (conftest.py)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
 def test_auto_precision_follows_the_device(monkeypatch):
     from forgetbench.backends.base import resolve_dtype
     from forgetbench.training.common import resolve_precision
 
-    assert resolve_precision("auto") == "fp32" and resolve_dtype("auto") == "float32"  # CPU
+    _fake_cpu(monkeypatch, avx512_bf16=False)  # AVX2 or plain AVX-512: bf16 emulated, slower
+    assert resolve_precision("auto") == "fp32" and resolve_dtype("auto") == "float32"
+    for avx512_bf16, amx in ((True, False), (False, True)):
+        _fake_cpu(monkeypatch, avx512_bf16, amx)
+        assert resolve_precision("auto") == "bf16" and resolve_dtype("auto") == "bfloat16"
+    assert resolve_precision("fp32") == "fp32" and resolve_dtype("float32") == "float32"
+    for told, precision in (("0", "fp32"), ("1", "bf16")):  # the variable overrides the flags
+        monkeypatch.setenv("FORGETBENCH_CPU_BF16", told)
+        assert resolve_precision("auto") == precision
     _fake_gpu(monkeypatch, bf16=True, name="NVIDIA H100")
     assert resolve_precision("auto") == "bf16" and resolve_dtype("auto") == "bfloat16"
     _fake_gpu(monkeypatch, bf16=False)

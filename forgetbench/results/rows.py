@@ -12,6 +12,7 @@ from forgetbench.config import stable_hash
 from forgetbench.provenance import PACKAGES, version_column
 from forgetbench.results.schema import write_table
 from forgetbench.results.stats import metric_row
+from forgetbench.training.common import trained_precision
 from forgetbench.stages import (
     DONE_FILE,
     GENERATIONS_FILE,
@@ -29,12 +30,15 @@ TRAINING_TASK_KEYS = ("train_task", "dataset", "n_harmful", "n_harmless", "max_s
 
 def backend_used(generations_folder: Path) -> dict:
     """The back-end that really generated (``auto`` resolves per machine), from the stored
-    generations: ``backend_used`` and its package version."""
+    generations: ``backend_used``, its package version and the weights' dtype it ran (``auto``
+    resolves per machine too; None for a back-end without one, or rows from before it was
+    recorded)."""
     with open(generations_folder / GENERATIONS_FILE) as handle:
         first = json.loads(handle.readline() or "{}")
     return {
         "backend_used": first.get("backend"),
         "backend_version": first.get("backend_version") or None,
+        "generation_dtype": first.get("dtype"),
     }
 
 
@@ -145,6 +149,7 @@ def cell_rows(cell_plan, root: Path, config_file: str | None = None) -> list[dic
         "train_seconds": train["seconds"],
         "train_steps": steps,
         "train_step_seconds": median_step_seconds(policy),
+        "train_precision": trained_precision(policy),
         # declared by the plugin (forgetbench.registry.Plugin.passes), checked by the tests
         "method_passes": registry.get("method", resolved["method"]["name"]).passes,
     }

@@ -66,6 +66,8 @@ _STRING = (
     "date",
     "backend_used",
     "backend_version",
+    "generation_dtype",
+    "train_precision",
     "table_written",
     "sandbox",
 )

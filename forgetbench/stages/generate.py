@@ -47,7 +47,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from rich.progress import Progress
 
     from forgetbench import registry
-    from forgetbench.backends.base import resolve_policy
+    from forgetbench.backends.base import resolve_dtype, resolve_policy
     from forgetbench.models import load_tokenizer
 
     rows = eval_prompts(config)
@@ -66,6 +66,8 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         plugin.name,
         settings.model_dump(mode="json"),
         load_tokenizer(resolve_policy(model).tokenizer).chat_template or "",
+        # `auto` resolves per machine (bfloat16 where the device has it in hardware)
+        resolve_dtype(settings.dtype) if hasattr(settings, "dtype") else None,
     )
 
 
@@ -76,10 +78,12 @@ def write_generations(
     backend_name: str,
     sampling: dict,
     chat_template: str,
+    dtype: str | None = None,
 ) -> None:
     """One JSON line per sample: the prompt's id and text, the response (an empty one too, with
     its finish_reason), the sampling settings, the back-end that ran (``auto`` resolves to the
-    one that did) with its package and version, and the chat template's hash. A back-end that
+    one that did) with its package and version and the weights' dtype it ran in, and the chat
+    template's hash. A back-end that
     returns the wrong number of samples fails the stage: rows are never silently dropped."""
     samples = sampling.get("n", 1)
     if len(outputs) != len(rows) * samples:
@@ -106,6 +110,7 @@ def write_generations(
                         **record,
                         "backend_requested": backend_name,
                         "sampling": sampling,
+                        "dtype": dtype,
                         "chat_template_sha256": template_hash,
                     }
                 )
