@@ -151,15 +151,21 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
 
 
 def stage_precision(kind: str, folder: Path) -> str:
-    """``bf16`` or ``fp32``: the arithmetic the stage's matmuls ran in, from its own files (a
-    stage written before they recorded it ran fp32)."""
-    if kind in ("warmup", "train", "attack") and (folder / "training.json").is_file():
-        return json.loads((folder / "training.json").read_text()).get("precision", "fp32")
+    """``bf16`` or ``fp32``: the arithmetic the stage's matmuls ran in, as the results table
+    reads it (a stage written before it was recorded ran fp32)."""
+    from forgetbench.results.rows import backend_used
+    from forgetbench.training.common import trained_precision
+
+    if kind in ("warmup", "train", "attack"):
+        return trained_precision(folder) or "fp32"
     if kind == "generate":
-        with open(folder / "generations.jsonl") as rows:
-            first = json.loads(next(rows, "{}"))
-        return "bf16" if first.get("dtype") == "bfloat16" else "fp32"
+        return "bf16" if backend_used(folder)["generation_dtype"] == "bfloat16" else "fp32"
     return "fp32"
+
+
+def peak_of(peaks: dict[str, float], precision: str) -> float:
+    """The peak a stage is held to: its precision's, or fp32's where that was not measured."""
+    return peaks.get(precision, peaks["fp32"])
 
 
 def _epoch(iso: str) -> float:
@@ -207,7 +213,7 @@ def analyse(root: Path, peaks: dict[str, float]) -> tuple[list[dict], Model]:
         row["gflop"] = gflop
         if gflop is not None and wall > 0:
             row["gflops"] = gflop / wall
-            row["peak_share"] = gflop / wall / peaks.get(precision, peaks["fp32"])
+            row["peak_share"] = gflop / wall / peak_of(peaks, precision)
         rows.append(row)
     return rows, model
 
@@ -240,9 +246,9 @@ def markdown(rows: list[dict], peaks: dict[str, float], job_wall: float | None) 
     for row in rows:
         precision = row.get("precision", "fp32")
         by_precision[precision] = by_precision.get(precision, 0.0) + (row["gflop"] or 0)
-    bound = sum(g / peaks.get(p, peaks["fp32"]) for p, g in by_precision.items())
+    bound = sum(g / peak_of(peaks, p) for p, g in by_precision.items())
     shares = ", ".join(
-        f"{g / 1000:.1f} in {p} at {peaks.get(p, peaks['fp32']):.0f} GFLOP/s"
+        f"{g / 1000:.1f} in {p} at {peak_of(peaks, p):.0f} GFLOP/s"
         for p, g in sorted(by_precision.items())
     )
     lines += [
