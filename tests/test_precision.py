@@ -9,10 +9,14 @@ from forgetbench.errors import UsageError
 @pytest.mark.parametrize(
     "setting, bf16, fp16", [("bf16", True, False), ("fp32", False, False), ("auto", False, False)]
 )
-def test_precision_reaches_trl_args(tmp_path, setting, bf16, fp16):
-    """bf16 is CPU autocast, which transformers accepts; auto is fp32 on a CPU without bf16 in
-    hardware, which the suite pins (conftest.py; the detection is tested below)."""
+def test_precision_reaches_trl_args(tmp_path, monkeypatch, setting, bf16, fp16):
+    """bf16 is CPU autocast, which transformers accepts (on a CPU said to have bf16 in hardware:
+    elsewhere it is refused, below); auto is fp32 on a CPU without it, which the suite pins
+    (conftest.py; the detection is tested below)."""
     from trl import GRPOConfig, SFTConfig
+
+    if setting == "bf16":
+        monkeypatch.setenv("FORGETBENCH_CPU_BF16", "1")
 
     from forgetbench.training.common import OptimConfig, trainer_args
 
@@ -74,8 +78,35 @@ def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
     assert resolve_precision("fp16") == "fp16"
 
 
-def test_lora_loads_a_16_bit_base_full_fine_tuning_keeps_fp32_master_weights():
+def test_bf16_on_a_cpu_without_it_is_refused_unless_said_or_vllm(monkeypatch):
+    """torch emulates bf16 on a CPU without AVX512-BF16 or AMX, ~90x slower than fp32: an explicit
+    bf16 is refused there, naming the setting, the fix and the override; vLLM's CPU kernels run
+    it (as fast as float32 here), so a vLLM generation dtype is let through."""
+    from forgetbench.backends.base import resolve_dtype
+    from forgetbench.training.common import resolve_precision
+
+    _fake_cpu(monkeypatch, avx512_bf16=False)
+    with pytest.raises(
+        UsageError,
+        match=r"^method.precision=bf16: this CPU has no bfloat16 arithmetic \(no AVX512-BF16 "
+        r"or AMX\).*; set method.precision=fp32 or auto, or FORGETBENCH_CPU_BF16=1",
+    ):
+        resolve_precision("bf16", "method.precision")
+    with pytest.raises(UsageError, match="generation.dtype=bfloat16: this CPU has no bfloat16"):
+        resolve_dtype("bfloat16")
+    assert resolve_dtype("bfloat16", backend="vllm") == "bfloat16"
+    for avx512_bf16, amx in ((True, False), (False, True)):  # in hardware: accepted
+        _fake_cpu(monkeypatch, avx512_bf16, amx)
+        assert resolve_precision("bf16") == "bf16" and resolve_dtype("bfloat16") == "bfloat16"
+    _fake_cpu(monkeypatch, avx512_bf16=False)
+    monkeypatch.setenv("FORGETBENCH_CPU_BF16", "1")  # the override
+    assert resolve_precision("bf16") == "bf16" and resolve_dtype("bfloat16") == "bfloat16"
+
+
+def test_lora_loads_a_16_bit_base_full_fine_tuning_keeps_fp32_master_weights(monkeypatch):
     from forgetbench.training.common import OptimConfig, load_dtype
+
+    monkeypatch.setenv("FORGETBENCH_CPU_BF16", "1")  # bf16 is refused where it is emulated
 
     assert load_dtype(OptimConfig(precision="bf16", lora_r=8)) == "bfloat16"
     assert load_dtype(OptimConfig(precision="bf16")) == "float32"
@@ -88,9 +119,12 @@ def test_lora_loads_a_16_bit_base_full_fine_tuning_keeps_fp32_master_weights():
         ("method.precision=fp16", "method.precision=fp16 needs a CUDA GPU"),
         ("attack.precision=fp16", "attack.precision=fp16 needs a CUDA GPU"),
         ("generation.dtype=float16", "generation.dtype=float16 needs a CUDA GPU"),
+        # conftest.py says the CPU has no bf16 (FORGETBENCH_CPU_BF16=0), whatever this one has
+        ("warmup.precision=bf16", "warmup.precision=bf16: this CPU has no bfloat16"),
+        ("generation.dtype=bfloat16", "generation.dtype=bfloat16: this CPU has no bfloat16"),
     ],
 )
-def test_fp16_on_cpu_is_one_line_before_any_stage(cli, tmp_path, setting, message):
+def test_16_bit_the_cpu_cannot_run_is_one_line_before_any_stage(cli, tmp_path, setting, message):
     out = tmp_path / "out"
     result = cli(
         "run", "--preset", "smoke", "--set", setting, "--output-dir", str(out), timeout=120

@@ -99,17 +99,21 @@ class GenerationConfig(StrictModel):
         return self
 
 
-def resolve_dtype(setting: str, name: str = "generation.dtype") -> str:
-    """The concrete dtype for ``setting`` on this machine's device (``auto`` resolved); one the
-    device cannot run is a UsageError naming ``name`` and the fix."""
+def resolve_dtype(setting: str, name: str = "generation.dtype", backend: str = "hf") -> str:
+    """The concrete dtype for ``setting`` on this machine's device (``auto`` resolved) and
+    ``backend``; one the device cannot run is a UsageError naming ``name`` and the fix. bfloat16
+    on a CPU without it in hardware is refused for hf (torch's matmuls emulate it, ~90x slower:
+    ``devices.check_cpu_bf16``), not for vLLM, whose CPU kernels ran it as fast as float32."""
     import torch
 
-    from forgetbench.devices import native_bf16
+    from forgetbench.devices import check_cpu_bf16, native_bf16
     from forgetbench.errors import UsageError
 
     cuda = torch.cuda.is_available()
     if setting == "auto":
         return "bfloat16" if native_bf16() else "float32"
+    if setting == "bfloat16" and backend != "vllm":
+        check_cpu_bf16(name, setting, "float32")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     if setting == "float16" and not cuda:
         raise UsageError(f"{name}=float16 needs a CUDA GPU; set {name}=float32, bfloat16 or auto")

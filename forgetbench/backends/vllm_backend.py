@@ -164,7 +164,7 @@ class VLLMEngine:
         kwargs = dict(
             model=model,
             tokenizer=tokenizer,
-            dtype=resolve_dtype(config.dtype),
+            dtype=resolve_dtype(config.dtype, backend="vllm"),
             seed=config.seed,
             max_model_len=max_model_len,
             disable_log_stats=True,

@@ -47,6 +47,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
     from rich.progress import Progress
 
     from forgetbench import registry
+    from forgetbench.backends import resolve_backend_name
     from forgetbench.backends.base import resolve_dtype, resolve_policy
     from forgetbench.models import load_tokenizer
 
@@ -67,7 +68,9 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         settings.model_dump(mode="json"),
         load_tokenizer(resolve_policy(model).tokenizer).chat_template or "",
         # `auto` resolves per machine (bfloat16 where the device has it in hardware)
-        resolve_dtype(settings.dtype) if hasattr(settings, "dtype") else None,
+        resolve_dtype(settings.dtype, backend=resolve_backend_name(plugin.name))
+        if hasattr(settings, "dtype")
+        else None,
     )
 
 

@@ -71,7 +71,8 @@ class OptimConfig(StrictModel):
         description="Training arithmetic: auto = bf16 mixed precision where the device has "
         "bfloat16 in hardware (a GPU from Ampere on; a CPU with AVX512-BF16 or AMX, where it is "
         "about 1.6x faster per step), fp32 elsewhere; bf16 / fp16 = mixed precision (fp32 "
-        "master weights for full fine-tuning, a 16-bit frozen base under LoRA); fp32 = none, "
+        "master weights for full fine-tuning, a 16-bit frozen base under LoRA; bf16 is refused on "
+        "a CPU without it in hardware, where torch emulates it ~90x slower); fp32 = none, "
         "the same arithmetic on every CPU.",
     )
     report_to: list[str] = Field(
@@ -184,11 +185,13 @@ def resolve_precision(setting: str, name: str = "precision") -> str:
     cannot run is a UsageError naming ``name`` (the config field) and the fix."""
     import torch
 
-    from forgetbench.devices import native_bf16
+    from forgetbench.devices import check_cpu_bf16, native_bf16
 
     cuda = torch.cuda.is_available()
     if setting == "auto":
         return "bf16" if native_bf16() else "fp32"
+    if setting == "bf16":
+        check_cpu_bf16(name, setting, "fp32")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     if setting == "fp16" and not cuda:
         raise UsageError(
