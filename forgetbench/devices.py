@@ -49,7 +49,7 @@ def check_cpu_bf16(name: str, value: str, fix: str) -> None:
         return
     raise UsageError(
         f"{name}={value}: this CPU has no bfloat16 arithmetic (no AVX512-BF16 or AMX) and torch "
-        f"emulates it about 90x slower than fp32; set {name}={fix} or auto, or "
+        f"emulates it about 90x slower than fp32; set {name}={fix}, or "
         "FORGETBENCH_CPU_BF16=1 if the CPU does have it"
     )
 

@@ -136,6 +136,10 @@ def load_lm(
     from forgetbench.backends.hf import load_policy
     from forgetbench.models import set_threads
 
+    if device == "cpu" and dtype == "bfloat16":
+        from forgetbench.devices import check_cpu_bf16
+
+        check_cpu_bf16("--dtype", dtype, "float32")
     set_threads()
     weights, tokenizer, _ = load_policy(_policy_folder(model), dtype=dtype)
     weights.to(device)

@@ -22,7 +22,7 @@ require_or_skip(
 )
 
 from forgetbench.errors import UsageError  # noqa: E402
-from forgetbench.lmeval_bridge import local_tasks, resolve_task, run_lmeval  # noqa: E402
+from forgetbench.lmeval_bridge import load_lm, local_tasks, resolve_task, run_lmeval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K_TEST = ROOT / "tasks" / "data" / "gsm8k" / "test.jsonl"
@@ -87,6 +87,9 @@ def test_bad_tasks_fail_before_loading_a_model(tmp_path):
         resolve_task(str(tmp_path / "broken.yaml"))
     with pytest.raises(UsageError, match="does not know task"):
         run_lmeval("not-a-model-either", ["no_such_task_forgetbench"])
+    # conftest.py says the CPU has no bf16 (FORGETBENCH_CPU_BF16=0): refused before any load
+    with pytest.raises(UsageError, match=r"--dtype=bfloat16: this CPU has no bfloat16.*float32"):
+        load_lm("not-a-model-either", dtype="bfloat16")
 
 
 def test_cli_runs_generation_and_loglikelihood_tasks_on_the_embedded_model(tmp_path):

@@ -113,7 +113,7 @@ def resolve_dtype(setting: str, name: str = "generation.dtype", backend: str = "
     if setting == "auto":
         return "bfloat16" if native_bf16() else "float32"
     if setting == "bfloat16" and backend != "vllm":
-        check_cpu_bf16(name, setting, "float32")
+        check_cpu_bf16(name, setting, "float32 or auto")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     if setting == "float16" and not cuda:
         raise UsageError(f"{name}=float16 needs a CUDA GPU; set {name}=float32, bfloat16 or auto")

@@ -191,7 +191,7 @@ def resolve_precision(setting: str, name: str = "precision") -> str:
     if setting == "auto":
         return "bf16" if native_bf16() else "fp32"
     if setting == "bf16":
-        check_cpu_bf16(name, setting, "fp32")
+        check_cpu_bf16(name, setting, "fp32 or auto")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     if setting == "fp16" and not cuda:
         raise UsageError(
