@@ -34,16 +34,12 @@ from forgetbench.models import load_tokenizer, resolve_model, set_threads
 from forgetbench.stages.generate import eval_prompts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--model", default=None, help="model folder (default: the preset's)")
-    parser.add_argument("--repeats", type=int, default=4, help="timed passes of each")
-    args = parser.parse_args()
-    threads = set_threads()
-    cell = resolve("grpo", "alpaca", args.preset)
+def eval_suite(preset: str, model: str | None):
+    """(cell, generation config, policy, tokenizer, stop ids, prompts per eval): the preset's
+    evaluation suite rendered as its generate stages render it."""
+    cell = resolve("grpo", "alpaca", preset)
     config = GenerationConfig(**cell.resolved["backend"]["config"])
-    policy = resolve_policy(resolve_model(args.model or cell.resolved["model"]))
+    policy = resolve_policy(resolve_model(model or cell.resolved["model"]))
     tokenizer = load_tokenizer(policy.tokenizer)
     _, budget = prompt_budget(config, policy.model)
     evals = [
@@ -55,8 +51,18 @@ def main() -> None:
         )
         for name, settings in cell.resolved["evals"].items()
     ]
+    return cell, config, policy, tokenizer, eos_ids(tokenizer, policy.model), evals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model", default=None, help="model folder (default: the preset's)")
+    parser.add_argument("--repeats", type=int, default=4, help="timed passes of each")
+    args = parser.parse_args()
+    threads = set_threads()
+    _, config, policy, tokenizer, stop, evals = eval_suite(args.preset, args.model)
     model = load_weights(policy)
-    stop = eos_ids(tokenizer, policy.model)
     variants = {"A": "sdpa", "B": NAME}
     times: dict[str, list[float]] = {"A": [], "B": []}
     tokens: dict[str, list] = {}
