@@ -8,8 +8,8 @@ The preset's evaluation suite (tiny: HarmBench and XSTest, 50 prompts each), one
 ``generate_loaded`` call per eval as a generate stage makes it, with the preset's generation
 settings. The model is loaded once and switched between the two attention functions; passes
 alternate (A B, B A, ...) so machine drift hits both. Prints the seconds per pass of each, B's
-ratio to A with a bootstrap 95% interval (benchmarks/method_step_time.py's), and whether every
-token is the same.
+ratio to A with a bootstrap 95% interval (benchmarks/method_step_time.py's), and how many
+responses are identical (``side_by_side``, shared with benchmarks/packed_decode.py).
 """
 
 from __future__ import annotations
@@ -54,6 +54,31 @@ def eval_suite(preset: str, model: str | None):
     return cell, config, policy, tokenizer, eos_ids(tokenizer, policy.model), evals
 
 
+def side_by_side(label: str, variants: dict[str, str], work, repeats: int) -> None:
+    """Time ``work(name)`` (the responses' token ids) for variants A and B (name -> what it is),
+    passes alternated (A B, B A, ...) so machine drift hits both, the first of each a warm-up;
+    print each pass, the medians, B's ratio to A with a bootstrap 95% interval and how many
+    responses are identical."""
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    tokens: dict[str, list] = {}
+    for run in range(repeats + 1):
+        for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
+            start = time.perf_counter()
+            tokens[name] = work(name)
+            seconds = time.perf_counter() - start
+            if run:
+                times[name].append(seconds)
+            print(f"{label} pass {run} {name} ({variants[name]}): {seconds:.2f} s", flush=True)
+    low, high = ratio_interval(times["B"], times["A"])
+    median = {name: statistics.median(values) for name, values in times.items()}
+    same = sum(a == b for a, b in zip(tokens["A"], tokens["B"]))
+    print(
+        f"{label}: A ({variants['A']}) median {median['A']:.2f} s, B ({variants['B']}) median "
+        f"{median['B']:.2f} s, ratio B/A {median['B'] / median['A']:.3f} "
+        f"[95% CI {low:.3f}, {high:.3f}]; responses identical {same} of {len(tokens['A'])}\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
@@ -64,32 +89,20 @@ def main() -> None:
     _, config, policy, tokenizer, stop, evals = eval_suite(args.preset, args.model)
     model = load_weights(policy)
     variants = {"A": "sdpa", "B": NAME}
-    times: dict[str, list[float]] = {"A": [], "B": []}
-    tokens: dict[str, list] = {}
-    for run in range(args.repeats + 1):  # the first pass of each is a warm-up, not timed
-        for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
-            model.set_attn_implementation(variants[name])
-            start = time.perf_counter()
-            out = [generate_loaded(config, model, tokenizer, stop, rows) for rows in evals]
-            seconds = time.perf_counter() - start
-            tokens[name] = [g.token_ids for generations in out for g in generations]
-            if run:
-                times[name].append(seconds)
-            print(f"pass {run} {name} ({variants[name]}): {seconds:.2f} s", flush=True)
     print(
-        f"\nconfig: preset {args.preset}, threads {threads}, {sum(map(len, evals))} prompts, "
-        f"max_new_tokens {config.max_new_tokens}, batch {config.batch_size}"
+        f"config: preset {args.preset}, threads {threads}, {sum(map(len, evals))} prompts, "
+        f"max_new_tokens {config.max_new_tokens}, batch {config.batch_size}\n"
     )
-    for name in ("A", "B"):
-        low, high = ratio_interval(times[name], times["A"])
-        print(
-            f"{name} {variants[name]}: median {statistics.median(times[name]):.2f} s per pass "
-            f"({' '.join(f'{t:.2f}' for t in times[name])}), ratio to A "
-            f"{statistics.median(times[name]) / statistics.median(times['A']):.3f} "
-            f"[95% CI {low:.3f}, {high:.3f}]"
-        )
-    same = tokens["A"] == tokens["B"]
-    print(f"tokens identical: {same} ({len(tokens['A'])} responses)")
+
+    def decode(name: str) -> list:
+        model.set_attn_implementation(variants[name])
+        return [
+            g.token_ids
+            for rows in evals
+            for g in generate_loaded(config, model, tokenizer, stop, rows)
+        ]
+
+    side_by_side("eval suite", variants, decode, args.repeats)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ freezing pass emits on CPU). Two workloads, each timed with both, passes alterna
 eval, as a generate stage makes it, greedy) and a GRPO step's rollouts (the method's
 prompts_per_step x num_generations samples of max_completion_length tokens, sampled at
 temperature 1, forced to full length). Prints seconds per pass, B's ratio to A with a bootstrap
-95% interval, whether every token is the same, and the largest logit difference on one batch:
+95% interval, how many responses are identical, and the largest logit difference on one batch:
 oneDNN sums in another order, so the logits are not bit-identical and tokens agree only where
 no near-tie flips.
 """
@@ -21,11 +21,8 @@ no near-tie flips.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from attention_time import eval_suite
-from method_step_time import ratio_interval
+from attention_time import eval_suite, side_by_side
 
 from forgetbench.backends.base import GenerationConfig
 from forgetbench.backends.hf import generate_loaded, load_weights
@@ -54,27 +51,6 @@ def packed_linears(model, rows: int):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, name, PackedLinear(child))
     return model
-
-
-def side_by_side(label, models, work, repeats):
-    times: dict[str, list[float]] = {"A": [], "B": []}
-    tokens: dict[str, list] = {}
-    for run in range(repeats + 1):
-        for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
-            start = time.perf_counter()
-            tokens[name] = work(models[name])
-            seconds = time.perf_counter() - start
-            if run:
-                times[name].append(seconds)
-            print(f"{label} pass {run} {name}: {seconds:.2f} s", flush=True)
-    low, high = ratio_interval(times["B"], times["A"])
-    median = {name: statistics.median(values) for name, values in times.items()}
-    same = sum(a == b for a, b in zip(tokens["A"], tokens["B"]))
-    print(
-        f"{label}: A (MKL) median {median['A']:.2f} s, B (oneDNN packed) median "
-        f"{median['B']:.2f} s, ratio B/A {median['B'] / median['A']:.3f} "
-        f"[95% CI {low:.3f}, {high:.3f}]; responses identical {same} of {len(tokens['A'])}\n"
-    )
 
 
 def main() -> None:
@@ -114,13 +90,14 @@ def main() -> None:
         model.generation_config.min_new_tokens = rollouts.max_new_tokens
         return model
 
+    variants = {"A": "MKL", "B": "oneDNN packed"}
     side_by_side(
         "eval suite",
-        suite,
-        lambda model: [
+        variants,
+        lambda name: [
             g.token_ids
             for rows in evals
-            for g in generate_loaded(config, model, tokenizer, stop, rows)
+            for g in generate_loaded(config, suite[name], tokenizer, stop, rows)
         ],
         args.repeats,
     )
@@ -130,9 +107,10 @@ def main() -> None:
     }
     side_by_side(
         "rollouts",
-        step,
-        lambda model: [
-            g.token_ids for g in generate_loaded(rollouts, model, tokenizer, stop, rollout_prompts)
+        variants,
+        lambda name: [
+            g.token_ids
+            for g in generate_loaded(rollouts, step[name], tokenizer, stop, rollout_prompts)
         ],
         args.repeats,
     )
