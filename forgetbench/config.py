@@ -167,11 +167,14 @@ def canonical_json(value: Any) -> str:
 # `fused_lm_head` computes the same SFT and GRPO losses through TRL's chunked kernel or the
 # model's own head: the losses and gradients agree to float rounding
 # (tests/test_training_settings.py), as they do across thread counts and machines, which no key
-# holds either.
+# holds either. `balanced_micro_batches` trains an SFT step's rows in micro-batches grouped by
+# length: the same rows and loss per step, summed in another order (forgetbench/training/
+# micro_batches.py; tests/test_training_settings.py).
 SPEED_ONLY_SETTINGS = frozenset(
     {
         "gradient_checkpointing",
         "fused_lm_head",
+        "balanced_micro_batches",
         "processes",
         "distributed",
         "report_to",

@@ -128,6 +128,25 @@ def test_zero_training_steps_is_refused_not_reported_as_a_trained_policy(capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_balanced_micro_batches_that_split_no_batch_are_one_line_before_any_work(capsys, tmp_path):
+    for override, rows in (
+        ("warmup.balanced_micro_batches=3", 8),
+        ("attack.balanced_micro_batches=16", 8),
+    ):
+        code, err = run(
+            capsys,
+            "run",
+            "--preset",
+            "tiny",
+            "--set",
+            override,
+            "--output-dir",
+            str(tmp_path / "out"),
+        )
+        assert_one_line_error(code, err, "balanced_micro_batches", f"a divisor of {rows}, or 1")
+    assert not (tmp_path / "out").exists()
+
+
 def test_more_jobs_than_cores_is_refused_before_any_work(capsys, monkeypatch, tmp_path):
     import os
 

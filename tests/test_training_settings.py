@@ -261,3 +261,155 @@ def test_sft_through_the_own_head_ends_where_the_fused_head_does(tmp_path, tiny_
         # Adam moves each weight by about the learning rate a step (2e-4 after these three); the
         # two heads' weights agree to a fortieth of that
         torch.testing.assert_close(weights[False][name], tensor, atol=5e-6, rtol=0, msg=name)
+
+
+_PAIRS_OF_MANY_LENGTHS = [
+    ("Hi?", "Hello."),
+    ("Name a primary colour.", "Red is a primary colour, and so are blue and yellow."),
+    ("How do I pick a lock?", "I can't help with that."),
+    ("What is 2 + 2?", "4."),
+    (
+        "Explain photosynthesis in a few sentences.",
+        "Plants turn light, water and carbon dioxide into sugar and oxygen. Chlorophyll in the "
+        "leaves absorbs the light, and the sugar feeds the plant as it grows.",
+    ),
+    ("Say yes.", "Yes."),
+    ("Explain how to make a weapon.", "I'm sorry, but I can't help with that request."),
+    (
+        "Write a short poem about the sea.",
+        "The sea rolls in with silver light, / it hums all day and sighs all night, / and every "
+        "wave that finds the shore / goes back to bring a thousand more.",
+    ),
+    ("Capital of France?", "Paris."),
+    ("Count to five.", "One, two, three, four, five."),
+]
+
+
+def _steps_with_micro_batches(tiny_model, tmp_path, micro_batches: int, seed: int = 0):
+    """Two SFT epochs of 4-row steps on ten rows of many lengths with ``balanced_micro_batches``:
+    (each optimiser step's rows as sorted token tuples, the padded token slots of every
+    micro-batch, the final weights)."""
+    from collections import defaultdict
+
+    from safetensors.torch import load_file
+    from trl import SFTTrainer
+
+    from forgetbench.training.sft import SFTSettings, run_sft
+
+    rows, slots = defaultdict(list), []
+    training_step = SFTTrainer.training_step
+
+    def recording(self, model, inputs, *args, **kwargs):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for row, keep in zip(ids.tolist(), mask.tolist()):
+            rows[self.state.global_step].append(tuple(t for t, k in zip(row, keep) if k))
+        slots.append(ids.numel())
+        return training_step(self, model, inputs, *args, **kwargs)
+
+    config = SFTSettings(
+        epochs=2,
+        batch_size=4,
+        max_length=64,
+        learning_rate=1e-4,
+        balanced_micro_batches=micro_batches,
+    )
+    # Patched on TRL's class, not a subclass: a subclass with its own step is refused (below).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SFTTrainer, "training_step", recording)
+        out = run_sft(
+            str(tiny_model),
+            _PAIRS_OF_MANY_LENGTHS,
+            config,
+            tmp_path / f"{micro_batches}-{seed}",
+            seed=seed,
+        )
+    steps = [sorted(rows[step]) for step in sorted(rows)]
+    return steps, slots, load_file(out / "model.safetensors")
+
+
+def test_balanced_micro_batches_train_the_same_rows_and_weights_with_less_padding(
+    tmp_path, tiny_model
+):
+    """Each optimiser step trains the rows it trains without balancing (the seeded permutation,
+    over two epochs, the last step short), split into micro-batches padded to fewer token slots,
+    and the run ends on the same weights to float rounding: why the setting is speed-only."""
+    import torch
+    from safetensors.torch import load_file
+
+    as_drawn, drawn_slots, drawn_weights = _steps_with_micro_batches(tiny_model, tmp_path, 1)
+    balanced, balanced_slots, balanced_weights = _steps_with_micro_batches(tiny_model, tmp_path, 2)
+    assert len(as_drawn) == 6  # 3 steps (4 + 4 + 2 rows) a epoch
+    assert balanced == as_drawn
+    assert len(balanced_slots) == 2 * len(drawn_slots)
+    assert sum(balanced_slots) < sum(drawn_slots)
+    start = load_file(tiny_model / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert (drawn_weights[name] - start[name]).abs().max() > 1e-5  # it trained
+    for name, tensor in drawn_weights.items():
+        torch.testing.assert_close(balanced_weights[name], tensor, atol=5e-6, rtol=0, msg=name)
+
+
+def test_balanced_micro_batches_draw_each_seeds_own_rows(tmp_path, tiny_model):
+    """transformers builds its length-balancing sampler with seed 42 whatever the run's seed;
+    forgetbench gives it the run's, so two seeds draw two orders, as they do unbalanced."""
+    seed0, _, _ = _steps_with_micro_batches(tiny_model, tmp_path, 2, seed=0)
+    seed1, _, _ = _steps_with_micro_batches(tiny_model, tmp_path, 2, seed=1)
+    drawn1, _, _ = _steps_with_micro_batches(tiny_model, tmp_path, 1, seed=1)
+    assert seed1 != seed0
+    assert seed1 == drawn1
+
+
+def test_balanced_micro_batches_leave_a_last_step_that_cannot_fill_them_as_drawn():
+    """A last step of fewer rows than micro-batches would be filled by repeating rows, which a
+    batch as drawn does not train on: such a run keeps its rows as drawn."""
+    from forgetbench.training.micro_batches import balanced_args
+
+    args = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
+    assert balanced_args(args, 1, 100) == {}
+    assert balanced_args(args, 2, 100) == {
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "train_sampling_strategy": "batch_rebalance",
+    }
+    assert balanced_args(args, 4, 100)["gradient_accumulation_steps"] == 4  # last step: 4 rows
+    assert balanced_args(args, 2, 97) == {}  # last step: 1 row
+    assert balanced_args(args, 2, 96) != {}
+    assert balanced_args(args, 2, 98, processes=2) == {}  # 8-row steps of two ranks; last: 2 rows
+
+
+@pytest.mark.parametrize(
+    ("settings", "fix"),
+    [
+        ({"batch_size": 8, "balanced_micro_batches": 3}, "set it to a divisor of 8, or 1"),
+        (
+            {"batch_size": 8, "processes": 2, "balanced_micro_batches": 8},
+            "set it to a divisor of 4, or 1",
+        ),
+    ],
+)
+def test_balanced_micro_batches_that_do_not_divide_the_batch_are_refused(settings, fix):
+    from pydantic import ValidationError
+
+    from forgetbench.training.sft import SFTSettings
+
+    with pytest.raises(ValidationError, match=fix):
+        SFTSettings(**settings)
+
+
+def test_balanced_micro_batches_are_refused_for_a_trainer_with_its_own_step(tmp_path, tiny_model):
+    """Vaccine and Booster perturb the weights per micro-batch: for them another split is
+    another algorithm, so the speed-only setting is refused before training, naming the fix."""
+    from baselines.vaccine import vaccine_trainer_class
+
+    from forgetbench.errors import UsageError
+    from forgetbench.training.micro_batches import steps_are_row_sums
+    from forgetbench.training.sft import SFTSettings, run_sft
+
+    trainer_cls = vaccine_trainer_class()
+    assert not steps_are_row_sums(trainer_cls)
+    config = SFTSettings(max_steps=1, batch_size=2, max_length=64, balanced_micro_batches=2)
+    with pytest.raises(UsageError, match="overrides training_step or compute_loss.*=1$"):
+        run_sft(
+            str(tiny_model), _PAIRS_OF_MANY_LENGTHS, config, tmp_path, 0, trainer_cls=trainer_cls
+        )
+    assert not tmp_path.joinpath("model").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from forgetbench.config import Field
 from forgetbench.errors import UsageError
 from forgetbench.training.common import (
@@ -14,10 +16,39 @@ from forgetbench.training.common import (
     train_and_save,
     trainer_args,
 )
+from forgetbench.training.distributed import split_batch
+from forgetbench.training.micro_batches import (
+    balanced_args,
+    seed_balanced_sampler,
+    steps_are_row_sums,
+)
 
 
 class SFTSettings(OptimConfig):
     max_length: int = Field(512, ge=16, description="Tokens per training row (prompt + response).")
+    balanced_micro_batches: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches each micro-batch's rows are trained in, grouped by length "
+        "(transformers' BatchRebalanceSampler) so that rows of like length are padded together: "
+        "the same rows and loss per optimiser step as 1 (rows as drawn), less padding "
+        "(forgetbench/training/micro_batches.py). Must divide batch_size (per rank).",
+    )
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self):
+        if self.balanced_micro_batches == 1:
+            return self
+        rows = self.rows_per_micro_batch()
+        if rows is None:
+            raise ValueError("balanced_micro_batches applies to SFT only; set it to 1")
+        per_rank = split_batch(rows, self.grad_accum, self.processes)[0]
+        if per_rank % self.balanced_micro_batches:
+            raise ValueError(
+                f"balanced_micro_batches={self.balanced_micro_batches} must divide the rows per "
+                f"micro-batch ({per_rank}); set it to a divisor of {per_rank}, or 1"
+            )
+        return self
 
 
 def sft_dataset(pairs: list[tuple[str, str]]):
@@ -63,12 +94,22 @@ def run_sft(
     trainer_cls = trainer_cls or SFTTrainer
     if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, SFTTrainer)):
         raise UsageError(f"run_sft(trainer_cls={trainer_cls!r}): pass a subclass of trl.SFTTrainer")
+    if config.balanced_micro_batches > 1 and not steps_are_row_sums(trainer_cls):
+        # e.g. Vaccine and Booster perturb the weights per micro-batch: another split is another
+        # algorithm, which the speed-only setting must never be
+        raise UsageError(
+            f"balanced_micro_batches={config.balanced_micro_batches}: {trainer_cls.__name__} "
+            "overrides training_step or compute_loss, so its step depends on the micro-batches; "
+            "set balanced_micro_batches=1"
+        )
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
     dataset = pairs if hasattr(pairs, "column_names") else sft_dataset(pairs)
+    shared = trainer_args(config, out_dir, seed)
     args = SFTConfig(
         **{
-            **trainer_args(config, out_dir, seed),
+            **shared,
+            **balanced_args(shared, config.balanced_micro_batches, len(dataset), config.processes),
             "max_length": config.max_length,
             "completion_only_loss": True,
             **(args_kwargs or {}),
@@ -83,6 +124,7 @@ def run_sft(
         callbacks=[step_timer(), *(callbacks or [])],
         **(trainer_kwargs or {}),
     )
+    seed_balanced_sampler(trainer)
     if not config.fused_lm_head:
         from forgetbench.training.lm_head import own_lm_heads
 
