@@ -107,7 +107,9 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
             return None
         settings = config.get("warmup") or config.get("method") or config.get("attack")
         settings = settings.get("config", settings)
-        rl = kind == "train" or "rl" in settings
+        # An attack's config always carries `rl` ({} for SFT), so the trainer says which it is;
+        # a method is GRPO-family where it samples (an SFT baseline has no num_generations).
+        rl = settings.get("trainer") == "grpo" or "num_generations" in settings
         if rl:
             rl_settings = settings.get("rl", settings)
             completions = (
