@@ -32,7 +32,8 @@ class SFTSettings(OptimConfig):
         description="Micro-batches each micro-batch's rows are trained in, grouped by length "
         "(transformers' BatchRebalanceSampler) so that rows of like length are padded together: "
         "the same rows and loss per optimiser step as 1 (rows as drawn), less padding "
-        "(forgetbench/training/micro_batches.py). Must divide batch_size (per rank).",
+        "(forgetbench/training/micro_batches.py). Must divide batch_size (per rank); an RL "
+        "attack leaves it unused.",
     )
 
     @model_validator(mode="after")
@@ -40,8 +41,8 @@ class SFTSettings(OptimConfig):
         if self.balanced_micro_batches == 1:
             return self
         rows = self.rows_per_micro_batch()
-        if rows is None:
-            raise ValueError("balanced_micro_batches applies to SFT only; set it to 1")
+        if rows is None:  # an RL attack: its micro-batches are completions, never padded rows
+            return self
         per_rank = split_batch(rows, self.grad_accum, self.processes)[0]
         if per_rank % self.balanced_micro_batches:
             raise ValueError(
