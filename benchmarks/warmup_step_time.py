@@ -36,8 +36,9 @@ from forgetbench.stages import warmup
 def step_times(stage: str, preset: str, overrides: list[str], steps: int, out: Path) -> list[float]:
     # an attack's checkpoints are scored by other stages, and its preset's may lie past --steps
     extra = ["attack.checkpoint_every=0"] if stage == "attack" else []
-    settings = [*overrides, f"{stage}.max_steps={steps}", *extra]
-    cell = resolve("frpo", "alpaca", preset, settings, seed=0)
+    cell = resolve(
+        "frpo", "alpaca", preset, [*overrides, f"{stage}.max_steps={steps}", *extra], seed=0
+    )
     if stage == "warmup":
         warmup.run(cell.resolved, {}, out)
     else:

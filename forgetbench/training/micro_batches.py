@@ -51,16 +51,13 @@ def seed_balanced_sampler(trainer) -> None:
     same rows. With ``data_seed`` its per-epoch ``randperm(seed + epoch)`` is the permutation
     accelerate's SeedableRandomSampler draws for the default random sampler: each step gets the
     rows it gets without balancing (tested)."""
+    if trainer.args.train_sampling_strategy != "batch_rebalance":
+        return
     build = trainer._get_train_sampler
 
     def seeded(*args, **kwargs):
         sampler = build(*args, **kwargs)
-        if trainer.args.train_sampling_strategy == "batch_rebalance":
-            sampler.seed = (
-                trainer.args.data_seed
-                if trainer.args.data_seed is not None
-                else (trainer.args.seed)
-            )
+        sampler.seed = trainer.args.data_seed  # trainer_args sets it to the run's seed
         return sampler
 
     trainer._get_train_sampler = seeded
