@@ -141,6 +141,85 @@ def test_greedy_tokens_do_not_depend_on_the_batch_size(base_model, threads):
     assert len(set(together)) == len(prompts) and all(len(t) > 4 for t in together)
 
 
+def forward_logprobs(model, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    """log p(ids[t] | prompt, ids[:t]) from one unpadded forward pass over the whole sequence."""
+    import torch
+
+    sequence = torch.tensor([prompt_ids + ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(sequence).logits[0].double(), -1)
+    return [logp[len(prompt_ids) + t - 1, token].item() for t, token in enumerate(ids)]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [{}, {"temperature": 0.7, "top_p": 0.9, "n": 2, "seed": 3}],
+    ids=["greedy", "sampled"],
+)
+def test_recorded_logprobs_are_a_forward_pass_over_the_same_tokens(base_model, sampling, threads):
+    """What the KL stage reads instead of running the policy again: each generated token's
+    log-probability under the model's own (untempered) distribution, through the end-of-sequence
+    token, equal to one unpadded forward pass over prompt and response, for left-padded rows of
+    unlike lengths and for sampled ones."""
+    import torch
+
+    from forgetbench.backends.hf import generate_loaded, load_weights
+    from forgetbench.backends.base import eos_ids
+    from forgetbench.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    config = GenerationConfig(max_new_tokens=12, batch_size=4, **sampling)
+    prepared = prepare_prompts(tokenizer, [*PROMPTS, "Say only: ok"], 1024, "truncate")
+    stop = eos_ids(tokenizer, base_model)
+    generations = generate_loaded(
+        config, load_weights(resolve_policy(base_model)), tokenizer, stop, prepared
+    )
+    model = load_model(base_model).eval()
+    reasons, tempered_gap = set(), 0.0
+    for number, generation in enumerate(generations):
+        prompt = prepared[number // config.n].token_ids
+        ids = list(generation.logprob_ids)
+        stopped = generation.finish_reason == "stop"
+        assert ids[: generation.num_tokens] == list(generation.token_ids)
+        assert len(ids) == generation.num_tokens + stopped and (not stopped or ids[-1] in stop)
+        expected = forward_logprobs(model, list(prompt), ids)
+        assert generation.logprobs == pytest.approx(expected, abs=2e-4), number
+        reasons.add(generation.finish_reason)
+        if sampling:
+            with torch.no_grad():
+                logits = model(torch.tensor([list(prompt) + ids])).logits[0].double()
+            tempered = torch.log_softmax(logits / config.temperature, -1)
+            tempered_gap = max(
+                tempered_gap,
+                max(
+                    abs(tempered[len(prompt) + t - 1, token].item() - expected[t])
+                    for t, token in enumerate(ids)
+                ),
+            )
+    if sampling:  # the raw distribution's, not the tempered one the sampler drew from
+        assert tempered_gap > 1e-2
+    else:  # both ends of a response are covered
+        assert reasons == {"stop", "length"}, reasons
+
+
+def test_no_logprobs_are_recorded_in_16_bits(tiny_model):
+    """In bfloat16 the KL's mean moved 5.6% (README): such a generation records none, and the KL
+    stage runs the policy in float32 itself."""
+    import torch
+
+    from forgetbench.backends.hf import generate_loaded
+    from forgetbench.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    prepared = prepare_prompts(tokenizer, PROMPTS[:2], 256, "truncate")
+    config = GenerationConfig(max_new_tokens=4, batch_size=2)
+    model = load_model(str(tiny_model)).eval()
+    full = generate_loaded(config, model, tokenizer, set(), prepared)
+    assert all(len(g.logprobs) == len(g.logprob_ids) == 4 for g in full)
+    half = generate_loaded(config, model.to(torch.bfloat16), tokenizer, set(), prepared)
+    assert all(g.logprobs == () and g.logprob_ids == () for g in half)
+
+
 def test_overlong_prompt_is_truncated_and_recorded(base_model, threads):
     from forgetbench.backends.hf import generate_hf
 
@@ -234,6 +313,9 @@ def test_generate_stage_stores_every_sample_with_provenance(base_model, tmp_path
         assert row["sampling"] == sampling and row["chat_template_sha256"] == template_hash[:16]
         assert row["prompt_tokens"] > 0 and row["prompt_truncated"] is False
         assert "token_ids" not in row and "truncated_prompt" not in row
+        # float32: the policy's log-probs of its tokens, the end of sequence's when it stopped
+        scored = row["num_tokens"] + (row["finish_reason"] == "stop")
+        assert len(row["logprob_ids"]) == len(row["logprobs"]) == scored
 
     # An empty response is stored as such; a back-end that loses samples fails the stage.
     path = tmp_path / "rows.jsonl"

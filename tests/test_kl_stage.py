@@ -107,6 +107,57 @@ def test_kl_stage_equals_a_per_token_loop_on_eos_length_and_truncated_rollouts(s
         assert row["value"] == pytest.approx(expected, rel=1e-4), (record["finish_reason"], row)
 
 
+def run_on(stages, tmp_path, records: list[dict], name: str) -> list[float]:
+    """The KL stage's values on ``records`` as the policy's generations (its request kept)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / REQUEST_FILE).write_text((stages / "generations" / REQUEST_FILE).read_text())
+    with open(folder / GENERATIONS_FILE, "w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+    out = tmp_path / f"{name}-out"
+    out.mkdir()
+    kl.run(
+        {"eval": "test"},
+        {"reference": stages / "reference", "policy": stages / "policy", "generations": folder},
+        out,
+    )
+    return [json.loads(line)["value"] for line in open(out / kl.KL_FILE)]
+
+
+def test_recorded_policy_logprobs_give_the_kl_of_running_the_policy(stages, tmp_path):
+    """The policy's log-probs recorded while it generated stand in for its forward pass: the same
+    KL (to float32 rounding) as rows without them, for which the stage runs the policy; they are
+    what the stage reads (altered, the value moves), and only for the ids it scores (a row
+    recorded for other ids runs the policy)."""
+    records = [json.loads(line) for line in open(stages / "generations" / GENERATIONS_FILE)]
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    used = [
+        kl.recorded_logprobs(record, response) is not None
+        for record, (_, response) in zip(records, kl.rollout_ids(tokenizer, records, None))
+    ]
+    assert sum(used) >= 2, used  # the recorded path is what this test exercises
+
+    recorded = run_on(stages, tmp_path, records, "recorded")
+    bare = [{k: v for k, v in r.items() if k not in ("logprobs", "logprob_ids")} for r in records]
+    computed = run_on(stages, tmp_path, bare, "computed")
+    # float32 log-probs of a KV-cached, left-padded decode against one forward pass: 8e-5
+    # relative at most here, the per-token loop's tolerance above
+    assert recorded == pytest.approx(computed, rel=1e-4) and min(computed) > 1e-3
+
+    row = used.index(True)
+    altered = [dict(r) for r in records]
+    altered[row]["logprobs"] = [value - 0.1 for value in records[row]["logprobs"]]
+    moved = run_on(stages, tmp_path, altered, "altered")
+    assert moved[row] != pytest.approx(recorded[row], rel=1e-3)
+    assert [v for i, v in enumerate(moved) if i != row] == [
+        v for i, v in enumerate(recorded) if i != row
+    ]
+    altered[row]["logprob_ids"] = [*records[row]["logprob_ids"][:-1], 0]  # other ids
+    assert run_on(stages, tmp_path, altered, "other-ids")[row] == pytest.approx(
+        computed[row], rel=2e-5
+    )
+
+
 def test_kl_stage_refuses_generations_made_by_another_policy(stages, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -169,16 +220,26 @@ def test_kl_of_p0_from_itself_is_zero_without_running_the_model(stages, tmp_path
     for record, row in zip(records, rows):
         response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
         assert row["response_tokens"] == len(response) + (record["finish_reason"] == "stop")
-    # And the forward passes agree: the same policy as a separate folder gives 0 too.
+    # And the forward passes agree: the same policy as a separate folder gives 0 too, bit for
+    # bit when the stage runs both models (rows without recorded log-probs), and to float32
+    # rounding when the policy's side is what generation recorded (KV-cached, left-padded).
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(stages / "policy", copy)  # another folder: the stage runs both models
     monkeypatch.undo()
+    bare = [{k: v for k, v in r.items() if k not in ("logprobs", "logprob_ids")} for r in records]
+    (own / GENERATIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in bare))
     kl.run(
         {"eval": "test"}, {"reference": copy, "policy": stages / "policy", "generations": own}, out
     )
     assert [json.loads(line)["value"] for line in open(out / kl.KL_FILE)] == [0.0] * len(PROMPTS)
+    (own / GENERATIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    kl.run(
+        {"eval": "test"}, {"reference": copy, "policy": stages / "policy", "generations": own}, out
+    )
+    values = [json.loads(line)["value"] for line in open(out / kl.KL_FILE)]
+    assert values == pytest.approx([0.0] * len(PROMPTS), abs=1e-8)
 
 
 def test_log_probs_from_a_position_equal_the_whole_sequences(tiny_model):

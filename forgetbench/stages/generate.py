@@ -85,8 +85,9 @@ def write_generations(
 ) -> None:
     """One JSON line per sample: the prompt's id and text, the response (an empty one too, with
     its finish_reason), the sampling settings, the back-end that ran (``auto`` resolves to the
-    one that did) with its package and version and the weights' dtype it ran in, and the chat
-    template's hash. A back-end that
+    one that did) with its package and version and the weights' dtype it ran in, the chat
+    template's hash, and the policy's log-probabilities of the generated tokens where the back-end
+    recorded them (``logprob_ids``, ``logprobs``: hf in float32). A back-end that
     returns the wrong number of samples fails the stage: rows are never silently dropped."""
     samples = sampling.get("n", 1)
     if len(outputs) != len(rows) * samples:
@@ -100,6 +101,9 @@ def write_generations(
             row = rows[index // samples]
             record = generation._asdict()
             record.pop("token_ids", None)
+            for recorded in ("logprob_ids", "logprobs"):  # kept where the back-end gave them
+                if not record.get(recorded):
+                    record.pop(recorded, None)
             record["sample"] = index % samples
             if not record.get("truncated_prompt"):
                 record.pop("truncated_prompt", None)

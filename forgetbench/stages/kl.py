@@ -6,6 +6,12 @@ with d_t = log P0(y_t | x, y_<t) - log pi(y_t | x, y_<t), the sequence KL is the
 tokens of the k3 estimator e^d - d - 1 (>= 0, unbiased for KL(pi || P0) per token). The stage
 writes one value per sequence (``kl.jsonl``); the results table reports their mean with a
 bootstrap CI. The end-of-sequence token counts when the response stopped on it.
+
+log pi is what the generate stage recorded while it sampled the rollout (``logprobs``: hf in
+float32, ``backends.hf.ChosenLogprobs``) for each response whose ids are the ones scored here;
+the others (vllm, 16-bit generation, a response whose text tokenizes to other ids, stages
+generated before the log-probs were recorded) run the policy over them, as every rollout did
+before. P0 always runs. The two agree to float32 rounding (tests/test_kl_stage.py).
 """
 
 from __future__ import annotations
@@ -55,13 +61,29 @@ def rollout_ids(tokenizer, records: list[dict], budget) -> list[tuple[list[int],
     from forgetbench.backends.base import prepare_prompts
 
     prompts = prepare_prompts(tokenizer, [r["prompt"] for r in records], budget, "truncate")
-    pairs = []
-    for record, prompt in zip(records, prompts):
-        response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
-        if record.get("finish_reason") == "stop" and tokenizer.eos_token_id is not None:
-            response = response + [tokenizer.eos_token_id]
-        pairs.append((list(prompt.token_ids), response))
-    return pairs
+    return [
+        (list(prompt.token_ids), response_ids(tokenizer, record))
+        for record, prompt in zip(records, prompts)
+    ]
+
+
+def response_ids(tokenizer, record: dict) -> list[int]:
+    """The stored response's ids, the end-of-sequence token's last when it stopped on it."""
+    response = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+    if record.get("finish_reason") == "stop" and tokenizer.eos_token_id is not None:
+        response = response + [tokenizer.eos_token_id]
+    return response
+
+
+def recorded_logprobs(record: dict, response: list[int]) -> list[float] | None:
+    """The generating policy's log-probabilities of ``response`` (the ids this stage scores), as
+    its back-end recorded them, or None: none recorded, or recorded for other ids (the response's
+    text tokenizes differently from what was sampled, or it stopped on another end-of-sequence
+    id)."""
+    logprobs = record.get("logprobs")
+    if logprobs and record.get("logprob_ids") == response and len(logprobs) == len(response):
+        return logprobs
+    return None
 
 
 def check_own_rollouts(request: dict, inputs: dict[str, Path], checkpoint) -> None:
@@ -110,7 +132,12 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         # to learn that cost 12-26 s per eval on the tiny preset.
         values = [0.0] * len(pairs)
     else:
-        values = _sequence_kls(policy, resolve_policy(reference_path), pairs, tokenizer, device)
+        recorded = [
+            recorded_logprobs(record, response) for record, (_, response) in zip(records, pairs)
+        ]
+        values = _sequence_kls(
+            policy, resolve_policy(reference_path), pairs, recorded, tokenizer, device
+        )
 
     with open(out / KL_FILE, "w") as handle:
         for record, (_, response), value in zip(records, pairs, values):
@@ -128,13 +155,16 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
             )
 
 
-def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[float]:
+def _sequence_kls(policy, reference_policy, pairs, recorded, tokenizer, device) -> list[float]:
+    """Per-rollout KL; ``recorded[i]``: rollout i's log pi as generated (``recorded_logprobs``)
+    or None, for which the policy runs here."""
     import torch
     from rich.progress import Progress
 
     from forgetbench.backends.hf import load_weights
 
-    current = load_weights(policy).to(device)
+    needed = any(logprobs is None for logprobs in recorded)
+    current = load_weights(policy).to(device) if needed else None
     reference = load_weights(reference_policy).to(device)
     # Batches of similar lengths (sorted; each value goes back to its rollout's place): less
     # padding, and the output layer runs only from the batch's first response token. On the
@@ -160,8 +190,17 @@ def _sequence_kls(policy, reference_policy, pairs, tokenizer, device) -> list[fl
                 mask[row, len(prompt) - 1 : len(sequence) - 1] = 1
             first = min(len(prompt) for prompt, _ in batch) - 1  # the first masked position
             ids, attention = ids.to(device), attention.to(device)
-            logp_policy = token_logprobs(current, ids, attention, first)
             logp_reference = token_logprobs(reference, ids, attention, first)
+            logp_policy = torch.zeros_like(logp_reference)
+            unrecorded = [row for row, i in enumerate(rows) if recorded[i] is None]
+            if unrecorded:
+                logp_policy[unrecorded] = token_logprobs(
+                    current, ids[unrecorded], attention[unrecorded], first
+                )
+            for row, i in enumerate(rows):
+                if recorded[i] is not None:
+                    start = len(pairs[i][0]) - 1 - first  # where its response's log-probs go
+                    logp_policy[row, start : start + len(recorded[i])] = torch.tensor(recorded[i])
             kls = sequence_kl(logp_reference, logp_policy, mask[:, first:].to(device)).tolist()
             for index, value in zip(rows, kls):
                 values[index] = value
