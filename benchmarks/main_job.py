@@ -20,7 +20,9 @@
        prompt and decoding of the completion), trained on (3 forwards) and, when beta > 0,
        scored by the reference (1 forward); tokens from TRL's ``num_tokens``;
      - generate: prompt and response tokens of every generation (1 forward);
-     - kl: prompt and response tokens through the policy and P0 (2 forwards; 0 when P0 is
+     - kl: prompt and response tokens through P0 (1 forward) and through the policy for the
+       rollouts whose log-probs generation did not record (``policy_logprobs`` in ``kl.jsonl``:
+       "computed", or absent in a stage written before it; 1 forward); 0 when P0 is
        measured against itself, which is 0 by definition and not computed);
      - judge: a judge that loads no model (string matching, code execution) does none (0);
        a model judge's is not counted (-).
@@ -136,11 +138,19 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
         tokens = sum(r.get("prompt_tokens", 0) + r.get("num_tokens", 0) for r in records)
         context = tokens / max(len(records), 1) / 2
         if kind == "kl":
-            zero = all(json.loads(line)["value"] == 0.0 for line in open(folder / "kl.jsonl"))
+            rows = [json.loads(line) for line in open(folder / "kl.jsonl")]
             same = (
                 Path(request["inputs"]["reference"]).name == Path(request["inputs"]["policy"]).name
             )
-            return 0.0 if (same and zero) else 2 * model.forward(tokens, context) / 1e9
+            if same and all(row["value"] == 0.0 for row in rows):
+                return 0.0
+            # P0 runs over every rollout, the policy over those it had no recorded log-probs for
+            policy_tokens = sum(
+                r.get("prompt_tokens", 0) + r.get("num_tokens", 0)
+                for r, row in zip(records, rows)
+                if row.get("policy_logprobs", "computed") == "computed"
+            )
+            return (model.forward(tokens, context) + model.forward(policy_tokens, context)) / 1e9
         return model.forward(tokens, context) / 1e9
     if kind == "judge":  # a judge that loaded no model (string matching, code execution) does none
         timings = folder / TIMINGS

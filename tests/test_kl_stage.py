@@ -138,6 +138,10 @@ def test_recorded_policy_logprobs_give_the_kl_of_running_the_policy(stages, tmp_
     assert sum(used) >= 2, used  # the recorded path is what this test exercises
 
     recorded = run_on(stages, tmp_path, records, "recorded")
+    sources = [
+        json.loads(line)["policy_logprobs"] for line in open(tmp_path / "recorded-out" / kl.KL_FILE)
+    ]
+    assert sources == ["recorded" if u else "computed" for u in used]
     bare = [{k: v for k, v in r.items() if k not in ("logprobs", "logprob_ids")} for r in records]
     computed = run_on(stages, tmp_path, bare, "computed")
     # float32 log-probs of a KV-cached, left-padded decode against one forward pass: 8e-5

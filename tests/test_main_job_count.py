@@ -57,3 +57,35 @@ def _context(kind: str, settings: dict) -> float:
     if "num_generations" in rl:
         return 20_000 / (10 * rl["prompts_per_step"] * rl["num_generations"]) / 2
     return 20_000 / (10 * settings["batch_size"] * settings["grad_accum"]) / 2
+
+
+def test_a_kl_stage_counts_the_policy_only_where_it_ran(tmp_path):
+    """P0 runs over every rollout; the policy only over those whose log-probs generation did not
+    record (a stage written before they were recorded ran it over all: 2 forwards)."""
+    generations = tmp_path / "generations"
+    generations.mkdir()
+    records = [{"prompt_tokens": 40, "num_tokens": 20}, {"prompt_tokens": 60, "num_tokens": 40}]
+    (generations / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    request = {
+        "config": {},
+        "inputs": {"reference": "train/p0", "policy": "attack/p1", "generations": str(generations)},
+    }
+    one_forward = MODEL.forward(160, 40) / 1e9  # 160 tokens, mean context 80 / 2
+
+    def counted(rows: list[dict]) -> float:
+        folder = tmp_path / "kl"
+        folder.mkdir(exist_ok=True)
+        (folder / "kl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return stage_gflop("kl", folder, request, MODEL)
+
+    before = [{"value": 1.0}, {"value": 2.0}]
+    assert counted(before) == pytest.approx(2 * one_forward)
+    mixed = [
+        {"value": 1.0, "policy_logprobs": "recorded"},
+        {"value": 2.0, "policy_logprobs": "computed"},
+    ]
+    assert counted(mixed) == pytest.approx(one_forward + MODEL.forward(100, 40) / 1e9)
+    recorded = [{**row, "policy_logprobs": "recorded"} for row in before]
+    assert counted(recorded) == pytest.approx(one_forward)
+    request["inputs"]["policy"] = "train/p0"  # P0 from itself: written as 0, nothing run
+    assert counted([{"value": 0.0}, {"value": 0.0}]) == 0.0

@@ -130,7 +130,7 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         # P0 measured against itself: every d_t is exactly 0, so every sequence KL is 0 (what the
         # forward passes below would return, bit for bit); loading and running the model twice
         # to learn that cost 12-26 s per eval on the tiny preset.
-        values = [0.0] * len(pairs)
+        values, sources = [0.0] * len(pairs), [None] * len(pairs)
     else:
         recorded = [
             recorded_logprobs(record, response) for record, (_, response) in zip(records, pairs)
@@ -138,21 +138,20 @@ def run(config: dict, inputs: dict[str, Path], out: Path) -> None:
         values = _sequence_kls(
             policy, resolve_policy(reference_path), pairs, recorded, tokenizer, device
         )
+        sources = ["computed" if logprobs is None else "recorded" for logprobs in recorded]
 
     with open(out / KL_FILE, "w") as handle:
-        for record, (_, response), value in zip(records, pairs, values):
-            handle.write(
-                json.dumps(
-                    {
-                        "id": record["id"],
-                        "sample": record.get("sample", 0),
-                        "value": value,
-                        "response_tokens": len(response),
-                        "greedy": generation.temperature == 0,
-                    }
-                )
-                + "\n"
-            )
+        for record, (_, response), value, source in zip(records, pairs, values, sources):
+            row = {
+                "id": record["id"],
+                "sample": record.get("sample", 0),
+                "value": value,
+                "response_tokens": len(response),
+                "greedy": generation.temperature == 0,
+            }
+            if source:  # where log pi came from: the generation's record or the policy run here
+                row["policy_logprobs"] = source
+            handle.write(json.dumps(row) + "\n")
 
 
 def _sequence_kls(policy, reference_policy, pairs, recorded, tokenizer, device) -> list[float]:
