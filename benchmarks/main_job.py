@@ -136,7 +136,8 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
             else Path(request["inputs"]["generations"]) / "generations.jsonl"
         )
         records = [json.loads(line) for line in open(generations)]
-        tokens = sum(r.get("prompt_tokens", 0) + r.get("num_tokens", 0) for r in records)
+        per_record = [r.get("prompt_tokens", 0) + r.get("num_tokens", 0) for r in records]
+        tokens = sum(per_record)
         context = tokens / max(len(records), 1) / 2
         if kind == "kl":
             rows = [json.loads(line) for line in open(folder / "kl.jsonl")]
@@ -147,8 +148,8 @@ def stage_gflop(kind: str, folder: Path, request: dict, model: Model) -> float |
                 return 0.0
             # P0 runs over every rollout, the policy over those it had no recorded log-probs for
             policy_tokens = sum(
-                r.get("prompt_tokens", 0) + r.get("num_tokens", 0)
-                for r, row in zip(records, rows)
+                count
+                for count, row in zip(per_record, rows)
                 if row.get("policy_logprobs", "computed") == "computed"
             )
             return (model.forward(tokens, context) + model.forward(policy_tokens, context)) / 1e9

@@ -152,10 +152,9 @@ class ChosenLogprobs:
     entry from the next call's input. The KL stage (``stages/kl.py``) needs the policy's
     log-probabilities of its own rollouts; recorded here, the stage runs only P0 over them (the
     tiny suite's KL on one policy 53.2 -> 28.6 s, generation +1%: benchmarks/kl_logprobs.py,
-    README). Used as a context manager around
-    ``generate()``; ``result`` gives (rows x new tokens), or None where the calls did not line up
-    with the tokens generated (another decoding strategy): then nothing is recorded and the KL
-    stage runs the policy itself."""
+    README). Used as a context manager around ``generate()``; ``result`` gives (rows x new
+    tokens), or None where the calls did not line up with the tokens generated (another decoding
+    strategy): then nothing is recorded and the KL stage runs the policy itself."""
 
     def __init__(self, model):
         self.model = model
